@@ -1,0 +1,144 @@
+"""Training objectives for both families.
+
+Late fusion: CLIP's contrastive loss (ITC) and SigLIP's sigmoid loss, with features gathered across ranks.
+Early fusion: image-text matching (ITM) with hard negatives, masked-token modelling (MLM). Both: VQA.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+import torch.nn.functional as F
+from torch import nn
+
+
+def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's features; gradients flow back to the rank that produced them.
+
+    With DDP's gradient averaging this gives exactly the single-process gradient of the global batch
+    (OpenCLIP's `gather_with_grad=True`).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return features
+    return torch.cat(dist_fn.all_gather(features), dim=0)
+
+
+class ClipLoss(nn.Module):
+    """Symmetric InfoNCE over all pairs of the global batch: (CE(img->txt) + CE(txt->img)) / 2."""
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
+                logit_scale: torch.Tensor, logit_bias: torch.Tensor | None = None) -> torch.Tensor:
+        all_images, all_texts = gather_with_grad(image_features), gather_with_grad(text_features)
+        logits = self.get_logits(all_images, all_texts, logit_scale)
+        labels = self.get_ground_truth(logits.shape[0], logits.device)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+    @staticmethod
+    def get_logits(image_features: torch.Tensor, text_features: torch.Tensor,
+                   logit_scale: torch.Tensor) -> torch.Tensor:
+        return logit_scale * image_features @ text_features.T  # (N_img, N_txt)
+
+    @staticmethod
+    def get_ground_truth(n: int, device: torch.device) -> torch.Tensor:
+        return torch.arange(n, device=device)
+
+
+class SigLipLoss(nn.Module):
+    """SigLIP: an independent binary decision per pair, so no softmax over the batch is needed.
+
+    Each rank scores its own images against every rank's texts; DDP's average over ranks then equals
+    the loss of the global batch.
+    """
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
+                logit_scale: torch.Tensor, logit_bias: torch.Tensor | None = None) -> torch.Tensor:
+        if logit_bias is None:
+            raise ValueError("the SigLIP loss needs a logit_bias: set init_logit_bias in the model config")
+        all_texts = gather_with_grad(text_features)
+        logits = logit_scale * image_features @ all_texts.T + logit_bias  # (B_local, B_global)
+        offset = dist.get_rank() * image_features.shape[0] if dist.is_initialized() else 0
+        labels = -torch.ones_like(logits)
+        labels[torch.arange(logits.shape[0]), offset + torch.arange(logits.shape[0])] = 1.0
+        return -F.logsigmoid(labels * logits).sum() / image_features.shape[0]
+
+
+def sample_hard_negatives(similarity: torch.Tensor, same: torch.Tensor,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+    """For each row, one column index drawn with probability softmax(similarity), never a positive.
+
+    `same` marks pairs that must not be drawn (the diagonal and duplicates of it). ALBEF's recipe:
+    negatives that the model finds similar teach it more than random ones.
+    """
+    weights = similarity.float().masked_fill(same, float("-inf")).softmax(dim=-1)
+    empty = ~torch.isfinite(weights).all(dim=-1) | (weights.sum(dim=-1) == 0)
+    weights[empty] = (~same[empty]).float() + 1e-12  # a row with no valid negative: fall back to uniform
+    return torch.multinomial(weights, 1, generator=generator).squeeze(1)
+
+
+def itm_loss(model: nn.Module, images: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor,
+             similarity: torch.Tensor, same: torch.Tensor | None = None,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """ITM over B positives, B (image, hard-negative text) and B (hard-negative image, text) pairs.
+
+    `similarity[i, j]` says how alike image i and text j look (from any cheap scorer); `same[i, j]`
+    marks pairs that are true matches. Returns (loss, accuracy) of the 2-way match classifier.
+    """
+    B = images.shape[0]
+    if same is None:
+        same = torch.eye(B, dtype=torch.bool, device=images.device)
+    neg_text = sample_hard_negatives(similarity, same, generator)  # a wrong text for each image
+    neg_image = sample_hard_negatives(similarity.T, same.T, generator)  # a wrong image for each text
+    all_images = torch.cat([images, images, images[neg_image]])
+    all_ids = torch.cat([ids, ids[neg_text], ids])
+    all_masks = torch.cat([text_mask, text_mask[neg_text], text_mask])
+    labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(images.device)
+    logits = model.itm_logits(all_images, all_ids, all_masks)
+    accuracy = (logits.argmax(-1) == labels).float().mean()
+    return F.cross_entropy(logits, labels), accuracy
+
+
+def mask_tokens(ids: torch.Tensor, text_mask: torch.Tensor, mask_token_id: int, vocab_size: int,
+                probability: float = 0.15, special_ids: tuple[int, ...] = (),
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: pick `probability` of real tokens; 80% -> [MASK], 10% -> random, 10% kept.
+
+    Returns (masked ids, labels) with labels -100 where no prediction is asked.
+    """
+    def rand(shape):
+        return torch.rand(shape, generator=generator, device="cpu").to(ids.device)
+
+    candidates = text_mask.bool().clone()
+    for special in special_ids:
+        candidates &= ids != special
+    chosen = (rand(ids.shape) < probability) & candidates
+    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+    roll = rand(ids.shape)
+    masked = ids.clone()
+    masked[chosen & (roll < 0.8)] = mask_token_id
+    random_tokens = (rand(ids.shape) * vocab_size).long().clamp(max=vocab_size - 1).to(ids.device)
+    swap = chosen & (roll >= 0.8) & (roll < 0.9)
+    masked[swap] = random_tokens[swap]
+    return masked, labels
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on the masked positions only; zero (with a gradient) if none was masked."""
+    if (labels != -100).sum() == 0:
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
+def vqa_soft_scores(answers: list[list[str]], answer_to_index: dict[str, int]) -> torch.Tensor:
+    """VQAv2 soft targets: an answer given by 0, 1, 2, 3, 4+ of the annotators scores 0, .3, .6, .9, 1."""
+    targets = torch.zeros(len(answers), len(answer_to_index))
+    for row, given in enumerate(answers):
+        for answer in set(given):
+            if answer in answer_to_index:
+                targets[row, answer_to_index[answer]] = min(1.0, 0.3 * given.count(answer))
+    return targets
+
+
+def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """BCE with logits against soft scores, summed over answers and averaged over questions (ViLT)."""
+    return F.binary_cross_entropy_with_logits(logits, targets) * targets.shape[1]

@@ -1,0 +1,72 @@
+"""`vlm models`, `vlm info`, `vlm openclip export|import`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from vlm.config import to_dict
+from vlm.models.checkpoint import read_checkpoint
+from vlm.models.registry import count_parameters, create_model, get_model_config, list_models
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("models", help="list the named model configs with their parameter counts")
+    p.set_defaults(func=cmd_models)
+
+    p = subparsers.add_parser("info", help="print a checkpoint's config, size and training state")
+    p.add_argument("checkpoint")
+    p.set_defaults(func=cmd_info)
+
+    p = subparsers.add_parser("openclip", help="move late-fusion weights to or from OpenCLIP's layout")
+    sub = p.add_subparsers(dest="direction", required=True)
+    e = sub.add_parser("export", help="vlm checkpoint -> folder for open_clip.create_model('local-dir:DIR')")
+    e.add_argument("checkpoint")
+    e.add_argument("out_dir")
+    e.set_defaults(func=cmd_export)
+    i = sub.add_parser("import", help="OpenCLIP folder or checkpoint file -> vlm checkpoint")
+    i.add_argument("source")
+    i.add_argument("out")
+    i.add_argument("--quick-gelu", action="store_true", help="the weights are OpenAI's (QuickGELU activation)")
+    i.set_defaults(func=cmd_import)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    print(f"{'name':<16}{'arch':<14}{'parameters':>14}")
+    for name in list_models():
+        config = get_model_config(name)
+        print(f"{name:<16}{config.arch:<14}{count_parameters(create_model(config)):>14,}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    path = Path(args.checkpoint)
+    payload = read_checkpoint(path)
+    n_params = sum(t.numel() for t in payload["model"].values())
+    print(f"checkpoint: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    print(f"parameters: {n_params:,}")
+    if "step" in payload:
+        print(f"training step: {payload['step']}")
+    print("config:")
+    print(json.dumps(payload["config"], indent=2))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vlm.models.checkpoint import load_model
+    from vlm.models.openclip_compat import export_openclip
+
+    out = export_openclip(load_model(args.checkpoint), args.out_dir)
+    print(f"wrote {out}: load with open_clip.create_model('local-dir:{out}')")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from vlm.models.openclip_compat import import_openclip
+
+    model = import_openclip(args.source, quick_gelu=args.quick_gelu)
+    model.save(args.out)
+    print(f"wrote {args.out}: {model.config.name}, {count_parameters(model):,} parameters")
+    print(json.dumps(to_dict(model.config), indent=2))
+    return 0

@@ -1,0 +1,212 @@
+"""OpenCLIP interchange: its checkpoints are the lingua franca of CLIP weights.
+
+`export_openclip` writes the folder layout `open_clip.create_model("local-dir:DIR")` loads
+(open_clip_config.json + open_clip_pytorch_model.bin); `import_openclip` reads that folder or a bare
+OpenCLIP checkpoint file of a ViT model (ViT-B-32, ViT-B-16, ...), inferring the shape from the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from vlm.atomic_io import atomic_write
+from vlm.models.checkpoint import CheckpointError
+from vlm.models.config import DualEncoderConfig, ImageTowerConfig, TextTowerConfig
+from vlm.models.dual_encoder import DualEncoder
+
+CONFIG_NAME = "open_clip_config.json"
+WEIGHTS_NAME = "open_clip_pytorch_model.bin"
+# OpenAI CLIP's normalisation, which OpenCLIP uses for its ViT models.
+IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# vlm (timm) block names -> OpenCLIP ResidualAttentionBlock names.
+BLOCK_KEYS = {
+    "norm1": "ln_1", "attn.qkv.weight": "attn.in_proj_weight", "attn.qkv.bias": "attn.in_proj_bias",
+    "attn.proj": "attn.out_proj", "norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+}
+# Everything outside the blocks, vlm -> OpenCLIP; reshapes are handled in `to_openclip_state_dict`.
+TOP_KEYS = {
+    "image.trunk.cls_token": "visual.class_embedding",
+    "image.trunk.pos_embed": "visual.positional_embedding",
+    "image.trunk.patch_embed.proj.weight": "visual.conv1.weight",
+    "image.trunk.norm_pre.weight": "visual.ln_pre.weight", "image.trunk.norm_pre.bias": "visual.ln_pre.bias",
+    "image.trunk.norm.weight": "visual.ln_post.weight", "image.trunk.norm.bias": "visual.ln_post.bias",
+    "image.proj": "visual.proj",
+    "text.token_embedding.weight": "token_embedding.weight",
+    "text.positional_embedding": "positional_embedding",
+    "text.ln_final.weight": "ln_final.weight", "text.ln_final.bias": "ln_final.bias",
+    "text.text_projection": "text_projection",
+    "logit_scale": "logit_scale", "logit_bias": "logit_bias",
+}
+BLOCK_PREFIXES = {"image.trunk.blocks.": "visual.transformer.resblocks.", "text.blocks.": "transformer.resblocks."}
+
+
+def _rename(key: str, table: dict[str, str], prefixes: dict[str, str]) -> str | None:
+    if key in table:
+        return table[key]
+    for src, dst in prefixes.items():
+        if key.startswith(src):
+            index, rest = key[len(src):].split(".", 1)
+            for a, b in BLOCK_KEYS.items():
+                if rest.startswith(a):
+                    return f"{dst}{index}.{b}{rest[len(a):]}"
+    return None
+
+
+def openclip_model_config(config: DualEncoderConfig) -> dict:
+    image, text = config.image, config.text
+    cfg = {
+        "embed_dim": config.embed_dim,
+        "quick_gelu": config.quick_gelu,
+        "vision_cfg": {"image_size": image.image_size, "patch_size": image.patch_size, "width": image.width,
+                       "layers": image.depth, "head_width": image.width // image.heads,
+                       "mlp_ratio": image.mlp_ratio, "pool_type": "tok" if image.pool == "cls" else "avg"},
+        "text_cfg": {"context_length": text.context_length, "vocab_size": text.vocab_size, "width": text.width,
+                     "heads": text.heads, "layers": text.depth, "mlp_ratio": text.mlp_ratio},
+    }
+    if config.init_logit_bias is not None:
+        cfg["init_logit_bias"] = config.init_logit_bias
+    return cfg
+
+
+def to_openclip_state_dict(model: DualEncoder) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in model.state_dict().items():
+        name = _rename(key, TOP_KEYS, BLOCK_PREFIXES)
+        if name is None:
+            if key.startswith("vqa_head."):
+                continue  # OpenCLIP has no VQA head
+            raise KeyError(f"no OpenCLIP name for vlm parameter {key!r}")
+        if name in ("visual.class_embedding", "visual.positional_embedding"):
+            value = value.reshape(value.shape[-2:] if value.ndim == 3 and value.shape[1] > 1 else value.shape[-1:])
+        out[name] = value.clone()
+    return out
+
+
+def export_openclip(model: DualEncoder, out_dir: str | Path) -> Path:
+    """Write `out_dir` so that `open_clip.create_model("local-dir:" + out_dir)` rebuilds this model."""
+    if not isinstance(model, DualEncoder):
+        raise TypeError("only late-fusion models (DualEncoder) have an OpenCLIP layout")
+    out_dir = Path(out_dir)
+    config = {
+        "model_cfg": openclip_model_config(model.config),
+        "preprocess_cfg": {"mean": list(IMAGE_MEAN), "std": list(IMAGE_STD), "interpolation": "bicubic",
+                           "resize_mode": "shortest"},
+    }
+    with atomic_write(out_dir / WEIGHTS_NAME) as f:
+        torch.save(to_openclip_state_dict(model), f)
+    with atomic_write(out_dir / CONFIG_NAME, "w") as f:
+        json.dump(config, f, indent=2)
+    return out_dir
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable OpenCLIP checkpoint ({str(e).splitlines()[0]})") from None
+    if isinstance(sd, dict) and "state_dict" in sd:  # open_clip_train's epoch checkpoints
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not sd:
+        raise CheckpointError(f"{path}: expected a state dict")
+    return {re.sub(r"^module\.", "", k): v for k, v in sd.items()}
+
+
+def infer_config(sd: dict[str, torch.Tensor], name: str = "openclip-import", quick_gelu: bool = False,
+                 where: str = "state dict") -> DualEncoderConfig:
+    """The DualEncoderConfig of an OpenCLIP ViT state dict, read off its tensor shapes."""
+    if "visual.conv1.weight" not in sd or "token_embedding.weight" not in sd:
+        raise CheckpointError(f"{where}: not an OpenCLIP ViT checkpoint (no visual.conv1 / token_embedding)")
+
+    def depth(prefix: str) -> int:
+        return len({k.split(".")[len(prefix.split(".")) - 1] for k in sd if k.startswith(prefix)})
+
+    width = sd["visual.conv1.weight"].shape[0]
+    patch = sd["visual.conv1.weight"].shape[-1]
+    grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    text_width = sd["ln_final.weight"].shape[0]
+    return DualEncoderConfig(
+        name=name,
+        embed_dim=sd["text_projection"].shape[1],
+        quick_gelu=quick_gelu,
+        image=ImageTowerConfig(image_size=grid * patch, patch_size=patch, width=width,
+                               depth=depth("visual.transformer.resblocks."), heads=width // 64,
+                               mlp_ratio=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width),
+        text=TextTowerConfig(context_length=sd["positional_embedding"].shape[0],
+                             vocab_size=sd["token_embedding.weight"].shape[0], width=text_width,
+                             depth=depth("transformer.resblocks."), heads=text_width // 64,
+                             mlp_ratio=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / text_width),
+        init_logit_bias=float(sd["logit_bias"]) if "logit_bias" in sd else None,
+    )
+
+
+def config_from_openclip(model_cfg: dict, name: str) -> DualEncoderConfig:
+    v, t = model_cfg["vision_cfg"], model_cfg["text_cfg"]
+    width = v["width"]
+    return DualEncoderConfig(
+        name=name, embed_dim=model_cfg["embed_dim"], quick_gelu=model_cfg.get("quick_gelu", False),
+        image=ImageTowerConfig(image_size=v["image_size"], patch_size=v["patch_size"], width=width,
+                               depth=v["layers"], heads=width // v.get("head_width", 64),
+                               mlp_ratio=v.get("mlp_ratio", 4.0),
+                               pool="mean" if v.get("pool_type") == "avg" else "cls"),
+        text=TextTowerConfig(context_length=t.get("context_length", 77), vocab_size=t.get("vocab_size", 49408),
+                             width=t["width"], depth=t["layers"], heads=t["heads"], mlp_ratio=t.get("mlp_ratio", 4.0)),
+        init_logit_bias=model_cfg.get("init_logit_bias"),
+    )
+
+
+def from_openclip_state_dict(sd: dict[str, torch.Tensor], config: DualEncoderConfig) -> DualEncoder:
+    model = DualEncoder(config)
+    inverse = {}
+    for key in model.state_dict():
+        name = _rename(key, TOP_KEYS, BLOCK_PREFIXES)
+        if name is not None:
+            inverse[name] = key
+    ours = model.state_dict()
+    converted = {}
+    for name, value in sd.items():
+        if name == "attn_mask" or name.endswith(".attn_mask"):
+            continue  # OpenCLIP's causal mask buffer; ours is implicit
+        if name not in inverse:
+            raise CheckpointError(f"OpenCLIP weight {name!r} has no place in a vlm DualEncoder "
+                                  "(only standard ViT CLIP models can be imported)")
+        key = inverse[name]
+        converted[key] = value.reshape(ours[key].shape)
+    missing = sorted(set(ours) - set(converted) - {k for k in ours if k.startswith("vqa_head.")})
+    if missing:
+        raise CheckpointError(f"OpenCLIP checkpoint lacks {missing[:3]}{'...' if len(missing) > 3 else ''}")
+    model.load_state_dict(converted, strict=False)
+    return model.eval()
+
+
+def import_openclip(path: str | Path, model_cfg: dict | None = None, quick_gelu: bool = False) -> DualEncoder:
+    """A DualEncoder from an OpenCLIP export folder or checkpoint file (.bin, .pt, .pth, .safetensors).
+
+    Without `model_cfg` (OpenCLIP's JSON config) the shape is read from the weights; `quick_gelu` must
+    then be given for OpenAI-trained weights, since an activation leaves no trace in the shapes.
+    """
+    path = Path(path)
+    name = path.stem if path.is_file() else path.name
+    if path.is_dir():
+        config_path = path / CONFIG_NAME
+        if not config_path.is_file():
+            raise CheckpointError(f"{path}: no {CONFIG_NAME} in this folder")
+        model_cfg = json.loads(config_path.read_text())["model_cfg"]
+        weights = next((path / n for n in (WEIGHTS_NAME, "open_clip_model.safetensors") if (path / n).is_file()), None)
+        if weights is None:
+            raise CheckpointError(f"{path}: no {WEIGHTS_NAME} or open_clip_model.safetensors in this folder")
+        path = weights
+    elif not path.is_file():
+        raise CheckpointError(f"{path}: no such file or folder")
+    sd = _read_state_dict(path)
+    config = config_from_openclip(model_cfg, name) if model_cfg else infer_config(sd, name, quick_gelu, str(path))
+    return from_openclip_state_dict(sd, config)

@@ -1,0 +1,81 @@
+"""The two late-fusion towers. Parameter names follow timm, so OpenCLIP weights map one to one."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from timm.layers import QuickGELU
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+
+from vlm.models.config import ImageTowerConfig, TextTowerConfig
+from vlm.tokenizer import EOT_ID
+
+# OpenCLIP uses torch's LayerNorm default; timm's ViT default (1e-6) would break weight interchange.
+LayerNorm = partial(nn.LayerNorm, eps=1e-5)
+
+
+def activation(quick_gelu: bool) -> type[nn.Module]:
+    return QuickGELU if quick_gelu else nn.GELU
+
+
+class ImageTower(nn.Module):
+    """A timm ViT with CLIP's pre-norm, pooled by its CLS token (or the mean of patches), then projected."""
+
+    def __init__(self, config: ImageTowerConfig, embed_dim: int, quick_gelu: bool = False):
+        super().__init__()
+        if config.pool not in ("cls", "mean"):
+            raise ValueError(f"image.pool must be 'cls' or 'mean', got {config.pool!r}")
+        self.trunk = VisionTransformer(
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            embed_dim=config.width,
+            depth=config.depth,
+            num_heads=config.heads,
+            mlp_ratio=config.mlp_ratio,
+            num_classes=0,
+            global_pool="token" if config.pool == "cls" else "avg",
+            fc_norm=False,
+            pre_norm=True,
+            norm_layer=LayerNorm,
+            act_layer=activation(quick_gelu),
+        )
+        self.proj = nn.Parameter(torch.randn(config.width, embed_dim) * config.width**-0.5)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.trunk(images) @ self.proj  # (B, embed_dim)
+
+
+class TextTower(nn.Module):
+    """CLIP's text transformer: causal pre-norm blocks, pooled at the end-of-text token."""
+
+    def __init__(self, config: TextTowerConfig, embed_dim: int, quick_gelu: bool = False):
+        super().__init__()
+        self.context_length = config.context_length
+        self.token_embedding = nn.Embedding(config.vocab_size, config.width)
+        self.positional_embedding = nn.Parameter(torch.randn(config.context_length, config.width) * 0.01)
+        self.blocks = nn.ModuleList(
+            Block(config.width, config.heads, config.mlp_ratio, qkv_bias=True,
+                  norm_layer=LayerNorm, act_layer=activation(quick_gelu))
+            for _ in range(config.depth)
+        )
+        self.ln_final = LayerNorm(config.width)
+        self.text_projection = nn.Parameter(torch.randn(config.width, embed_dim) * config.width**-0.5)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        for block in self.blocks:
+            for m in block.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.trunc_normal_(m.weight, std=0.02)
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.shape[1] > self.context_length:
+            raise ValueError(f"text has {ids.shape[1]} tokens, the model's context is {self.context_length}")
+        x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]  # (B, T, W)
+        for block in self.blocks:
+            x = block(x, is_causal=True)
+        x = self.ln_final(x)
+        # The causal mask makes the end-of-text token the one that has seen the whole caption.
+        eot = (ids == EOT_ID).int().argmax(dim=-1)
+        return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection  # (B, embed_dim)
