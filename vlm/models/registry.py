@@ -47,3 +47,9 @@ def create_model(name_or_path: str | Path | ModelConfig, overrides: list[str] | 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def image_size(model: nn.Module) -> int:
+    """The square input resolution a model of either family expects."""
+    config = model.config
+    return config.image.image_size if isinstance(config, DualEncoderConfig) else config.image_size
