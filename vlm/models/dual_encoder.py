@@ -26,6 +26,11 @@ class DualEncoder(nn.Module):
         answers = len(config.vqa_answers)
         self.vqa_head = LateFusionVQAHead(config.embed_dim, answers) if answers else None
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in backward: less memory for larger batches."""
+        self.image.trunk.set_grad_checkpointing(enable)
+        self.text.grad_checkpointing = enable
+
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         features = self.image(images)
         return F.normalize(features, dim=-1) if normalize else features

@@ -12,6 +12,7 @@ import torch
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from vlm.models.checkpoint import save_model
 from vlm.models.config import EarlyFusionConfig
@@ -47,7 +48,12 @@ class EarlyFusionModel(nn.Module):
         self.mlm_head = MLMHead(width, config.vocab_size)
         answers = len(config.vqa_answers)
         self.vqa_head = VQAHead(width, answers) if answers else None
+        self.grad_checkpointing = False
         self.apply(_init_weights)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in backward: less memory for larger batches."""
+        self.grad_checkpointing = enable
 
     def embed_image(self, images: torch.Tensor) -> torch.Tensor:
         """Patch tokens with position and modality added; computed once per image for exhaustive scoring."""
@@ -72,7 +78,10 @@ class EarlyFusionModel(nn.Module):
         visible[:, 1 : 1 + T] = text_mask.bool()
         attn_mask = visible[:, None, None, :]  # (B, 1, 1, L): every query sees the same keys
         for block in self.blocks:
-            x = block(x, attn_mask=attn_mask)
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(block, x, attn_mask=attn_mask, use_reentrant=False)
+            else:
+                x = block(x, attn_mask=attn_mask)
         x = self.norm(x)
         text_hidden = x[:, 1 : 1 + T] * text_mask[..., None].to(x.dtype)
         return FusionOutput(pooled=self.pooler(x[:, 0]), text_hidden=text_hidden)

@@ -8,6 +8,7 @@ import torch
 from timm.layers import QuickGELU
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from vlm.models.config import ImageTowerConfig, TextTowerConfig
 from vlm.tokenizer import EOT_ID
@@ -61,6 +62,7 @@ class TextTower(nn.Module):
             for _ in range(config.depth)
         )
         self.ln_final = LayerNorm(config.width)
+        self.grad_checkpointing = False
         self.text_projection = nn.Parameter(torch.randn(config.width, embed_dim) * config.width**-0.5)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         for block in self.blocks:
@@ -74,7 +76,10 @@ class TextTower(nn.Module):
             raise ValueError(f"text has {ids.shape[1]} tokens, the model's context is {self.context_length}")
         x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]  # (B, T, W)
         for block in self.blocks:
-            x = block(x, is_causal=True)
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(block, x, is_causal=True, use_reentrant=False)  # recompute in backward
+            else:
+                x = block(x, is_causal=True)
         x = self.ln_final(x)
         # The causal mask makes the end-of-text token the one that has seen the whole caption.
         eot = (ids == EOT_ID).int().argmax(dim=-1)

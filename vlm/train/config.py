@@ -1,0 +1,64 @@
+"""The training recipe: one frozen dataclass, loaded from configs/train/*.yaml with `--set key=value`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlm.config import ConfigError, apply_overrides, from_dict, read_yaml
+
+OBJECTIVES = ("clip", "siglip", "fusion", "vqa")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str = "data/shapes"  # a pairs file, a shard pattern, or a shapes-world folder
+    train_split: str = "train"
+    val: str | None = None  # defaults to `train` when that is a folder with a val split
+    val_split: str = "val"
+    val_samples: int = 500  # evaluation is on the first N val items, so it stays cheap
+    num_workers: int = 2
+    augment: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str  # a model name, a model YAML, or (to fine-tune) a checkpoint
+    objective: str = "clip"  # clip | siglip (late fusion), fusion (ITM + MLM), vqa (either family)
+    data: DataConfig = field(default_factory=DataConfig)
+    steps: int = 1000
+    batch_size: int = 64  # per optimizer step and per rank, before gradient accumulation splits it
+    grad_accum: int = 1
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    betas: tuple[float, ...] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    seed: int = 0
+    compile: bool = False
+    grad_checkpointing: bool = False
+    save_every: int = 500
+    eval_every: int = 500
+    log_every: int = 10
+    mlm_weight: float = 1.0  # fusion: loss = ITM + mlm_weight * MLM
+    mlm_probability: float = 0.15
+    vqa_max_answers: int = 500  # vqa: answer vocabulary = the most frequent training answers
+    freeze_towers: bool = False  # vqa with late fusion: train the head only
+    head_lr_scale: float = 1.0  # vqa: learning-rate multiplier for the freshly initialised head
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
+        if self.steps <= 0:
+            raise ConfigError(f"steps must be positive, got {self.steps}")
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None,
+                      base: dict | None = None) -> TrainConfig:
+    """A recipe from YAML (or `base`), with `key=value` overrides; unknown keys are rejected by name."""
+    data = read_yaml(path) if path else dict(base or {})
+    data = apply_overrides(data, overrides or [])
+    return from_dict(TrainConfig, data, where=str(path or "train config"))

@@ -1,0 +1,114 @@
+"""One module per objective: model + loss, so DDP wraps a single `forward(batch) -> (loss, metrics)`.
+
+DDP only synchronises what runs inside `forward`; wrapping model and loss together keeps every head
+(ITM, MLM, VQA) inside it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlm.losses import ClipLoss, SigLipLoss, itm_loss, mask_tokens, mlm_loss, vqa_loss
+from vlm.tokenizer import EOT_ID, SOT_ID, VOCAB_SIZE
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """Randomness of one step (negatives, masks) from (seed, step, rank) alone, so resume needs no RNG state."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 997 + rank)
+
+
+class ContrastiveTask(nn.Module):
+    """Late fusion: CLIP's softmax loss or SigLIP's sigmoid loss over the (global) batch."""
+
+    def __init__(self, model: nn.Module, loss: str = "clip"):
+        super().__init__()
+        self.model = model
+        self.loss = SigLipLoss() if loss == "siglip" else ClipLoss()
+
+    def forward(self, batch: dict, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = self.model(batch["images"], batch["text"])
+        loss = self.loss(out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"])
+        return loss, {"logit_scale": out["logit_scale"].detach()}
+
+
+def caption_similarity(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of captions as bags of tokens, (B, B).
+
+    An early-fusion model has no cheap embedding to mine negatives with; captions that share most of
+    their words ("a red circle left of a blue square" / "a blue circle left of a red square") make the
+    hard negatives that teach attribute binding and word order.
+    """
+    bags = torch.zeros(ids.shape[0], VOCAB_SIZE + 1, device=ids.device)
+    bags.scatter_add_(1, ids, mask.float())
+    bags[:, [0, SOT_ID, EOT_ID]] = 0
+    bags = F.normalize(bags, dim=-1)
+    return bags @ bags.T
+
+
+def same_pairs(image_ids: list[str], captions: list[str], device: torch.device) -> torch.Tensor:
+    """True where item j's image or caption would also be a true match for item i."""
+    n = len(image_ids)
+    return torch.tensor([[image_ids[i] == image_ids[j] or captions[i] == captions[j] for j in range(n)]
+                         for i in range(n)], dtype=torch.bool, device=device)
+
+
+class FusionTask(nn.Module):
+    """Early fusion: ITM with hard negatives + masked-token modelling (ViLT's pre-training)."""
+
+    def __init__(self, model: nn.Module, mlm_weight: float = 1.0, mlm_probability: float = 0.15,
+                 seed: int = 0, rank: int = 0):
+        super().__init__()
+        self.model = model
+        self.mlm_weight, self.mlm_probability = mlm_weight, mlm_probability
+        self.seed, self.rank = seed, rank
+
+    def forward(self, batch: dict, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        images, ids, mask = batch["images"], batch["text"], batch["text_mask"]
+        generator = step_generator(self.seed, step, self.rank)
+        similarity = caption_similarity(ids, mask)
+        same = same_pairs(batch["image_ids"], batch["captions"], ids.device)
+        loss_itm, itm_accuracy = itm_loss(self.model, images, ids, mask, similarity, same, generator)
+        metrics = {"itm_loss": loss_itm.detach(), "itm_accuracy": itm_accuracy.detach()}
+        if self.mlm_weight == 0:
+            return loss_itm, metrics
+        config = self.model.config
+        masked, labels = mask_tokens(ids, mask, config.mask_token_id, VOCAB_SIZE, self.mlm_probability,
+                                     special_ids=(SOT_ID, EOT_ID), generator=generator)
+        hidden = self.model(images, masked, mask).text_hidden
+        loss_mlm = mlm_loss(self.model.mlm_logits(hidden), labels)
+        metrics["mlm_loss"] = loss_mlm.detach()
+        return loss_itm + self.mlm_weight * loss_mlm, metrics
+
+
+class VQATask(nn.Module):
+    """Either family: soft-score BCE of the VQA head over the answer vocabulary."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.model.config.arch == "early_fusion":
+            logits = self.model.vqa_logits(batch["images"], batch["questions"], batch["question_mask"])
+        else:
+            logits = self.model.vqa_logits(batch["images"], batch["questions"])
+        targets = batch["vqa_targets"]
+        loss = vqa_loss(logits, targets)
+        # VQA score of the top answer against the soft targets: a cheap running accuracy.
+        score = targets.gather(1, logits.argmax(-1, keepdim=True)).mean()
+        return loss, {"vqa_score": score.detach()}
+
+
+def build_task(model: nn.Module, objective: str, config, rank: int = 0) -> nn.Module:
+    arch = model.config.arch
+    if objective in ("clip", "siglip"):
+        if arch != "dual_encoder":
+            raise ValueError(f"objective {objective!r} trains late-fusion models; {model.config.name} is {arch}")
+        return ContrastiveTask(model, objective)
+    if objective == "fusion":
+        if arch != "early_fusion":
+            raise ValueError(f"objective 'fusion' trains early-fusion models; {model.config.name} is {arch}")
+        return FusionTask(model, config.mlm_weight, config.mlm_probability, config.seed, rank)
+    return VQATask(model)
