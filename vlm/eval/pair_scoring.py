@@ -1,0 +1,77 @@
+"""Scoring (image, text) pairs with either family, counting the work honestly.
+
+Late fusion encodes each side once and compares by a dot product: no fusion pass at all. Early fusion has to
+run its joint transformer once per pair (a *fusion pass*); the patch embedding of each image is computed once
+and reused. Pairs always go through the joint stack in batches of one fixed shape (the last batch padded
+with copies of its first pair, whose scores are dropped), so a pair's score is the same number whichever
+other pairs share its batch: that is what makes hybrid re-ranking at k = N equal exhaustive scoring exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vlm.tokenizer import padding_mask
+
+
+@torch.no_grad()
+def encode_images(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Late fusion: (N, D) normalised image embeddings."""
+    return torch.cat([model.encode_image(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def encode_texts(model: nn.Module, ids: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Late fusion: (N, D) normalised text embeddings."""
+    return torch.cat([model.encode_text(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)])
+
+
+@torch.no_grad()
+def embed_images(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Early fusion: (N, P, W) patch tokens, once per image."""
+    return torch.cat([model.embed_image(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+class FusionPairScorer:
+    """Early-fusion ITM scores of chosen (image, text) pairs; `passes` counts every pair run through the stack."""
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, text_ids: torch.Tensor, batch_size: int = 128):
+        if getattr(model.config, "arch", None) != "early_fusion":
+            raise ValueError(f"pair scoring needs an early-fusion model, got arch {model.config.arch!r}")
+        self.model = model
+        self.patch_tokens = embed_images(model, images)  # (N_img, P, W)
+        self.text_ids = text_ids
+        self.text_mask = padding_mask(text_ids)
+        self.batch_size = batch_size
+        self.passes = 0
+
+    @property
+    def num_images(self) -> int:
+        return self.patch_tokens.shape[0]
+
+    @property
+    def num_texts(self) -> int:
+        return self.text_ids.shape[0]
+
+    @torch.no_grad()
+    def score_pairs(self, image_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
+        """(M,) ITM log-odds of pairs (image_index[m], text_index[m])."""
+        scores = []
+        for start in range(0, len(image_index), self.batch_size):
+            img = image_index[start : start + self.batch_size]
+            txt = text_index[start : start + self.batch_size]
+            real = len(img)
+            pad = self.batch_size - real
+            if pad:  # keep every batch the same shape; see the module docstring
+                img = torch.cat([img, img[:1].expand(pad)])
+                txt = torch.cat([txt, txt[:1].expand(pad)])
+            batch_scores = self.model.score_embedded(self.patch_tokens[img], self.text_ids[txt], self.text_mask[txt])
+            scores.append(batch_scores[:real])
+            self.passes += real
+        return torch.cat(scores) if scores else torch.zeros(0)
+
+    def score_all(self) -> torch.Tensor:
+        """(N_images, N_texts): every pair, the exhaustive early-fusion score matrix."""
+        img, txt = torch.meshgrid(torch.arange(self.num_images), torch.arange(self.num_texts), indexing="ij")
+        return self.score_pairs(img.reshape(-1), txt.reshape(-1)).view(self.num_images, self.num_texts)

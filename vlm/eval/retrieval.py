@@ -1,0 +1,105 @@
+"""Image-text retrieval with late fusion, exhaustive early fusion, and hybrid re-ranking.
+
+- late: encode every image and caption once, one similarity matrix;
+- early: the ITM head over every (image, caption) pair, N_images x N_texts fusion passes;
+- hybrid (ALBEF's pattern): rank with the late model, re-score only each query's top k with the early model's
+  ITM head; below those k, the late ranking is kept. Pairs needed by both directions are scored once.
+Each result carries its wall time and its number of fusion passes, so accuracy can be read against cost.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from vlm.eval.pair_scoring import FusionPairScorer, encode_images, encode_texts
+from vlm.eval.retrieval_metric import RECALL_KS, positives_matrix, recall_at_k
+from vlm.tokenizer import Tokenizer
+
+
+def _tokenize(model: nn.Module, captions: list[str]) -> torch.Tensor:
+    return Tokenizer(model.config.context_length)(captions)
+
+
+def _result(method: str, t2i: torch.Tensor, i2t: torch.Tensor, text_to_image: list[int],
+            seconds: float, passes: int, ks: tuple[int, ...]) -> dict:
+    """Metrics from the text->image (N_texts, N_images) and image->text (N_images, N_texts) score matrices."""
+    positives = positives_matrix(text_to_image, t2i.shape[1])
+    result = {f"image_retrieval_recall@{k}": v for k, v in recall_at_k(t2i, positives, ks).items()}
+    result.update({f"text_retrieval_recall@{k}": v for k, v in recall_at_k(i2t, positives.T, ks).items()})
+    result.update(method=method, images=t2i.shape[1], texts=t2i.shape[0], wall_time_s=seconds, fusion_passes=passes)
+    return result
+
+
+@torch.no_grad()
+def late_similarity(model: nn.Module, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    """(N_images, N_texts) cosine similarities."""
+    return encode_images(model, images) @ encode_texts(model, _tokenize(model, captions)).T
+
+
+def evaluate_late(model: nn.Module, images: torch.Tensor, captions: list[str], text_to_image: list[int],
+                  ks: tuple[int, ...] = RECALL_KS) -> dict:
+    start = time.perf_counter()
+    similarity = late_similarity(model, images, captions)
+    seconds = time.perf_counter() - start
+    return _result("late", similarity.T, similarity, text_to_image, seconds, 0, ks)
+
+
+def evaluate_early(model: nn.Module, images: torch.Tensor, captions: list[str], text_to_image: list[int],
+                   ks: tuple[int, ...] = RECALL_KS, batch_size: int = 128) -> dict:
+    """Exhaustive ITM over all pairs, patch tokens embedded once per image."""
+    start = time.perf_counter()
+    scorer = FusionPairScorer(model, images, _tokenize(model, captions), batch_size)
+    scores = scorer.score_all()  # (N_images, N_texts)
+    seconds = time.perf_counter() - start
+    return _result("early", scores.T, scores, text_to_image, seconds, scorer.passes, ks)
+
+
+def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """(Q, C) bool: each row's k best candidates, ties to the lower index (the order recall uses)."""
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    mask.scatter_(1, order[:, : min(k, scores.shape[1])], True)
+    return mask
+
+
+def reranked_scores(late: torch.Tensor, early: torch.Tensor, k: int) -> torch.Tensor:
+    """Scores that rank each row's late top k by their early score, and everything else below, in late order.
+
+    Inside the top k the early scores are returned unchanged, so with k >= C the result is `early` itself.
+    """
+    in_top = top_k_mask(late, k)
+    order = torch.sort(late, dim=1, descending=True, stable=True).indices
+    position = torch.empty_like(order)
+    position.scatter_(1, order, torch.arange(late.shape[1]).expand_as(order))
+    early64 = early.double()
+    floor = torch.where(in_top, early64, torch.inf).amin(dim=1, keepdim=True)  # (Q, 1)
+    floor = torch.where(torch.isinf(floor), torch.zeros_like(floor), floor)  # k = 0: nothing re-scored
+    tail = floor - 1 - position.double()  # strictly below every re-scored pair, in late order
+    return torch.where(in_top, early64, tail)
+
+
+def evaluate_hybrid(late_model: nn.Module, early_model: nn.Module, late_images: torch.Tensor,
+                    early_images: torch.Tensor, captions: list[str], text_to_image: list[int], k: int,
+                    ks: tuple[int, ...] = RECALL_KS, batch_size: int = 128) -> dict:
+    """Late-fusion ranking, early-fusion re-scoring of the top k per query, in both directions.
+
+    `late_images` and `early_images` are the same images at each model's resolution.
+    """
+    if k < 1:
+        raise ValueError(f"hybrid retrieval needs k >= 1, got {k}")
+    start = time.perf_counter()
+    late = late_similarity(late_model, late_images, captions)  # (N_images, N_texts)
+    needed = top_k_mask(late.T, k).T | top_k_mask(late, k)  # pairs either direction re-scores
+    scorer = FusionPairScorer(early_model, early_images, _tokenize(early_model, captions), batch_size)
+    image_index, text_index = needed.nonzero(as_tuple=True)
+    early = torch.full(late.shape, float("nan"))
+    early[image_index, text_index] = scorer.score_pairs(image_index, text_index)
+    t2i = reranked_scores(late.T, early.T, k)
+    i2t = reranked_scores(late, early, k)
+    seconds = time.perf_counter() - start
+    result = _result("hybrid", t2i, i2t, text_to_image, seconds, scorer.passes, ks)
+    result["k"] = k
+    return result

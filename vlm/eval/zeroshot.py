@@ -1,0 +1,87 @@
+"""Zero-shot classification from class names and prompt templates.
+
+Late fusion (CLIP's recipe): a class is the mean of the normalised text embeddings of its prompts
+("a photo of a {c}."), renormalised; an image's logits are its cosine similarity with each class.
+Early fusion cannot embed a class alone, so its logit for a class is the ITM log-odds of (image, prompt)
+averaged over the templates: N_images x classes x templates fusion passes, which the result counts.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlm.eval.pair_scoring import FusionPairScorer, encode_images, encode_texts
+from vlm.tokenizer import Tokenizer
+
+
+def class_prompts(classnames: list[str], templates: list[str]) -> list[str]:
+    """All prompts, class-major: prompt c * T + t is template t filled with class c."""
+    if not classnames or not templates:
+        raise ValueError("zero-shot classification needs at least one class name and one template")
+    for template in templates:
+        if "{c}" not in template and "{}" not in template:
+            raise ValueError(f"template {template!r} has no '{{c}}' (or '{{}}') where the class name goes")
+    return [t.replace("{c}", c).replace("{}", c) for c in classnames for t in templates]
+
+
+@torch.no_grad()
+def zero_shot_classifier(model: nn.Module, classnames: list[str], templates: list[str]) -> torch.Tensor:
+    """(C, D): per class, the renormalised mean of its prompts' normalised text embeddings."""
+    ids = Tokenizer(model.config.context_length)(class_prompts(classnames, templates))
+    embeddings = encode_texts(model, ids).view(len(classnames), len(templates), -1)
+    return F.normalize(embeddings.mean(dim=1), dim=-1)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """acc1, acc5 (only with >= 5 classes) and mean per-class recall, in percent (CLIP_benchmark's names).
+
+    Mean per-class recall averages over the classes present in `labels`, so a class with no images does
+    not count as a zero.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    num_classes = logits.shape[1]
+    order = torch.sort(logits, dim=1, descending=True, stable=True).indices
+    correct = order == labels[:, None]
+    metrics = {"acc1": 100 * correct[:, :1].any(dim=1).double().mean().item()}
+    if num_classes >= 5:
+        metrics["acc5"] = 100 * correct[:, :5].any(dim=1).double().mean().item()
+    hit = correct[:, 0].double()
+    recalls = [hit[labels == c].mean().item() for c in labels.unique().tolist()]
+    metrics["mean_per_class_recall"] = 100 * sum(recalls) / len(recalls)
+    return metrics
+
+
+def chance_classification_metrics(labels: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """What a classifier that guesses uniformly at random scores on average (the blind baseline)."""
+    metrics = {"acc1": 100 / num_classes}
+    if num_classes >= 5:
+        metrics["acc5"] = 100 * 5 / num_classes
+    metrics["mean_per_class_recall"] = 100 / num_classes
+    return metrics
+
+
+@torch.no_grad()
+def zero_shot_logits(model: nn.Module, images: torch.Tensor, classnames: list[str],
+                     templates: list[str]) -> tuple[torch.Tensor, int]:
+    """(N, C) class logits and the number of fusion passes it took (0 for late fusion)."""
+    if model.config.arch == "dual_encoder":
+        classifier = zero_shot_classifier(model, classnames, templates)
+        return encode_images(model, images) @ classifier.T, 0
+    prompts = class_prompts(classnames, templates)
+    scorer = FusionPairScorer(model, images, Tokenizer(model.config.context_length)(prompts))
+    scores = scorer.score_all()  # (N, C * T)
+    return scores.view(len(images), len(classnames), len(templates)).mean(dim=2), scorer.passes
+
+
+def evaluate_zero_shot(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, classnames: list[str],
+                       templates: list[str]) -> dict:
+    start = time.perf_counter()
+    logits, passes = zero_shot_logits(model, images, classnames, templates)
+    result = classification_metrics(logits, labels)
+    result.update(images=len(images), classes=len(classnames), templates=len(templates),
+                  wall_time_s=time.perf_counter() - start, fusion_passes=passes)
+    return result
