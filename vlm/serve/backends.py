@@ -1,0 +1,238 @@
+"""Vector backends behind one interface: add, delete, get by id, search with k, persist.
+
+- `FaissBackend` (default, embedded): exact inner product (`IndexFlatIP`) up to `exact_max` vectors, HNSW or
+  IVF above it; saved as one file written atomically.
+- `MilvusBackend`: pymilvus' `MilvusClient`, on a milvus-lite file for one machine or a server URI for a
+  Milvus cluster, with the same calls.
+
+Vectors are L2-normalised, so inner product is cosine similarity. Ids are int64 item ids.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vlm.atomic_io import atomic_write
+
+
+@dataclass(frozen=True)
+class FaissConfig:
+    exact_max: int = 1_000_000  # exact search below this many vectors; a flat scan of 1M x 512 is ~50 ms
+    approximate: str = "hnsw"  # "hnsw" or "ivf" above exact_max
+    hnsw_m: int = 32
+    ef_search: int = 128
+    ivf_nlist: int = 0  # 0: 4 * sqrt(n), the usual faiss rule of thumb
+    nprobe: int = 16
+
+
+class VectorBackend(ABC):
+    dim: int
+
+    @abstractmethod
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def delete(self, ids: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def get(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors of these ids, (N, dim); KeyError for an id that is not there."""
+
+    @abstractmethod
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each (Q, k), best first; ids -1 (score -inf) where fewer than k exist."""
+
+    @abstractmethod
+    def ids(self) -> np.ndarray: ...
+
+    @abstractmethod
+    def save(self) -> None:
+        """Make every change so far durable in the backend's own storage."""
+
+    def close(self) -> None:
+        self.save()
+
+    def __len__(self) -> int:
+        return len(self.ids())
+
+
+def _as_matrix(vectors: np.ndarray, dim: int) -> np.ndarray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise ValueError(f"vectors must have shape (N, {dim}), got {vectors.shape}")
+    return vectors
+
+
+class FaissBackend(VectorBackend):
+    def __init__(self, path: str | Path, dim: int, config: FaissConfig = FaissConfig()):
+        import faiss
+
+        self._faiss = faiss
+        self.path, self.dim, self.config = Path(path), dim, config
+        self._lock = threading.RLock()
+        self._tombstones: set[int] = set()  # approximate indexes hide deleted ids until the next save
+        self.index = self._read() if self.path.exists() else self._empty()
+
+    def _read(self):
+        data = np.frombuffer(self.path.read_bytes(), dtype=np.uint8)
+        index = self._faiss.deserialize_index(data)
+        if index.d != self.dim:
+            raise ValueError(f"{self.path}: index has dimension {index.d}, the model embeds in {self.dim}")
+        return index
+
+    def _empty(self):
+        return self._faiss.IndexIDMap2(self._faiss.IndexFlatIP(self.dim))
+
+    @property
+    def kind(self) -> str:
+        inner = self._faiss.downcast_index(self.index.index)
+        return {"IndexFlatIP": "flat", "IndexHNSWFlat": "hnsw", "IndexIVFFlat": "ivf"}.get(
+            type(inner).__name__, type(inner).__name__)
+
+    def rebuild(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """A fresh index of these vectors, exact or approximate by their number."""
+        faiss, config = self._faiss, self.config
+        vectors = _as_matrix(vectors, self.dim)
+        n = len(vectors)
+        if n <= config.exact_max:
+            inner = faiss.IndexFlatIP(self.dim)
+        elif config.approximate == "hnsw":
+            inner = faiss.IndexHNSWFlat(self.dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            inner.hnsw.efSearch = config.ef_search
+        elif config.approximate == "ivf":
+            nlist = config.ivf_nlist or int(4 * np.sqrt(n))
+            inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            inner.train(vectors)
+            inner.nprobe = config.nprobe
+            inner.make_direct_map()  # reconstruct by id
+        else:
+            raise ValueError(f"faiss approximate index must be 'hnsw' or 'ivf', got {config.approximate!r}")
+        index = faiss.IndexIDMap2(inner)
+        if n:
+            index.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
+        with self._lock:
+            self.index, self._tombstones = index, set()
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        vectors = _as_matrix(vectors, self.dim)
+        with self._lock:
+            self.index.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
+
+    def delete(self, ids: np.ndarray) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        with self._lock:
+            if self.kind != "flat":  # HNSW cannot remove at all, IVF not with its id map
+                self._tombstones.update(int(i) for i in ids)
+            else:
+                self.index.remove_ids(ids)
+
+    def get(self, ids: np.ndarray) -> np.ndarray:
+        with self._lock:
+            out = []
+            for i in np.asarray(ids, dtype=np.int64):
+                if int(i) in self._tombstones:
+                    raise KeyError(int(i))
+                try:
+                    out.append(self.index.reconstruct(int(i)))
+                except RuntimeError:  # faiss: "key not found"
+                    raise KeyError(int(i)) from None
+            return np.stack(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = _as_matrix(queries, self.dim)
+        with self._lock:
+            scores, ids = self.index.search(queries, k, params=self._search_params())
+        scores[ids < 0] = -np.inf
+        return scores, ids
+
+    def _search_params(self):
+        if not self._tombstones:
+            return None
+        banned = np.fromiter(self._tombstones, dtype=np.int64)
+        selector = self._faiss.IDSelectorNot(self._faiss.IDSelectorBatch(banned))
+        if self.kind == "hnsw":
+            return self._faiss.SearchParametersHNSW(sel=selector, efSearch=self.config.ef_search)
+        return self._faiss.SearchParametersIVF(sel=selector, nprobe=self.config.nprobe)
+
+    def ids(self) -> np.ndarray:
+        with self._lock:
+            ids = self._faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        return np.setdiff1d(ids, np.fromiter(self._tombstones, dtype=np.int64)) if self._tombstones else ids
+
+    def save(self) -> None:
+        with self._lock:
+            if self._tombstones:  # compact: a saved HNSW index never holds deleted vectors
+                keep = self.ids()
+                self.rebuild(keep, np.stack([self.index.reconstruct(int(i)) for i in keep])
+                             if len(keep) else np.zeros((0, self.dim), np.float32))
+            data = self._faiss.serialize_index(self.index)
+        with atomic_write(self.path) as f:
+            f.write(data.tobytes())
+
+
+class MilvusBackend(VectorBackend):
+    """One Milvus collection (id INT64 primary key, vector FLOAT_VECTOR, IP metric)."""
+
+    def __init__(self, uri: str, collection: str, dim: int, token: str = ""):
+        from pymilvus import DataType, MilvusClient
+
+        self.uri, self.collection, self.dim = uri, collection, dim
+        self.client = MilvusClient(uri=uri, token=token)
+        if not self.client.has_collection(collection):
+            schema = MilvusClient.create_schema(auto_id=False)
+            schema.add_field("id", DataType.INT64, is_primary=True)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+            index_params = self.client.prepare_index_params()
+            index_params.add_index("vector", index_type="FLAT", metric_type="IP")
+            self.client.create_collection(collection, schema=schema, index_params=index_params)
+        self.client.load_collection(collection)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        vectors = _as_matrix(vectors, self.dim)
+        rows = [{"id": int(i), "vector": v.tolist()} for i, v in zip(ids, vectors, strict=True)]
+        for start in range(0, len(rows), 10_000):  # keep each gRPC message well under its size limit
+            self.client.upsert(self.collection, rows[start : start + 10_000])
+
+    def delete(self, ids: np.ndarray) -> None:
+        if len(ids):
+            self.client.delete(self.collection, ids=[int(i) for i in ids])
+
+    def get(self, ids: np.ndarray) -> np.ndarray:
+        wanted = [int(i) for i in ids]
+        rows = {r["id"]: r["vector"] for r in self.client.get(self.collection, ids=wanted, output_fields=["vector"])}
+        missing = [i for i in wanted if i not in rows]
+        if missing:
+            raise KeyError(missing[0])
+        return np.array([rows[i] for i in wanted], dtype=np.float32).reshape(len(wanted), self.dim)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = _as_matrix(queries, self.dim)
+        hits = self.client.search(self.collection, data=queries.tolist(), limit=k, output_fields=["id"],
+                                  search_params={"metric_type": "IP"})
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        for q, row in enumerate(hits):
+            for j, hit in enumerate(row[:k]):
+                scores[q, j], ids[q, j] = hit["distance"], hit["id"]
+        return scores, ids
+
+    def ids(self) -> np.ndarray:
+        iterator = self.client.query_iterator(self.collection, batch_size=10_000, filter="id >= 0",
+                                              output_fields=["id"])
+        ids: list[int] = []
+        while batch := iterator.next():
+            ids.extend(row["id"] for row in batch)
+        iterator.close()
+        return np.array(sorted(ids), dtype=np.int64)
+
+    def save(self) -> None:
+        self.client.flush(self.collection)
+
+    def close(self) -> None:
+        self.save()
+        self.client.close()
