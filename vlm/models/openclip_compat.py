@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from vlm.atomic_io import atomic_write
-from vlm.models.checkpoint import CheckpointError
+from vlm.models.checkpoint import CheckpointError, model_from_weights
 from vlm.models.config import DualEncoderConfig, ImageTowerConfig, TextTowerConfig
 from vlm.models.dual_encoder import DualEncoder
 
@@ -151,6 +151,9 @@ def infer_config(sd: dict[str, torch.Tensor], name: str = "openclip-import", qui
 
 def config_from_openclip(model_cfg: dict, name: str) -> DualEncoderConfig:
     v, t = model_cfg["vision_cfg"], model_cfg["text_cfg"]
+    foreign = sorted(k for k in ("timm_model_name", "hf_model_name") if v.get(k) or t.get(k))
+    if foreign:
+        raise CheckpointError(f"OpenCLIP config of {name!r} uses {foreign}: only OpenCLIP's own ViT towers import")
     width = v["width"]
     return DualEncoderConfig(
         name=name, embed_dim=model_cfg["embed_dim"], quick_gelu=model_cfg.get("quick_gelu", False),
@@ -164,28 +167,29 @@ def config_from_openclip(model_cfg: dict, name: str) -> DualEncoderConfig:
     )
 
 
-def from_openclip_state_dict(sd: dict[str, torch.Tensor], config: DualEncoderConfig) -> DualEncoder:
-    model = DualEncoder(config)
-    inverse = {}
-    for key in model.state_dict():
-        name = _rename(key, TOP_KEYS, BLOCK_PREFIXES)
-        if name is not None:
-            inverse[name] = key
-    ours = model.state_dict()
+def from_openclip_state_dict(sd: dict[str, torch.Tensor], config: DualEncoderConfig,
+                             where: str = "OpenCLIP checkpoint") -> DualEncoder:
+    if config.vqa_answers:
+        raise ValueError("OpenCLIP weights have no VQA head: import first, then add vqa_answers and fine-tune")
+    with torch.device("meta"):  # only for the parameter names and shapes
+        ours = DualEncoder(config).state_dict()
+    inverse = {name: key for key in ours if (name := _rename(key, TOP_KEYS, BLOCK_PREFIXES)) is not None}
     converted = {}
     for name, value in sd.items():
         if name == "attn_mask" or name.endswith(".attn_mask"):
             continue  # OpenCLIP's causal mask buffer; ours is implicit
         if name not in inverse:
-            raise CheckpointError(f"OpenCLIP weight {name!r} has no place in a vlm DualEncoder "
+            raise CheckpointError(f"{where}: OpenCLIP weight {name!r} has no place in a vlm DualEncoder "
                                   "(only standard ViT CLIP models can be imported)")
         key = inverse[name]
+        if value.numel() != ours[key].numel():
+            raise CheckpointError(f"{where}: {name} has shape {tuple(value.shape)}, the config needs "
+                                  f"{tuple(ours[key].shape)}")
         converted[key] = value.reshape(ours[key].shape)
-    missing = sorted(set(ours) - set(converted) - {k for k in ours if k.startswith("vqa_head.")})
+    missing = sorted(set(ours) - set(converted))
     if missing:
-        raise CheckpointError(f"OpenCLIP checkpoint lacks {missing[:3]}{'...' if len(missing) > 3 else ''}")
-    model.load_state_dict(converted, strict=False)
-    return model.eval()
+        raise CheckpointError(f"{where}: OpenCLIP checkpoint lacks {missing[:3]}{'...' if len(missing) > 3 else ''}")
+    return model_from_weights(config, converted, where).eval()
 
 
 def import_openclip(path: str | Path, model_cfg: dict | None = None, quick_gelu: bool = False) -> DualEncoder:
@@ -208,5 +212,8 @@ def import_openclip(path: str | Path, model_cfg: dict | None = None, quick_gelu:
     elif not path.is_file():
         raise CheckpointError(f"{path}: no such file or folder")
     sd = _read_state_dict(path)
-    config = config_from_openclip(model_cfg, name) if model_cfg else infer_config(sd, name, quick_gelu, str(path))
-    return from_openclip_state_dict(sd, config)
+    try:
+        config = config_from_openclip(model_cfg, name) if model_cfg else infer_config(sd, name, quick_gelu, str(path))
+    except KeyError as e:  # a timm or Hugging Face tower, or a state dict with parts missing
+        raise CheckpointError(f"{path}: not a standard OpenCLIP ViT model (no {e.args[0]!r})") from None
+    return from_openclip_state_dict(sd, config, str(path))
