@@ -1,0 +1,86 @@
+"""Samples -> a batch of tensors. Runs in DataLoader workers, so tokenisation happens there too.
+
+Samples whose image failed to decode (`image is None`) are dropped here and counted in `batch["skipped"]`,
+the one place a map-style dataset can leave a sample out; `SkipStats.add_batch` sums those in the trainer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from data_pipelines.sample import Sample
+from data_pipelines.vqa import answer_targets
+from vlm.tokenizer import padding_mask
+
+
+class Collator:
+    """`collate_fn` for a DataLoader over any source.
+
+    Keys: `images` (B,3,H,W), `image_ids`, `skipped` {reason: n}, `skip_examples`, and when the samples have
+    them: `text` (B,T) long + `text_mask` (B,T) bool + `captions`; `questions` + `question_mask` +
+    `question_text` + `question_ids` + `answers` + `answer_types` + `question_families` (+ `answer_targets`
+    (B,A) soft scores when `answer_vocab` is given); `labels` (B,) long; `negative_text` + `negative_mask` +
+    `negative_captions` + `negative_types` for compositional items.
+    `pad_to_longest` cuts token tensors to the longest sequence in the batch instead of the context length.
+    """
+
+    def __init__(self, tokenizer, pad_to_longest: bool = False, answer_vocab: list[str] | None = None):
+        self.tokenizer = tokenizer
+        self.pad_to_longest = pad_to_longest
+        self.answer_vocab = answer_vocab
+
+    def __call__(self, samples: list[Sample]) -> dict:
+        kept = [s for s in samples if s.image is not None]
+        dropped = [s for s in samples if s.image is None]
+        batch = {
+            "image_ids": [s.image_id for s in kept],
+            "skipped": dict(Counter(s.meta.get("skip_reason", "bad image") for s in dropped)),
+            "skip_examples": [s.meta.get("skip_detail", s.image_id) for s in dropped],
+            "images": self._stack_images(kept),
+        }
+        if _all_have(kept, lambda s: s.caption is not None, "caption"):
+            batch["captions"] = [s.caption for s in kept]
+            batch["text"], batch["text_mask"] = self._tokenize(batch["captions"])
+        if _all_have(kept, lambda s: s.question is not None, "question"):
+            batch["question_text"] = [s.question for s in kept]
+            batch["questions"], batch["question_mask"] = self._tokenize(batch["question_text"])
+            batch["question_ids"] = [s.question_id for s in kept]
+            batch["answer_types"] = [s.answer_type for s in kept]
+            batch["question_families"] = [s.question_family for s in kept]
+            if _all_have(kept, lambda s: s.answers is not None, "answers"):
+                batch["answers"] = [s.answers for s in kept]
+                if self.answer_vocab is not None:
+                    batch["answer_targets"] = answer_targets(batch["answers"], self.answer_vocab)
+        if _all_have(kept, lambda s: s.label is not None, "label"):
+            batch["labels"] = torch.tensor([s.label for s in kept], dtype=torch.long)
+        if _all_have(kept, lambda s: "negative_caption" in s.meta, "negative_caption"):
+            batch["negative_captions"] = [s.meta["negative_caption"] for s in kept]
+            batch["negative_types"] = [s.meta.get("negative_type") for s in kept]
+            batch["negative_text"], batch["negative_mask"] = self._tokenize(batch["negative_captions"])
+        return batch
+
+    def _tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = self.tokenizer(texts) if texts else torch.zeros(0, self.tokenizer.context_length, dtype=torch.long)
+        mask = padding_mask(ids)
+        if self.pad_to_longest and len(texts):
+            ids, mask = ids[:, : int(mask.sum(1).max())], mask[:, : int(mask.sum(1).max())]
+        return ids, mask
+
+    @staticmethod
+    def _stack_images(samples: list[Sample]) -> torch.Tensor:
+        if not samples:
+            return torch.zeros(0)
+        if not isinstance(samples[0].image, torch.Tensor):
+            raise TypeError("Collator needs tensor images: open the source with transform=eval_transform(size) "
+                            f"or train_transform(size), got {type(samples[0].image).__name__}")
+        return torch.stack([s.image for s in samples])
+
+
+def _all_have(samples: list[Sample], has, what: str) -> bool:
+    """True when every sample has the field; a batch mixing items with and without it is a caller bug."""
+    flags = [has(s) for s in samples]
+    if any(flags) and not all(flags):
+        raise ValueError(f"batch mixes samples with and without a {what}; batch one kind of source at a time")
+    return bool(flags) and all(flags)

@@ -1,0 +1,217 @@
+"""WebDataset tar shards in img2dataset's layout: read by streaming, written from any pairs source.
+
+A shard `00000.tar` holds samples `KEY.jpg|png`, `KEY.txt` (the caption) and optionally `KEY.json`; keys
+are the shard number followed by the index inside the shard, as img2dataset names them.
+Reading goes through the `webdataset` library: shards split across ranks (torch.distributed or
+RANK/WORLD_SIZE) and DataLoader workers, shuffled per epoch. A corrupt member or shard is handed to
+`_on_error`, which counts it and lets the stream go on; it reaches the Collator as a placeholder sample.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import random
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from data_pipelines.images import BadImage, decode_image
+from data_pipelines.sample import DEFAULT_MAX_BAD_FRACTION, Sample, SkipStats
+from vlm.atomic_io import atomic_write
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+
+
+def expand_shard_urls(urls: str | Path | list) -> list[str]:
+    """A folder of `*.tar`, one `.tar`, a brace pattern (`shards/{00000..00009}.tar`) or a list of those."""
+    import braceexpand
+
+    if isinstance(urls, (list, tuple)):
+        return [u for url in urls for u in expand_shard_urls(url)]
+    text = str(urls)
+    if Path(text).is_dir():
+        found = sorted(str(p) for p in Path(text).glob("*.tar"))
+        if not found:
+            raise ValueError(f"{text}: no .tar shards in this folder")
+        return found
+    expanded = list(braceexpand.braceexpand(text))
+    missing = [u for u in expanded if "://" not in u and not Path(u).is_file()]
+    if missing:
+        raise ValueError(f"{missing[0]}: shard not found ({len(missing)} of {len(expanded)} missing)")
+    return expanded
+
+
+class ShardDataset(torch.utils.data.IterableDataset):
+    """Streams Samples from WebDataset shards; call `set_epoch(e)` each epoch for a new shuffle."""
+
+    format = "webdataset"
+
+    def __init__(
+        self,
+        urls: str | Path | list,
+        transform: Callable | None = None,
+        shuffle: bool = False,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        resampled: bool = False,
+        max_pixels: int | None = None,
+        max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+    ):
+        super().__init__()
+        self.urls = expand_shard_urls(urls)
+        self.transform = transform
+        self.shuffle = shuffle
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.resampled = resampled
+        self.max_pixels = max_pixels
+        self.epoch = 0
+        self.stats = SkipStats(source=str(urls), max_bad_fraction=max_bad_fraction)
+        self._pending: list[Sample] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[Sample]:
+        import webdataset as wds
+
+        urls = list(self.urls)
+        if self.shuffle:  # same order on every rank, so the node split below stays a partition
+            random.Random(self.seed * 100_003 + self.epoch).shuffle(urls)
+        pipeline = wds.WebDataset(
+            urls, handler=self._on_error, shardshuffle=False, resampled=self.resampled,
+            nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker, empty_check=False,
+            seed=self.seed,
+        )
+        if self.shuffle:
+            pipeline = pipeline.shuffle(self.shuffle_buffer, seed=self.seed * 100_003 + self.epoch)
+        for item in pipeline:
+            yield from self._drain_pending()
+            yield self._to_sample(item)
+        yield from self._drain_pending()
+
+    def _on_error(self, exn: Exception) -> bool:
+        self._pending.append(self._placeholder("corrupt shard", "?", f"{type(exn).__name__}: {exn}"))
+        return True  # keep streaming
+
+    def _drain_pending(self) -> Iterator[Sample]:
+        while self._pending:
+            yield self._pending.pop(0)
+
+    def _placeholder(self, reason: str, key: str, detail: str) -> Sample:
+        self.stats.skip(reason, detail)
+        return Sample(None, key, meta={"skip_reason": reason, "skip_detail": detail})
+
+    def _to_sample(self, item: dict) -> Sample:
+        key, where = item["__key__"], f"{item.get('__url__', '?')}:{item['__key__']}"
+        image_key = next((k for k in IMAGE_KEYS if k in item), None)
+        if image_key is None:
+            return self._placeholder("missing image", key, f"{where}: no image member")
+        caption = item.get("txt", b"").decode("utf-8", errors="replace").strip()
+        if not caption:
+            return self._placeholder("empty caption", key, f"{where}: empty caption")
+        meta = {"url": item.get("__url__")}
+        if "json" in item:
+            try:
+                meta.update(json.loads(item["json"]))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                return self._placeholder("corrupt json", key, f"{where}: {key}.json is not valid JSON")
+        try:
+            image = decode_image(item[image_key], self.max_pixels, name=f"{where}.{image_key}")
+        except BadImage as e:
+            return self._placeholder(e.reason, key, e.detail)
+        self.stats.ok()
+        if self.transform is not None:
+            image = self.transform(image)
+        return Sample(image, str(meta.get("image_id", key)), caption=caption, meta=meta)
+
+
+def write_shards(source, out_dir: str | Path, shard_size: int = 10_000,
+                 max_pixels: int | None = None) -> tuple[list[Path], SkipStats]:
+    """Write a map-style pairs source (anything `open_source` reads into records) as WebDataset shards.
+
+    Image bytes are copied as they are (no re-encoding); each is decoded once first, so a corrupt file is
+    skipped and counted instead of being shipped. Members get mtime 0 so the same input gives the same bytes.
+    """
+    if not hasattr(source, "records"):
+        raise ValueError(f"{source!r}: can only shard a file-indexed source (CSV/TSV/JSONL, COCO, Karpathy)")
+    records = [r for r in source.records if r.caption is not None]
+    if not records:
+        raise ValueError(f"{source!r}: no captions to write")
+    stats = SkipStats(source=str(out_dir), max_bad_fraction=source.stats.max_bad_fraction)
+    with ShardWriter(out_dir, shard_size) as writer:
+        for record in records:
+            try:
+                data = Path(record.image).read_bytes()
+                image = decode_image(data, max_pixels, name=str(record.image))
+            except FileNotFoundError:
+                stats.skip("missing image", f"{record.image}: no such file")
+                continue
+            except BadImage as e:
+                stats.skip(e.reason, e.detail)
+                continue
+            stats.ok()
+            writer.add(record, data, image.size)
+    stats.check(final=True)
+    return writer.paths, stats
+
+
+class ShardWriter:
+    """Streams samples into `00000.tar`, `00001.tar`, ... of `shard_size` samples, each written atomically."""
+
+    def __init__(self, out_dir: str | Path, shard_size: int):
+        if shard_size < 1:
+            raise ValueError(f"shard size must be at least 1, got {shard_size}")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.shard_size = shard_size
+        self.index_digits = max(4, len(str(shard_size - 1)))
+        self.paths: list[Path] = []
+        self._stack: contextlib.ExitStack | None = None
+        self._tar: tarfile.TarFile | None = None
+        self._count = 0
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._close_shard(exc)
+
+    def add(self, record: Sample, data: bytes, size: tuple[int, int]) -> None:
+        if self._tar is None or self._count == self.shard_size:
+            self._close_shard((None, None, None))
+            self._open_shard()
+        key = f"{len(self.paths) - 1:05d}{self._count:0{self.index_digits}d}"
+        suffix = Path(record.image).suffix.lower().lstrip(".")
+        ext = "jpg" if suffix in ("jpg", "jpeg") else suffix
+        if ext not in IMAGE_KEYS:
+            raise ValueError(f"{record.image}: cannot store .{suffix} images in shards (use jpg, png or webp)")
+        meta = {"key": key, "caption": record.caption, "image_id": record.image_id, "width": size[0],
+                "height": size[1], "source": str(record.image)}
+        for name, payload in ((f"{key}.{ext}", data), (f"{key}.txt", record.caption.encode()),
+                              (f"{key}.json", json.dumps(meta, sort_keys=True).encode())):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(payload), 0, 0o644
+            self._tar.addfile(info, io.BytesIO(payload))
+        self._count += 1
+
+    def _open_shard(self) -> None:
+        path = self.out_dir / f"{len(self.paths):05d}.tar"
+        self._stack = contextlib.ExitStack()
+        f = self._stack.enter_context(atomic_write(path, "wb"))
+        self._tar = self._stack.enter_context(tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT))
+        self.paths.append(path)
+        self._count = 0
+
+    def _close_shard(self, exc: tuple) -> None:
+        if self._stack is None:
+            return
+        self._stack.__exit__(*exc)
+        if exc[0] is None:  # img2dataset writes per-shard counts next to each shard
+            stats_path = self.paths[-1].with_name(self.paths[-1].stem + "_stats.json")
+            stats_path.write_text(json.dumps({"count": self._count, "successes": self._count}))
+        self._stack, self._tar = None, None

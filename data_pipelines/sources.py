@@ -1,0 +1,92 @@
+"""`open_source`: one entry point that recognises a dataset's format from the path and opens it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from data_pipelines.coco import open_coco_captions, open_karpathy, read_json
+from data_pipelines.imagefolder import open_imagefolder
+from data_pipelines.pairs import open_pairs
+from data_pipelines.shards import ShardDataset
+from data_pipelines.vqa import open_vqa
+
+SHAPES_TASKS = ("pairs", "vqa", "classify", "compositional")
+
+
+def detect_format(path: str | Path) -> str:
+    """One of: shapes, webdataset, imagefolder, csv, tsv, jsonl, coco, karpathy, vqav2."""
+    text = str(path)
+    path = Path(text)
+    if "{" in text and text.endswith(".tar") or path.suffix == ".tar":
+        return "webdataset"
+    if path.is_dir():
+        if (path / "world.json").is_file():
+            return "shapes"
+        if any(path.glob("*.tar")):
+            return "webdataset"
+        return "imagefolder"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv", ".jsonl"):
+        return suffix[1:]
+    if suffix == ".json":
+        return _json_format(path, read_json(path))
+    raise ValueError(f"{path}: unknown data format (expected .csv, .tsv, .jsonl, .json, .tar or a folder)")
+
+
+def _json_format(path: Path, data) -> str:
+    if isinstance(data, dict) and "questions" in data:
+        return "vqav2"
+    if isinstance(data, dict) and isinstance(data.get("images"), list):
+        if "annotations" in data:
+            return "coco"
+        if data["images"] and isinstance(data["images"][0], dict) and "sentences" in data["images"][0]:
+            return "karpathy"
+    keys = ", ".join(data) if isinstance(data, dict) else type(data).__name__
+    raise ValueError(f"{path}: JSON is neither COCO captions (images + annotations), Karpathy (images[].sentences) "
+                     f"nor VQAv2 questions (questions); top level has: {keys}")
+
+
+def open_source(path: str | Path, split: str | None = None, transform: Callable | None = None, **options):
+    """Open any supported dataset; returns a map-style RecordDataset or, for shards, a ShardDataset.
+
+    `split` selects a Karpathy split or a shapes-world split (train, val, test, heldout); for a shapes-world
+    folder `task=` picks the view: "pairs" (default), "vqa", "classify" or "compositional".
+    Other options go to the format's reader (`image_column`, `caption_column`, `sep`, `image_root`,
+    `annotations_path`, `shuffle`, `max_bad_fraction`, `max_pixels`, ...).
+    """
+    fmt = detect_format(path)
+    if fmt == "shapes":
+        return open_shapes(path, split, transform, **options)
+    if fmt == "webdataset":
+        return ShardDataset(path, transform, **options)
+    if fmt == "imagefolder":
+        return open_imagefolder(path, transform, **options)
+    if fmt in ("csv", "tsv", "jsonl"):
+        return open_pairs(path, transform, **options)
+    if fmt == "coco":
+        return open_coco_captions(path, transform, **options)
+    if fmt == "karpathy":
+        return open_karpathy(path, split, transform, **options)
+    return open_vqa(path, transform=transform, **options)
+
+
+def open_shapes(root: str | Path, split: str | None, transform: Callable | None = None, task: str = "pairs",
+                **options):
+    """One view of one split of a shapes-world folder (see docs/INTERFACES.md, Data)."""
+    root = Path(root)
+    splits = sorted(p.stem.removeprefix("pairs_") for p in root.glob("pairs_*.csv"))
+    if split not in splits:
+        raise ValueError(f"{root} is a shapes-world folder: pass split= one of {', '.join(splits)} (got {split!r})")
+    if task == "pairs":
+        return open_pairs(root / f"pairs_{split}.csv", transform, **options)
+    if task == "vqa":
+        return open_vqa(root / f"vqa_{split}_questions.json", transform=transform, **options)
+    if task == "classify":
+        return open_imagefolder(root / f"classify_{split}", transform, **options)
+    if task == "compositional":
+        return open_pairs(root / f"compositional_{split}.jsonl", transform, **options)
+    raise ValueError(f"{root}: unknown shapes-world task {task!r}; one of {', '.join(SHAPES_TASKS)}")
+
