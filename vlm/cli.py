@@ -15,6 +15,9 @@ from vlm.models.checkpoint import CheckpointError
 # Modules with a `register(subparsers)` function, in the order of the data flow.
 COMMAND_MODULES = [
     "vlm.models.cli",
+    "vlm.train.cli",
+    "vlm.eval.cli",
+    "vlm.serve.cli",
 ]
 
 

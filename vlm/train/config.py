@@ -19,12 +19,14 @@ class DataConfig:
     val_samples: int = 500  # evaluation is on the first N val items, so it stays cheap
     num_workers: int = 2
     augment: bool = False
+    pad_to_longest: bool = True  # shorter text tensors on CPU; set false for static shapes (torch.compile, CUDA graphs)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     model: str  # a model name, a model YAML, or (to fine-tune) a checkpoint
     objective: str = "clip"  # clip | siglip (late fusion), fusion (ITM + MLM), vqa (either family)
+    model_overrides: tuple[str, ...] = ()  # `key=value` changes to a named model config, e.g. init_logit_bias=-10
     data: DataConfig = field(default_factory=DataConfig)
     steps: int = 1000
     batch_size: int = 64  # per optimizer step and per rank, before gradient accumulation splits it

@@ -9,7 +9,6 @@ from data_pipelines.transforms import eval_transform, train_transform
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from data_pipelines import Collator, open_source
-from vlm.losses import vqa_soft_scores
 from vlm.tokenizer import Tokenizer
 from vlm.train.config import DataConfig
 
@@ -39,28 +38,15 @@ class ResumableBatchSampler(Sampler[list[int]]):
             epoch, first = epoch + 1, 0
 
 
-class VQACollator:
-    """The data collator plus soft VQA targets over a fixed answer vocabulary."""
-
-    def __init__(self, collator: Collator, answers: tuple[str, ...]):
-        self.collator = collator
-        self.answer_index = {a: i for i, a in enumerate(answers)}
-
-    def __call__(self, samples: list) -> dict:
-        batch = self.collator(samples)
-        batch["vqa_targets"] = vqa_soft_scores(batch["answers"], self.answer_index)
-        return batch
-
-
 def open_split(path: str, split: str, objective: str, image_size: int, augment: bool) -> Dataset:
     transform = train_transform(image_size) if augment else eval_transform(image_size)
     task = "vqa" if objective == "vqa" else "pairs"
     return open_source(path, split=split, transform=transform, task=task)
 
 
-def make_collator(context_length: int, answers: tuple[str, ...] = ()) -> Collator | VQACollator:
-    collator = Collator(Tokenizer(context_length))
-    return VQACollator(collator, answers) if answers else collator
+def make_collator(context_length: int, answers: tuple[str, ...] = (), pad_to_longest: bool = True) -> Collator:
+    """Batches with token ids (cut to the longest caption when asked) and, for VQA, soft answer targets."""
+    return Collator(Tokenizer(context_length), pad_to_longest=pad_to_longest, answer_vocab=list(answers) or None)
 
 
 def make_train_loader(dataset: Dataset, collate, batch_size: int, config: DataConfig, seed: int,
@@ -96,4 +82,9 @@ def split_batch(batch: dict, parts: int) -> list[dict]:
         return [batch]
     n = len(batch["images"])
     size = -(-n // parts)
-    return [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, n, size)]
+
+    def part(value, i):
+        sliceable = torch.is_tensor(value) or isinstance(value, list)
+        return value[i : i + size] if sliceable and len(value) == n else value
+
+    return [{k: part(v, i) for k, v in batch.items()} for i in range(0, n, size)]

@@ -94,7 +94,7 @@ class VQATask(nn.Module):
             logits = self.model.vqa_logits(batch["images"], batch["questions"], batch["question_mask"])
         else:
             logits = self.model.vqa_logits(batch["images"], batch["questions"])
-        targets = batch["vqa_targets"]
+        targets = batch["answer_targets"]
         loss = vqa_loss(logits, targets)
         # VQA score of the top answer against the soft targets: a cheap running accuracy.
         score = targets.gather(1, logits.argmax(-1, keepdim=True)).mean()

@@ -1,0 +1,50 @@
+"""`vlm train` and `vlm quickstart`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vlm.train.config import load_train_config
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train a model from a recipe in configs/train/ (works under torchrun)")
+    p.add_argument("--config", required=True, help="recipe YAML, e.g. configs/train/clip.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set steps=200 --set data.train=pairs.csv")
+    p.add_argument("--out", help="run folder (default: runs/<recipe>/<model>)")
+    p.add_argument("--resume", help="'auto' (this run folder's checkpoint, if any) or a checkpoint path")
+    p.add_argument("--stop-at", type=int, help="save and stop at this step (the schedule still runs to `steps`)")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("quickstart", help="the CPU demo: shapes world, train both families, VQA, compare")
+    p.add_argument("--config", default="configs/train/quickstart.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_quickstart)
+
+
+def default_run_dir(recipe: str, model: str) -> Path:
+    return Path("runs") / Path(recipe).stem / Path(model).stem
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vlm.train.run import train
+    from vlm.train.trainer import TrainingError
+
+    config = load_train_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else default_run_dir(args.config, config.model)
+    try:
+        checkpoint = train(config, out, resume=args.resume, stop_at_step=args.stop_at)
+    except TrainingError as e:
+        print(f"vlm train: error: {e}")
+        return 1
+    print(f"checkpoint: {checkpoint}")
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from vlm.train.quickstart import load_quickstart_config, run_quickstart
+
+    run_quickstart(load_quickstart_config(args.config, args.overrides))
+    return 0

@@ -1,0 +1,152 @@
+"""`train(config, out_dir)`: build the run from its recipe, loop, evaluate, checkpoint, plot."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from vlm.models.checkpoint import read_checkpoint
+from vlm.models.config import ModelConfig
+from vlm.models.registry import build_model, config_image_size, get_model_config, model_config_from_dict
+from vlm.train.config import TrainConfig
+from vlm.train.data import make_collator, make_train_loader, open_split, split_batch, to_device
+from vlm.train.distributed import DistributedEnv, all_reduce_mean, broadcast_flag, init_distributed
+from vlm.train.plots import plot_metrics
+from vlm.train.trainer import (
+    CHECKPOINT_NAME,
+    MetricsLog,
+    StopSignal,
+    Trainer,
+    check_finite,
+    resolve_resume,
+    write_run_config,
+)
+from vlm.train.validate import validate
+
+
+def starting_config(config: TrainConfig, resume_payload: dict | None) -> ModelConfig:
+    """The model config the run starts from: the resumed one, a checkpoint's, or a named/YAML one."""
+    if resume_payload is not None:
+        return model_config_from_dict(resume_payload["config"], "resumed checkpoint")
+    if is_checkpoint(config.model):
+        return model_config_from_dict(read_checkpoint(config.model)["config"], config.model)
+    return get_model_config(config.model, list(config.model_overrides))
+
+
+def is_checkpoint(model: str) -> bool:
+    return model.endswith((".pt", ".pth"))
+
+
+def build_run_model(config: TrainConfig, model_config: ModelConfig, resumed: bool, train_data: Dataset) -> nn.Module:
+    """The model to train: resumed (weights come with the trainer state), fine-tuned from a checkpoint
+    with a fresh VQA head, or new."""
+    if resumed:
+        return build_model(model_config)
+    if config.objective == "vqa":
+        model_config = dataclasses.replace(model_config, vqa_answers=answer_vocabulary(train_data, config))
+    model = build_model(model_config)
+    if is_checkpoint(config.model):
+        weights = {k: v for k, v in read_checkpoint(config.model)["model"].items() if not k.startswith("vqa_head.")}
+        model.load_state_dict(weights, strict=False)
+    return model
+
+
+def answer_vocabulary(train_data: Dataset, config: TrainConfig) -> tuple[str, ...]:
+    from data_pipelines import build_answer_vocab
+
+    return tuple(build_answer_vocab(train_data, max_answers=config.vqa_max_answers))
+
+
+def freeze_all_but_head(model: nn.Module) -> None:
+    """Linear-probe style VQA: only the head learns, so the embeddings stay what retrieval uses."""
+    for name, p in model.named_parameters():
+        p.requires_grad = name.startswith("vqa_head.")
+
+
+def val_batches(config: TrainConfig, model: nn.Module, collate) -> list[dict]:
+    """The first `val_samples` items of the val split, batched once and kept for every evaluation."""
+    path = config.data.val or config.data.train
+    try:
+        data = open_split(path, config.data.val_split, config.objective, config_image_size(model.config), augment=False)
+    except FileNotFoundError:
+        return []
+    n = min(len(data), config.data.val_samples)
+    samples = [data[i] for i in range(n)]
+    return [collate(samples[i : i + config.batch_size]) for i in range(0, n, config.batch_size)]
+
+
+def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, stop_at_step: int | None = None,
+          train_dataset: Dataset | None = None, env: DistributedEnv | None = None) -> Path:
+    """Train to `config.steps` (or `stop_at_step`) and return the checkpoint path.
+
+    `train_dataset` replaces the recipe's training data with any Dataset of data_pipelines Samples.
+    Under torchrun every rank calls this; only rank 0 writes.
+    """
+    env = env or init_distributed()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    resume_path = resolve_resume(resume, out_dir)
+    payload = read_checkpoint(resume_path) if resume_path else None
+
+    model_config = starting_config(config, payload)
+    train_data = train_dataset or open_split(config.data.train, config.data.train_split, config.objective,
+                                             config_image_size(model_config), config.data.augment)
+    model = build_run_model(config, model_config, payload is not None, train_data)
+    if config.freeze_towers:
+        freeze_all_but_head(model)
+    trainer = Trainer(model, config, env)
+    if payload is not None:
+        trainer.load_state(payload)
+    collate = make_collator(model.config.context_length, model.config.vqa_answers, config.data.pad_to_longest)
+    batches = make_train_loader(train_data, collate, config.batch_size, config.data, config.seed,
+                                env.rank, env.world_size, start_batch=trainer.step_count)
+    validation = val_batches(config, model, collate) if env.is_main else []
+    if env.is_main:
+        write_run_config(out_dir, config, model)
+    run_loop(trainer, batches, validation, config, out_dir, env, stop_at_step or config.steps)
+    if env.is_main:
+        plot_metrics(out_dir / "metrics.jsonl", out_dir / "loss.png")
+    return out_dir / CHECKPOINT_NAME
+
+
+def run_loop(trainer: Trainer, batches, validation: list[dict], config: TrainConfig, out_dir: Path,
+             env: DistributedEnv, last_step: int) -> None:
+    log = MetricsLog(out_dir, env.is_main)
+    checkpoint = out_dir / CHECKPOINT_NAME
+    bar = tqdm(total=last_step, initial=trainer.step_count, disable=not env.is_main, dynamic_ncols=True,
+               desc=f"{config.objective} {trainer.model.config.name}")
+    pairs, started = 0, time.perf_counter()
+    with StopSignal() as stop:
+        for batch in itertools.takewhile(lambda _: trainer.step_count < last_step, batches):
+            batch = to_device(batch, env.device)
+            metrics = trainer.step(split_batch(batch, config.grad_accum))
+            pairs += len(batch["images"]) * env.world_size
+            step = trainer.step_count
+            if env.device.type == "cpu" or step % config.log_every == 0:
+                check_finite(trainer, out_dir)  # a host sync: every step on CPU, at log steps on GPU
+            if step % config.log_every == 0 or step == last_step:
+                values = {k: float(all_reduce_mean(v)) for k, v in metrics.items()}
+                values.update(lr=trainer.scheduler.get_last_lr()[0],
+                              pairs_per_s=pairs / (time.perf_counter() - started))
+                log.write(step, values)
+                bar.set_postfix(loss=f"{values['loss']:.3f}", pairs_s=f"{values['pairs_per_s']:.0f}")
+            if validation and (step % config.eval_every == 0 or step == last_step):
+                log.write(step, {f"val/{k}": v for k, v in validate(trainer.model, config.objective,
+                                                                    validation, env.device).items()})
+            stopping = broadcast_flag(stop.requested, env.device)
+            if env.is_main and (step % config.save_every == 0 or step == last_step or stopping):
+                trainer.save(checkpoint)
+            bar.update(1)
+            if stopping:
+                bar.write(f"stopped at step {step}: checkpoint saved to {checkpoint}; continue with --resume auto")
+                break
+    bar.close()
+    log.close()
