@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from data_pipelines.transforms import eval_transform, train_transform
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from data_pipelines import Collator, open_source
+from data_pipelines.transforms import eval_transform, train_transform
 from vlm.tokenizer import Tokenizer
 from vlm.train.config import DataConfig
 
