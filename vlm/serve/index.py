@@ -39,6 +39,7 @@ class IndexConfig:
     model: str = ""  # the model config name whose embeddings these are
     faiss: FaissConfig = field(default_factory=FaissConfig)
     milvus_uri: str = ""  # "" = milvus-lite file DIR/milvus.db; "http://host:19530" = a Milvus server
+    milvus_collection: str = "vlm"  # collections are "<this>_image" and "<this>_text"
     snapshot_every: int = 1000  # faiss: rewrite the snapshot after this many changes (the table is durable anyway)
 
 
@@ -85,7 +86,7 @@ class ItemIndex:
         if c.backend == "faiss":
             return FaissBackend(self.directory / f"{modality}.faiss", c.dim, c.faiss)
         uri = c.milvus_uri or str(self.directory / "milvus.db")
-        return MilvusBackend(uri, f"vlm_{modality}", c.dim)
+        return MilvusBackend(uri, f"{c.milvus_collection}_{modality}", c.dim)
 
     def reconcile(self, modality: str) -> tuple[int, int]:
         """Bring the backend in line with the table; returns (added, removed)."""

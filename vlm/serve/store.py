@@ -135,6 +135,10 @@ class ItemStore:
         row = self._db.execute("SELECT id FROM items WHERE source_key = ?", (key,)).fetchone()
         return row[0] if row else None
 
+    def source_keys(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT source_key FROM items WHERE source_key IS NOT NULL")}
+
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
 

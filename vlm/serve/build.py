@@ -1,0 +1,180 @@
+"""`vlm index build`: embed a collection into an index folder, atomically and resumably.
+
+The build writes into `OUT.partial/`; each batch is one committed transaction keyed by the image's id in
+its source, so an interrupted build started again with the same arguments skips what is done. Only a
+finished build is renamed to `OUT`, so a reader never sees half an index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from data_pipelines.images import IMAGE_EXTENSIONS
+from data_pipelines.records import RecordDataset, validate_records
+from data_pipelines.sample import Sample
+from data_pipelines.sources import detect_format, open_source
+from vlm.atomic_io import atomic_write
+from vlm.serve.backends import FaissConfig
+from vlm.serve.encoder import Encoder, load_encoder
+from vlm.serve.index import CONFIG_NAME, IndexConfig, ItemIndex
+from vlm.serve.store import Item
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    split: str | None = None
+    batch_size: int = 64
+    backend: str = "faiss"
+    faiss: FaissConfig = FaissConfig()
+    milvus_uri: str = ""
+    overwrite: bool = False
+    progress: bool = True
+
+
+def open_collection(data: str | Path, split: str | None = None):
+    """A pairs source of any supported format, or a plain folder of images (searched recursively)."""
+    root = Path(data)
+    if root.is_dir() and detect_format(root) == "imagefolder" and any(
+            p.suffix.lower() in IMAGE_EXTENSIONS for p in root.iterdir()):
+        candidates = ((Sample(str(p), str(p.relative_to(root))), str(p))
+                      for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS)
+        records, stats = validate_records(candidates, str(root), check_files=False)
+        return RecordDataset(records, stats, "folder")
+    return open_source(data, split)
+
+
+def unique_images(dataset) -> Iterator[tuple[Sample, list[str], str | None]]:
+    """(decoded sample, all its captions, its file) per image id: five captions of one image make one item."""
+    if isinstance(dataset, RecordDataset):
+        captions: dict[str, list[str]] = {}
+        first: dict[str, int] = {}
+        for i, record in enumerate(dataset.records):
+            first.setdefault(record.image_id, i)
+            if record.caption:
+                captions.setdefault(record.image_id, []).append(record.caption)
+        for image_id, i in first.items():
+            yield dataset[i], captions.get(image_id, []), str(Path(dataset.records[i].image).resolve())
+    else:  # shards: one caption per key, image bytes and no file
+        for sample in dataset:
+            yield sample, [sample.caption] if sample.caption else [], None
+
+
+def count_images(dataset) -> int | None:
+    return len({r.image_id for r in dataset.records}) if isinstance(dataset, RecordDataset) else None
+
+
+def build_index(checkpoint: str | Path, data: str | Path, out: str | Path,
+                options: BuildOptions = BuildOptions()) -> Path:
+    """Embed every image (and its first caption) of `data` with the late-fusion model into index `out`."""
+    out = Path(out)
+    if (out / CONFIG_NAME).exists() and not options.overwrite:
+        raise ValueError(f"{out}: an index is already there (pass --overwrite to replace it)")
+    encoder = load_encoder(checkpoint)
+    dataset = open_collection(data, options.split)
+    staging = out.with_name(out.name + ".partial")
+    index = ItemIndex(staging, IndexConfig(dim=encoder.dim, backend=options.backend, model=encoder.name,
+                                           faiss=options.faiss, milvus_uri=options.milvus_uri))
+    source = f"{Path(data).resolve()}" + (f" split={options.split}" if options.split else "")
+    previous = index.store.get_meta("source")
+    if previous is not None and (previous != source or index.config.model != encoder.name):
+        raise ValueError(f"{staging}: holds a partial build of {previous} with {index.config.model}; "
+                         "delete it to build another source or model")
+    index.store.set_meta({"source": source, "checkpoint": str(Path(checkpoint).resolve())})
+    added, skipped = _encode_into(index, encoder, dataset, staging, options)
+    index.store.set_meta({"built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                          "skipped": str(skipped)})
+    index.close()
+    ItemIndex(staging).close()  # reopen: builds the search structures from the table and saves them
+    _replace_dir(staging, out)
+    if options.progress:
+        print(f"{out}: {added} items added ({skipped} images skipped as unreadable)")
+    return out
+
+
+def _encode_into(index: ItemIndex, encoder: Encoder, dataset, staging: Path, options: BuildOptions) -> tuple[int, int]:
+    done = index.store.source_keys()
+    bar = tqdm(total=count_images(dataset), initial=len(done), unit="img", desc="index build",
+               disable=not options.progress)
+    batch: list[tuple[Sample, list[str], str | None]] = []
+    added = skipped = 0
+    for sample, captions, path in unique_images(dataset):
+        if sample.image_id in done:
+            continue
+        if sample.image is None:
+            skipped += 1
+            bar.update(1)
+            continue
+        batch.append((sample, captions, path))
+        if len(batch) == options.batch_size:
+            added += _add_batch(index, encoder, batch, staging)
+            bar.update(len(batch))
+            batch = []
+    if batch:
+        added += _add_batch(index, encoder, batch, staging)
+        bar.update(len(batch))
+    bar.close()
+    return added, skipped
+
+
+def _add_batch(index: ItemIndex, encoder: Encoder, batch: list[tuple[Sample, list[str], str | None]],
+               staging: Path) -> int:
+    image_vecs = encoder.encode_images([s.image for s, _, _ in batch])
+    texts = [caps[0] for _, caps, _ in batch if caps]
+    text_vecs = iter(encoder.encode_texts(texts)) if texts else iter(())
+    items = []
+    for (sample, captions, path), image_vec in zip(batch, image_vecs, strict=True):
+        items.append(Item(path=path or _save_image(sample, staging), caption=captions[0] if captions else None,
+                          extra=_extra(sample, captions), image_vec=image_vec,
+                          text_vec=next(text_vecs) if captions else None, source_key=sample.image_id))
+    index.store.add(items)  # vectors go to the search structure in one piece when the build finishes
+    return len(items)
+
+
+def _save_image(sample: Sample, staging: Path) -> str:
+    """Shards hold image bytes, not files: keep a copy the server can show and re-rank."""
+    name = f"images/{hashlib.sha1(sample.image_id.encode()).hexdigest()[:20]}.png"
+    with atomic_write(staging / name) as f:
+        sample.image.save(f, format="PNG")
+    return name
+
+
+def _extra(sample: Sample, captions: list[str]) -> dict:
+    extra: dict = {"image_id": sample.image_id}
+    if len(captions) > 1:
+        extra["captions"] = captions
+    if sample.label is not None:
+        extra["label"] = sample.label
+    for key, value in sample.meta.items():
+        if isinstance(value, (str, int, float, bool)) and not key.startswith("skip"):
+            extra.setdefault(key, value)
+    return extra
+
+
+def _replace_dir(staging: Path, out: Path) -> None:
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(staging, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, out)
+
+
+def index_info(directory: str | Path) -> dict:
+    index = ItemIndex(directory)
+    try:
+        info = index.info()
+        info.update({key: index.store.get_meta(key) for key in ("source", "checkpoint", "built_at", "skipped")})
+        return info
+    finally:
+        index.close()
+

@@ -1,0 +1,82 @@
+"""The models behind the service: a late-fusion encoder that embeds, an early-fusion model that re-ranks.
+
+An `EarlyFusionModel` cannot embed one side alone, so it never builds the index; it only re-scores the top
+candidates of a text query (ALBEF's pattern: rank everything with cheap embeddings, fuse only the top k).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from data_pipelines.transforms import eval_transform
+from vlm.models import DualEncoder, EarlyFusionModel, image_size, load_model
+from vlm.tokenizer import Tokenizer, padding_mask
+
+
+class Encoder:
+    """Texts and images -> L2-normalised float32 embeddings of a `DualEncoder`."""
+
+    def __init__(self, model: DualEncoder):
+        self.model = model.eval()
+        self.tokenizer = Tokenizer(model.config.context_length)
+        self.transform = eval_transform(image_size(model))
+        self.dim = model.config.embed_dim
+        self.name = model.config.name
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return self.model.encode_text(self.tokenizer(texts)).float().numpy()
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.transform(image) for image in images])  # (B, 3, H, W)
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        return self.model.encode_image(pixels).float().numpy()
+
+    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
+        return self.encode_pixels(self.preprocess(images))
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.exp().clamp(max=100.0))
+
+
+class Reranker:
+    """Scores (text, image) pairs with an early-fusion model's ITM head."""
+
+    def __init__(self, model: EarlyFusionModel, batch_size: int = 32):
+        self.model = model.eval()
+        self.tokenizer = Tokenizer(model.config.context_length)
+        self.transform = eval_transform(image_size(model))
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def score(self, text: str, images: list[Image.Image]) -> np.ndarray:
+        """ITM log-odds of `text` against each image, higher is a better match."""
+        ids = self.tokenizer([text])
+        scores = []
+        for start in range(0, len(images), self.batch_size):
+            pixels = torch.stack([self.transform(im) for im in images[start : start + self.batch_size]])
+            batch_ids = ids.expand(len(pixels), -1)
+            scores.append(self.model.score(pixels, batch_ids, padding_mask(batch_ids)).float().numpy())
+        return np.concatenate(scores) if scores else np.zeros(0, np.float32)
+
+
+def load_encoder(checkpoint: str | Path) -> Encoder:
+    model = load_model(checkpoint)
+    if not isinstance(model, DualEncoder):
+        raise ValueError(f"{checkpoint}: is a {model.config.arch} model; the index needs a late-fusion "
+                         "(dual_encoder) checkpoint to embed with (pass an early-fusion one as --rerank-checkpoint)")
+    return Encoder(model)
+
+
+def load_reranker(checkpoint: str | Path) -> Reranker:
+    model = load_model(checkpoint)
+    if not isinstance(model, EarlyFusionModel):
+        raise ValueError(f"{checkpoint}: --rerank-checkpoint needs an early-fusion model, this is {model.config.arch}")
+    return Reranker(model)

@@ -1,0 +1,177 @@
+"""What the HTTP layer calls: load the models and the index, decode inputs within limits, embed, search.
+
+The models run on one worker thread (`ThreadPoolExecutor(1)`) fed by micro-batchers, so concurrent requests
+share forward passes instead of fighting over the CPU; the index is thread-safe and runs in Starlette's pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import concurrent.futures
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from data_pipelines.images import BadImage, decode_image
+from vlm.serve.batching import MicroBatcher
+from vlm.serve.encoder import Encoder, Reranker, load_encoder, load_reranker
+from vlm.serve.errors import ApiError
+from vlm.serve.index import Hit, ItemIndex
+
+log = logging.getLogger("vlm.serve")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    checkpoint: str
+    index: str
+    rerank_checkpoint: str | None = None
+    api_key: str | None = None
+    index_name: str = ""  # the name clients use (clip-retrieval's indice_name); default: the folder name
+    max_body_bytes: int = 8 * 2**20
+    max_image_pixels: int = 4096 * 4096  # checked from the header, before decoding: no decompression bombs
+    max_k: int = 1000
+    max_batch: int = 64  # inputs per /v1/embed request
+    max_rerank_k: int = 200
+    allow_image_urls: bool = False  # off: the server never makes requests on a client's behalf
+    micro_batch: int = 32
+    micro_batch_wait_ms: float = 2.0
+
+    @property
+    def name(self) -> str:
+        return self.index_name or Path(self.index).resolve().name
+
+
+class Service:
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        self.encoder: Encoder | None = None
+        self.reranker: Reranker | None = None
+        self.index: ItemIndex | None = None
+        self.load_error: str | None = None
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vlm-model")
+
+    @property
+    def ready(self) -> bool:
+        return self.encoder is not None and self.index is not None
+
+    def load(self) -> None:
+        """Load the models and open (and reconcile) the index; run off the event loop at start-up."""
+        c = self.config
+        try:
+            encoder = load_encoder(c.checkpoint)
+            self.reranker = load_reranker(c.rerank_checkpoint) if c.rerank_checkpoint else None
+            index = ItemIndex(c.index)
+            if index.config.dim != encoder.dim:
+                raise ValueError(f"{c.index}: index vectors have dimension {index.config.dim}, "
+                                 f"{c.checkpoint} embeds in {encoder.dim}")
+            self.text_batcher = MicroBatcher(encoder.encode_texts, self.executor, c.micro_batch, c.micro_batch_wait_ms)
+            self.image_batcher = MicroBatcher(lambda pixels: encoder.encode_pixels(torch.stack(pixels)),
+                                              self.executor, c.micro_batch, c.micro_batch_wait_ms)
+            self.index, self.encoder = index, encoder
+            log.info("ready: %s items in %s, model %s", len(index), c.index, encoder.name)
+        except Exception as e:
+            self.load_error = str(e)
+            log.error("could not load the service: %s", e)
+
+    def close(self) -> None:
+        if self.index is not None:
+            self.index.close()
+        self.executor.shutdown(wait=False)
+
+    def require_ready(self) -> None:
+        if not self.ready:
+            reason = f"failed to load: {self.load_error}" if self.load_error else "model and index are loading"
+            raise ApiError(503, "not_ready", reason)
+
+    # --- inputs
+    def decode_image(self, data: bytes, field: str = "image") -> Image.Image:
+        try:
+            return decode_image(data, self.config.max_image_pixels, name=field)
+        except BadImage as e:
+            if e.reason == "too many pixels":
+                limit = self.config.max_image_pixels
+                raise ApiError(413, "image_too_large", f"{e.detail} (limit {limit} pixels)") from None
+            raise ApiError(400, "not_an_image", f"{field}: not a readable image ({e.detail})") from None
+
+    def decode_base64_image(self, text: str, field: str = "image") -> Image.Image:
+        if text.startswith("data:") and "," in text:  # a data URL from a browser's FileReader
+            text = text.split(",", 1)[1]
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "bad_base64", f"{field}: not valid base64") from None
+        return self.decode_image(data, field)
+
+    def fetch_image_url(self, url: str) -> Image.Image:
+        if not self.config.allow_image_urls:
+            raise ApiError(403, "image_url_disabled", "image_url fetching is off on this server "
+                           "(start it with --allow-image-urls); send the image as base64 instead")
+        import httpx
+
+        if not url.startswith(("http://", "https://")):
+            raise ApiError(400, "bad_image_url", "image_url must be http:// or https://")
+        try:
+            with httpx.stream("GET", url, timeout=10, follow_redirects=True) as response:
+                response.raise_for_status()
+                data = b""
+                for chunk in response.iter_bytes():
+                    data += chunk
+                    if len(data) > self.config.max_body_bytes:
+                        raise ApiError(413, "image_too_large", f"{url}: over {self.config.max_body_bytes} bytes")
+        except httpx.HTTPError as e:
+            raise ApiError(400, "image_url_failed", f"could not fetch {url}: {e}") from None
+        return self.decode_image(data, "image_url")
+
+    # --- models
+    async def embed_texts(self, texts: list[str]) -> np.ndarray:
+        self.require_ready()
+        return await self.text_batcher.submit(list(texts))
+
+    async def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        self.require_ready()
+        pixels = await run_in_threadpool(lambda: list(self.encoder.preprocess(images)))
+        return await self.image_batcher.submit(pixels)
+
+    def check_k(self, k: int, name: str = "k") -> None:
+        if not 1 <= k <= self.config.max_k:
+            raise ApiError(400, "bad_k", f"{name} must be between 1 and {self.config.max_k}, got {k}")
+
+    def query_vector(self, embedding: list[float]) -> np.ndarray:
+        vector = np.asarray(embedding, dtype=np.float32)
+        if vector.ndim != 1 or vector.shape[0] != self.index.config.dim:
+            raise ApiError(400, "bad_embedding", f"embedding must be a list of {self.index.config.dim} numbers, "
+                           f"got shape {list(vector.shape)}")
+        norm = float(np.linalg.norm(vector))
+        if not np.isfinite(norm) or norm == 0:
+            raise ApiError(400, "bad_embedding", "embedding must be finite and non-zero")
+        return vector / norm
+
+    async def search(self, vector: np.ndarray, k: int, modality: str = "image") -> list[Hit]:
+        self.require_ready()
+        return (await run_in_threadpool(self.index.search, vector, k, modality))[0]
+
+    async def rerank(self, text: str, hits: list[Hit], rerank_k: int) -> tuple[list[Hit], list[float]]:
+        """Re-score the first `rerank_k` hits with the early-fusion model; the rest keep their order after them."""
+        if self.reranker is None:
+            raise ApiError(400, "no_reranker", "rerank_k needs a server started with --rerank-checkpoint")
+        if not 1 <= rerank_k <= self.config.max_rerank_k:
+            raise ApiError(400, "bad_rerank_k", f"rerank_k must be between 1 and {self.config.max_rerank_k}")
+        head = [h for h in hits[:rerank_k] if (p := self.index.resolve_path(h.item)) is not None and p.is_file()]
+
+        def score() -> np.ndarray:
+            return self.reranker.score(text, [decode_image(self.index.resolve_path(h.item)) for h in head])
+
+        scores = await asyncio.get_running_loop().run_in_executor(self.executor, score)
+        order = np.argsort(-scores, kind="stable")
+        reranked = [head[i] for i in order]
+        rest = [h for h in hits if all(h is not r for r in reranked)]
+        return reranked + rest, [float(scores[i]) for i in order]
+
