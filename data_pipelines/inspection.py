@@ -1,0 +1,128 @@
+"""`vlm data inspect`: what a dataset is, how big, what its captions look like, and what is wrong with it."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections import Counter
+from pathlib import Path
+
+from data_pipelines.images import BadImage, decode_image
+from data_pipelines.records import RecordDataset
+from data_pipelines.sample import Sample
+from data_pipelines.sources import detect_format, open_source
+
+TOKEN_SAMPLE = 5000  # BPE-tokenising millions of captions would dominate; a sample shows the length spread
+
+
+def inspect_source(path: str | Path, split: str | None = None, samples: int = 3, check_images: int = 200,
+                   limit: int = 100_000, **options) -> dict:
+    """A report dict: format, counts, example items, caption length statistics, problems found.
+
+    Never refuses a source for having many bad samples (that is what it reports); `check_images` decodes
+    that many images spread over a map-style source (0: all); shards are streamed up to `limit` samples.
+    """
+    fmt = detect_format(path)
+    if fmt == "shapes" and split is None:
+        splits = sorted(p.stem.removeprefix("pairs_") for p in Path(path).glob("pairs_*.csv"))
+        return {"format": "shapes", "path": str(path),
+                "splits": {s: inspect_source(path, s, samples, check_images, limit, **options) for s in splits}}
+    source = open_source(path, split=split, max_bad_fraction=1.0, **options)
+    if isinstance(source, RecordDataset):
+        items = source.records
+        _check_images(source, check_images)
+    else:
+        items = [s for s in itertools.islice(source, limit) if s.image is not None]
+    report = {"format": source.format, "path": str(path), "split": split, "items": len(items),
+              "images": len({s.image_id for s in items})}
+    report.update(_content_counts(items, source))
+    report["examples"] = [_describe(s) for s in items[:samples]]
+    report["problems"] = {"skipped": dict(source.stats.skipped), "examples": source.stats.examples}
+    return report
+
+
+def _check_images(source: RecordDataset, n: int) -> None:
+    """Decode `n` images spread evenly over the source; failures land in `source.stats`."""
+    records = source.records
+    step = 1 if n <= 0 or n >= len(records) else len(records) / n
+    indices = sorted({int(i * step) for i in range(len(records) if step == 1 else n)})
+    for i in indices:
+        try:
+            decode_image(records[i].image, source.max_pixels)
+        except BadImage as e:
+            source.stats.skip(e.reason, e.detail, count_seen=False)
+
+
+def _content_counts(items: list[Sample], source) -> dict:
+    report = {}
+    captions = [s.caption for s in items if s.caption is not None]
+    if captions:
+        report["captions"] = _length_stats(captions)
+    questions = [s for s in items if s.question is not None]
+    if questions:
+        report["questions"] = len(questions)
+        report["answer_types"] = dict(Counter(s.answer_type for s in questions))
+        families = Counter(s.question_family for s in questions if s.question_family)
+        if families:
+            report["question_families"] = dict(families)
+    labels = Counter(s.label for s in items if s.label is not None)
+    if labels:
+        names = getattr(source, "info", {}).get("classnames", [])
+        report["classes"] = len(names) or len(labels)
+        report["classes_with_images"] = len(labels)
+        report["templates"] = len(getattr(source, "info", {}).get("templates", []))
+    return report
+
+
+def _length_stats(captions: list[str]) -> dict:
+    from vlm.tokenizer import Tokenizer
+
+    words = sorted(len(c.split()) for c in captions)
+    sample = captions[:: max(1, len(captions) // TOKEN_SAMPLE)]
+    ids = Tokenizer(context_length=512)(sample)
+    tokens = sorted(int(n) for n in (ids != 0).sum(1))
+    return {
+        "count": len(captions),
+        "words": {"min": words[0], "median": statistics.median(words), "mean": round(statistics.fmean(words), 2),
+                  "p95": words[int(0.95 * (len(words) - 1))], "max": words[-1]},
+        "tokens_with_sot_eot": {"sampled": len(sample), "median": statistics.median(tokens),
+                                "p95": tokens[int(0.95 * (len(tokens) - 1))], "max": tokens[-1],
+                                "over_77": sum(t > 77 for t in tokens)},
+    }
+
+
+def _describe(sample: Sample) -> dict:
+    fields = {"image_id": sample.image_id, "image": str(sample.image) if not hasattr(sample.image, "size") else
+              f"<{sample.image.size[0]}x{sample.image.size[1]} image>"}
+    for name in ("caption", "label", "question", "answers", "answer_type", "question_family"):
+        value = getattr(sample, name)
+        if value is not None:
+            fields[name] = value
+    fields.update({k: v for k, v in sample.meta.items() if k in ("negative_caption", "negative_type", "classname")})
+    return fields
+
+
+def format_report(report: dict, indent: str = "") -> str:
+    """Human-readable lines for `vlm data inspect`."""
+    if "splits" in report:
+        lines = [f"{indent}format: shapes world ({report['path']})"]
+        for split, sub in report["splits"].items():
+            lines += [f"{indent}split {split}:", format_report(sub, indent + "  ")]
+        return "\n".join(lines)
+    lines = [f"{indent}format: {report['format']}", f"{indent}items: {report['items']}  images: {report['images']}"]
+    for key in ("questions", "answer_types", "question_families", "classes", "classes_with_images", "templates"):
+        if key in report:
+            lines.append(f"{indent}{key.replace('_', ' ')}: {report[key]}")
+    if "captions" in report:
+        c = report["captions"]
+        lines.append(f"{indent}caption words: {c['words']}")
+        lines.append(f"{indent}caption tokens: {c['tokens_with_sot_eot']}")
+    lines.append(f"{indent}examples:")
+    lines += [f"{indent}  {example}" for example in report["examples"]]
+    problems = report["problems"]
+    if problems["skipped"]:
+        lines.append(f"{indent}problems: {problems['skipped']}")
+        lines += [f"{indent}  {e}" for e in problems["examples"]]
+    else:
+        lines.append(f"{indent}problems: none found")
+    return "\n".join(lines)
