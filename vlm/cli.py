@@ -14,10 +14,12 @@ from vlm.models.checkpoint import CheckpointError
 
 # Modules with a `register(subparsers)` function, in the order of the data flow.
 COMMAND_MODULES = [
+    "data_pipelines.cli",
     "vlm.models.cli",
     "vlm.train.cli",
     "vlm.eval.cli",
     "vlm.serve.cli",
+    "vlm.bench_cli",
 ]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from data_pipelines.transforms import IMAGE_MEAN, IMAGE_STD  # OpenAI CLIP's normalisation, defined once
 from vlm.atomic_io import atomic_write
 from vlm.models.checkpoint import CheckpointError, model_from_weights
 from vlm.models.config import DualEncoderConfig, ImageTowerConfig, TextTowerConfig
@@ -20,9 +21,6 @@ from vlm.models.dual_encoder import DualEncoder
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_pytorch_model.bin"
-# OpenAI CLIP's normalisation, which OpenCLIP uses for its ViT models.
-IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
-IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # vlm (timm) block names -> OpenCLIP ResidualAttentionBlock names.
 BLOCK_KEYS = {
