@@ -36,7 +36,8 @@ def embed_images(model: nn.Module, images: torch.Tensor, batch_size: int = 256) 
 class FusionPairScorer:
     """Early-fusion ITM scores of chosen (image, text) pairs; `passes` counts every pair run through the stack."""
 
-    def __init__(self, model: nn.Module, images: torch.Tensor, text_ids: torch.Tensor, batch_size: int = 128):
+    def __init__(self, model: nn.Module, images: torch.Tensor, text_ids: torch.Tensor, batch_size: int = 128,
+                 pad_batches: bool = True):
         if getattr(model.config, "arch", None) != "early_fusion":
             raise ValueError(f"pair scoring needs an early-fusion model, got arch {model.config.arch!r}")
         self.model = model
@@ -44,6 +45,7 @@ class FusionPairScorer:
         self.text_ids = text_ids
         self.text_mask = padding_mask(text_ids)
         self.batch_size = batch_size
+        self.pad_batches = pad_batches  # False only where speed matters and exact equality does not (latency)
         self.passes = 0
 
     @property
@@ -62,7 +64,7 @@ class FusionPairScorer:
             img = image_index[start : start + self.batch_size]
             txt = text_index[start : start + self.batch_size]
             real = len(img)
-            pad = self.batch_size - real
+            pad = self.batch_size - real if self.pad_batches else 0
             if pad:  # keep every batch the same shape; see the module docstring
                 img = torch.cat([img, img[:1].expand(pad)])
                 txt = torch.cat([txt, txt[:1].expand(pad)])

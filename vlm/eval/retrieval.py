@@ -92,7 +92,8 @@ def evaluate_hybrid(late_model: nn.Module, early_model: nn.Module, late_images: 
         raise ValueError(f"hybrid retrieval needs k >= 1, got {k}")
     start = time.perf_counter()
     late = late_similarity(late_model, late_images, captions)  # (N_images, N_texts)
-    needed = top_k_mask(late.T, k).T | top_k_mask(late, k)  # pairs either direction re-scores
+    t2i_pairs, i2t_pairs = top_k_mask(late.T, k).T, top_k_mask(late, k)  # (N_images, N_texts) each
+    needed = t2i_pairs | i2t_pairs  # a pair both directions re-score is run once
     scorer = FusionPairScorer(early_model, early_images, _tokenize(early_model, captions), batch_size)
     image_index, text_index = needed.nonzero(as_tuple=True)
     early = torch.full(late.shape, float("nan"))
@@ -101,5 +102,6 @@ def evaluate_hybrid(late_model: nn.Module, early_model: nn.Module, late_images: 
     i2t = reranked_scores(late, early, k)
     seconds = time.perf_counter() - start
     result = _result("hybrid", t2i, i2t, text_to_image, seconds, scorer.passes, ks)
-    result["k"] = k
+    result.update(k=k, fusion_passes_text_to_image=int(t2i_pairs.sum()),
+                  fusion_passes_image_to_text=int(i2t_pairs.sum()))
     return result

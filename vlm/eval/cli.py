@@ -1,0 +1,70 @@
+"""`vlm eval zeroshot|retrieval|vqa|compositional` and `vlm compare`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from vlm.atomic_io import atomic_write
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="evaluate one checkpoint: zero-shot, retrieval, VQA or compositional")
+    sub = p.add_subparsers(dest="task", required=True, metavar="TASK")
+    for task, text in (("zeroshot", "zero-shot classification of an ImageFolder with class names and templates"),
+                       ("retrieval", "text->image and image->text Recall@1/5/10"),
+                       ("vqa", "VQAv2 accuracy overall, per answer type and per question family"),
+                       ("compositional", "two-way accuracy, true caption vs hard negative, per negative type")):
+        t = sub.add_parser(task, help=text)
+        t.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+        t.add_argument("--data", required=True, help="a shapes-world folder, or a dataset file/folder")
+        t.add_argument("--split", default=None, help="split of a shapes-world folder (default: val)")
+        t.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
+        if task == "retrieval":
+            t.add_argument("--rerank-from", default=None, metavar="LATE_CKPT",
+                           help="hybrid: rank with this late-fusion model, re-score its top k with --checkpoint")
+            t.add_argument("--k", type=int, default=16, help="candidates re-scored per query (hybrid)")
+        t.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser("compare", help="late vs early fusion on every evaluation, with blind baselines "
+                                              "and cost: report.md, report.json, plots")
+    p.add_argument("--late", required=True, help="late-fusion checkpoint or run folder")
+    p.add_argument("--early", required=True, help="early-fusion checkpoint or run folder")
+    p.add_argument("--data", required=True, help="shapes-world folder")
+    p.add_argument("--out", required=True, type=Path, help="folder for report.md, report.json and PNGs")
+    p.add_argument("--split", default="val")
+    p.add_argument("--late-vqa", default=None, help="late-fusion VQA model (default: the run's `-vqa` sibling)")
+    p.add_argument("--early-vqa", default=None, help="early-fusion VQA model (default: the run's `-vqa` sibling)")
+    p.add_argument("--k", type=int, nargs="+", default=None, help="hybrid re-ranking depths (default 1 4 16 64)")
+    p.add_argument("--max-retrieval-images", type=int, default=100,
+                   help="retrieval on the first N images (exhaustive early fusion is quadratic); 0: all")
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vlm.eval.run import evaluate
+
+    result = evaluate(args.task, args.checkpoint, args.data, args.split,
+                      getattr(args, "rerank_from", None), getattr(args, "k", 16))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json is not None:
+        with atomic_write(args.json, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from vlm.eval.compare import DEFAULT_HYBRID_KS, compare
+    from vlm.eval.report import format_summary_table
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    report = compare(args.late, args.early, args.data, args.out, split=args.split, late_vqa_ckpt=args.late_vqa,
+                     early_vqa_ckpt=args.early_vqa, hybrid_ks=tuple(args.k or DEFAULT_HYBRID_KS),
+                     max_retrieval_images=args.max_retrieval_images or None, plots=not args.no_plots)
+    print(format_summary_table(report))
+    print(f"wrote {args.out / 'report.md'} and {args.out / 'report.json'}")
+    return 0

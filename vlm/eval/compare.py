@@ -1,0 +1,171 @@
+"""`vlm compare`: late against early fusion on every evaluation, with blind baselines and cost, in one report.
+
+Every figure in report.md comes from report.json (the markdown is rendered from it), so the two never
+disagree. Blind baselines say how much of a score needs the image at all: chance for zero-shot and
+retrieval, the question-only prior for VQA, a text-only language model for the compositional test.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vlm.atomic_io import atomic_write
+from vlm.eval import data
+from vlm.eval.compositional import evaluate_text_only
+from vlm.eval.cost import model_cost, query_latency
+from vlm.eval.retrieval_metric import chance_retrieval_metrics
+from vlm.eval.run import (
+    EvalSets,
+    load_for_eval,
+    resolve_checkpoint,
+    run_compositional,
+    run_retrieval,
+    run_vqa,
+    run_zeroshot,
+)
+from vlm.eval.vqa import evaluate_question_only
+from vlm.eval.zeroshot import chance_classification_metrics
+from vlm.models import image_size
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HYBRID_KS = (1, 4, 16, 64)
+HEADLINE_K = 16  # the k the acceptance figure is stated for
+
+
+def find_vqa_checkpoint(run: str | Path, given: str | Path | None) -> Path | None:
+    """The VQA model of a family: `given`, else the run itself when it has a VQA head, else `<run>-vqa/`."""
+    if given is not None:
+        return resolve_checkpoint(given)
+    path = resolve_checkpoint(run)
+    if load_for_eval(path).config.vqa_answers:
+        return path
+    run_dir = Path(run) if Path(run).is_dir() else path.parent
+    sibling = run_dir.with_name(run_dir.name + "-vqa") / "checkpoint.pt"
+    return sibling if sibling.is_file() else None
+
+
+def compare_retrieval(late: nn.Module, early: nn.Module, sets: EvalSets, ks: tuple[int, ...]) -> dict:
+    late_set = sets.get("retrieval", image_size(late))
+    n_images = len(late_set.images)
+    result = {"late": run_retrieval(late, sets), "early": run_retrieval(early, sets)}
+    result["hybrid"] = {str(k): run_retrieval(early, sets, rerank_from=late, k=k) for k in ks if k < n_images}
+    result["random"] = chance_retrieval_metrics(late_set.text_to_image, n_images)
+    return result
+
+
+def hybrid_vs_early(retrieval: dict, k: int = HEADLINE_K) -> dict | None:
+    """How much of exhaustive early fusion's R@1 hybrid re-ranking at k keeps, and at what share of its passes."""
+    hybrid, early = retrieval["hybrid"].get(str(k)), retrieval["early"]
+    if hybrid is None:
+        return None
+    exhaustive = early["fusion_passes"]
+    result = {"k": k, "fusion_passes_percent": 100 * hybrid["fusion_passes"] / exhaustive,
+              "text_to_image_fusion_passes_percent": 100 * hybrid["fusion_passes_text_to_image"] / exhaustive,
+              "image_to_text_fusion_passes_percent": 100 * hybrid["fusion_passes_image_to_text"] / exhaustive}
+    for direction in ("image_retrieval", "text_retrieval"):
+        r1 = early[f"{direction}_recall@1"]
+        result[f"{direction}_recall@1_kept_percent"] = 100 * hybrid[f"{direction}_recall@1"] / r1 if r1 else None
+    return result
+
+
+def compare_vqa(late_vqa: nn.Module | None, early_vqa: nn.Module | None, sets: EvalSets, data_dir: Path) -> dict:
+    result = {}
+    for name, model in (("late", late_vqa), ("early", early_vqa)):
+        if model is not None:
+            result[name] = run_vqa(model, sets)
+    if result:
+        any_model = late_vqa if late_vqa is not None else early_vqa
+        d = sets.get("vqa", image_size(any_model))
+        result["question_only"] = evaluate_question_only(*data.training_questions(data_dir), d.questions,
+                                                         d.answers, d.answer_types, d.question_families)
+    return result
+
+
+def compare_compositional(late: nn.Module, early: nn.Module, sets: EvalSets, data_dir: Path) -> dict:
+    result = {"late": run_compositional(late, sets), "early": run_compositional(early, sets)}
+    d = sets.get("compositional", image_size(late))
+    result["text_only"] = evaluate_text_only(data.training_captions(data_dir), d.captions, d.negatives,
+                                             d.negative_types)
+    return result
+
+
+def compare_cost(late: nn.Module, early: nn.Module, sets: EvalSets, ks: tuple[int, ...],
+                 latency_queries: int, throughput_batch: int) -> dict:
+    late_set = sets.get("retrieval", image_size(late))
+    early_set = sets.get("retrieval", image_size(early))
+    queries = late_set.captions[:latency_queries]
+    ks = tuple(k for k in ks if k < len(late_set.images))
+    return {
+        "late": model_cost(late, throughput_batch),
+        "early": model_cost(early, throughput_batch),
+        "latency": query_latency(late, early, late_set.images, early_set.images, queries, ks),
+        "torch_threads": torch.get_num_threads(),
+        "device": "cpu",
+    }
+
+
+def compare(late_ckpt: str | Path, early_ckpt: str | Path, data_dir: str | Path, out_dir: str | Path, *,
+            split: str = "val", late_vqa_ckpt: str | Path | None = None, early_vqa_ckpt: str | Path | None = None,
+            hybrid_ks: tuple[int, ...] = DEFAULT_HYBRID_KS, max_retrieval_images: int | None = 100,
+            latency_queries: int = 20, throughput_batch: int = 64, plots: bool = True) -> dict:
+    """Evaluate both families (and the blind baselines) on a shapes-world folder; write report.{json,md} + PNGs.
+
+    `late_ckpt` / `early_ckpt` are checkpoint files or run folders. VQA uses `*_vqa_ckpt`, else the model
+    itself if it has a VQA head, else a sibling run folder named `<run>-vqa`. Exhaustive early-fusion
+    retrieval is quadratic, so retrieval uses the first `max_retrieval_images` images (None: all).
+    Returns the report dict.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if not data.is_shapes_world(data_dir):
+        raise ValueError(f"{data_dir}: vlm compare needs a shapes-world folder (with world.json and its splits)")
+    late, early = load_for_eval(late_ckpt), load_for_eval(early_ckpt)
+    if late.config.arch != "dual_encoder" or early.config.arch != "early_fusion":
+        raise ValueError(f"--late must be a late-fusion (dual_encoder) model and --early an early-fusion model; "
+                         f"got {late.config.arch} and {early.config.arch}")
+    late_vqa_path = find_vqa_checkpoint(late_ckpt, late_vqa_ckpt)
+    early_vqa_path = find_vqa_checkpoint(early_ckpt, early_vqa_ckpt)
+    sets = EvalSets(data_dir, split, max_retrieval_images)
+    hybrid_ks = tuple(sorted(set(hybrid_ks) | {HEADLINE_K}))
+    log.info("zero-shot")
+    zeroshot = {"late": run_zeroshot(late, sets), "early": run_zeroshot(early, sets)}
+    classes = sets.get("zeroshot", image_size(late))
+    zeroshot["chance"] = chance_classification_metrics(classes.labels, len(classes.classnames))
+    log.info("retrieval")
+    retrieval = compare_retrieval(late, early, sets, hybrid_ks)
+    log.info("vqa")
+    vqa = compare_vqa(load_for_eval(late_vqa_path) if late_vqa_path else None,
+                      load_for_eval(early_vqa_path) if early_vqa_path else None, sets, data_dir)
+    log.info("compositional")
+    compositional = compare_compositional(late, early, sets, data_dir)
+    log.info("cost")
+    cost = compare_cost(late, early, sets, hybrid_ks, latency_queries, throughput_batch)
+    report = {
+        "setup": {"late_checkpoint": str(resolve_checkpoint(late_ckpt)), "late_model": late.config.name,
+                  "early_checkpoint": str(resolve_checkpoint(early_ckpt)), "early_model": early.config.name,
+                  "late_vqa_checkpoint": str(late_vqa_path) if late_vqa_path else None,
+                  "early_vqa_checkpoint": str(early_vqa_path) if early_vqa_path else None,
+                  "data": str(data_dir), "split": split, "max_retrieval_images": max_retrieval_images},
+        "zeroshot": zeroshot, "retrieval": retrieval, "hybrid_vs_early": hybrid_vs_early(retrieval),
+        "vqa": vqa, "compositional": compositional, "cost": cost,
+    }
+    write_report(report, out_dir, plots)
+    return report
+
+
+def write_report(report: dict, out_dir: Path, plots: bool = True) -> None:
+    from vlm.eval.report import render_markdown
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out_dir / "report.json", "w") as f:
+        json.dump(report, f, indent=2)
+    images = []
+    if plots:
+        from vlm.eval.plots import write_plots
+        images = write_plots(report, out_dir)
+    with atomic_write(out_dir / "report.md", "w") as f:
+        f.write(render_markdown(report, [p.name for p in images]))

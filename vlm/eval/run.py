@@ -1,0 +1,117 @@
+"""One evaluation of one checkpoint on one dataset: what `vlm eval ...` and `vlm compare` call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vlm.eval import data
+from vlm.eval.compositional import evaluate_compositional
+from vlm.eval.retrieval import evaluate_early, evaluate_hybrid, evaluate_late
+from vlm.eval.vqa import evaluate_vqa
+from vlm.eval.zeroshot import evaluate_zero_shot
+from vlm.models import image_size, load_model
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder holding `checkpoint.pt`."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / CHECKPOINT_NAME).is_file():
+            raise FileNotFoundError(f"{path}: run folder without a {CHECKPOINT_NAME}")
+        return path / CHECKPOINT_NAME
+    return path
+
+
+def load_for_eval(path: str | Path) -> nn.Module:
+    return load_model(resolve_checkpoint(path)).eval()
+
+
+class EvalSets:
+    """Loads each evaluation set once per image size (the two families may use different resolutions)."""
+
+    def __init__(self, path: str | Path, split: str | None = None, max_retrieval_images: int | None = None):
+        self.path, self.split, self.max_retrieval_images = Path(path), split, max_retrieval_images
+        self._cache: dict[tuple[str, int], object] = {}
+
+    def get(self, task: str, size: int):
+        if (task, size) not in self._cache:
+            loader = {"retrieval": data.load_retrieval, "vqa": data.load_vqa,
+                      "zeroshot": data.load_classification, "compositional": data.load_compositional}[task]
+            loaded = loader(self.path, size, self.split)
+            if task == "retrieval" and self.max_retrieval_images:
+                loaded = first_images(loaded, self.max_retrieval_images)
+            self._cache[task, size] = loaded
+        return self._cache[task, size]
+
+
+def first_images(dataset: data.RetrievalSet, n: int) -> data.RetrievalSet:
+    """The first n images and all their captions: exhaustive early fusion is quadratic, so it needs a cap."""
+    keep = [t for t, i in enumerate(dataset.text_to_image) if i < n]
+    return data.RetrievalSet(dataset.images[:n], [dataset.captions[t] for t in keep],
+                             [dataset.text_to_image[t] for t in keep], dataset.skipped)
+
+
+def _with_data_info(result: dict, dataset) -> dict:
+    if dataset.skipped:
+        result["skipped_samples"] = dataset.skipped
+    return result
+
+
+@torch.no_grad()
+def run_zeroshot(model: nn.Module, sets: EvalSets) -> dict:
+    d = sets.get("zeroshot", image_size(model))
+    return _with_data_info(evaluate_zero_shot(model, d.images, d.labels, d.classnames, d.templates), d)
+
+
+@torch.no_grad()
+def run_retrieval(model: nn.Module, sets: EvalSets, rerank_from: nn.Module | None = None, k: int = 16) -> dict:
+    """Late or exhaustive early retrieval; with `rerank_from` (a late model), hybrid re-ranking of its top k."""
+    d = sets.get("retrieval", image_size(model))
+    if rerank_from is not None:
+        if model.config.arch != "early_fusion" or rerank_from.config.arch != "dual_encoder":
+            raise ValueError("hybrid retrieval re-ranks a late-fusion model's candidates with an early-fusion "
+                             "model: --checkpoint must be early fusion and --rerank-from late fusion")
+        late_d = sets.get("retrieval", image_size(rerank_from))
+        result = evaluate_hybrid(rerank_from, model, late_d.images, d.images, d.captions, d.text_to_image, k)
+    elif model.config.arch == "dual_encoder":
+        result = evaluate_late(model, d.images, d.captions, d.text_to_image)
+    else:
+        result = evaluate_early(model, d.images, d.captions, d.text_to_image)
+    return _with_data_info(result, d)
+
+
+@torch.no_grad()
+def run_vqa(model: nn.Module, sets: EvalSets) -> dict:
+    d = sets.get("vqa", image_size(model))
+    return _with_data_info(evaluate_vqa(model, d.images, d.questions, d.answers, d.answer_types,
+                                        d.question_families), d)
+
+
+@torch.no_grad()
+def run_compositional(model: nn.Module, sets: EvalSets) -> dict:
+    d = sets.get("compositional", image_size(model))
+    return _with_data_info(evaluate_compositional(model, d.images, d.captions, d.negatives, d.negative_types), d)
+
+
+TASKS = {"zeroshot": run_zeroshot, "retrieval": run_retrieval, "vqa": run_vqa, "compositional": run_compositional}
+
+
+def evaluate(task: str, checkpoint: str | Path, data_path: str | Path, split: str | None = None,
+             rerank_from: str | Path | None = None, k: int = 16) -> dict:
+    """`vlm eval TASK`: one checkpoint on one dataset (a shapes-world folder at `split`, or a file/folder)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown evaluation {task!r}; one of {', '.join(TASKS)}")
+    model = load_for_eval(checkpoint)
+    sets = EvalSets(data_path, split)
+    if task == "retrieval":
+        late = load_for_eval(rerank_from) if rerank_from else None
+        result = run_retrieval(model, sets, late, k)
+    else:
+        result = TASKS[task](model, sets)
+    return {"task": task, "checkpoint": str(resolve_checkpoint(checkpoint)), "model": model.config.name,
+            "arch": model.config.arch, "data": str(data_path), "split": split, **result}
