@@ -1,0 +1,164 @@
+"""Training: exact resume, torchrun, SIGTERM, NaN stop, VQA fine-tuning, recipe errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import vlm
+from data_pipelines import generate_shapes_world, open_source
+from data_pipelines.transforms import eval_transform
+from vlm.cli import main
+from vlm.models.checkpoint import read_checkpoint
+from vlm.train import TrainConfig, TrainingError, load_train_config, train
+from vlm.train.data import ResumableBatchSampler
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    generate_shapes_world(root, train=48, val=16, test=8, heldout=8, image_size=32, seed=1)
+    return root
+
+
+def recipe(shapes: Path, **changes) -> TrainConfig:
+    base = {"model": "clip-tiny", "objective": "clip", "steps": 20, "batch_size": 8, "warmup_steps": 3,
+            "save_every": 10, "eval_every": 1000, "log_every": 5,
+            "data": {"train": str(shapes), "num_workers": 0, "val_samples": 16}}
+    return load_train_config(None, [f"{k}={json.dumps(v)}" for k, v in changes.items()], base=base)
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = read_checkpoint(a)["model"], read_checkpoint(b)["model"]
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=1e-6, rtol=0, msg=key)
+
+
+@pytest.mark.parametrize("model,objective", [("clip-tiny", "clip"), ("fusion-tiny", "fusion")])
+def test_resume_gives_identical_weights(shapes, tmp_path, model, objective):
+    config = recipe(shapes, model=model, objective=objective)
+    straight = train(config, tmp_path / "straight")
+    halfway = train(config, tmp_path / "resumed", stop_at_step=10)
+    assert read_checkpoint(halfway)["step"] == 10
+    resumed = train(config, tmp_path / "resumed", resume="auto")
+    assert read_checkpoint(resumed)["step"] == 20
+    assert_same_weights(straight, resumed)
+
+
+def test_run_folder_has_config_metrics_and_plot(shapes, tmp_path):
+    checkpoint = train(recipe(shapes, steps=6, eval_every=3), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in rows)
+    assert any("val/image_retrieval_recall@1" in r for r in rows)
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]["name"] == "clip-tiny"
+    assert (tmp_path / "loss.png").stat().st_size > 0
+    assert isinstance(vlm.load(checkpoint), vlm.DualEncoder)
+
+
+def test_batches_split_across_ranks_without_overlap():
+    ranks = [iter(ResumableBatchSampler(40, 4, seed=3, rank=r, world_size=2)) for r in range(2)]
+    epoch = [sum((next(it) for _ in range(5)), []) for it in ranks]  # 5 batches of 4 = one epoch per rank
+    assert not set(epoch[0]) & set(epoch[1])
+    assert sorted(epoch[0] + epoch[1]) == list(range(40))
+
+
+def test_resumed_sampler_continues_the_same_sequence():
+    full = iter(ResumableBatchSampler(30, 4, seed=5))
+    batches = [next(full) for _ in range(12)]  # crosses an epoch boundary (7 batches per epoch)
+    resumed = iter(ResumableBatchSampler(30, 4, seed=5, start_batch=9))
+    assert [next(resumed) for _ in range(3)] == batches[9:]
+
+
+class PoisonAfter(torch.utils.data.Dataset):
+    """Real samples until `clean` items were read, then images full of NaN (a corrupted batch)."""
+
+    def __init__(self, dataset, clean: int):
+        self.dataset, self.clean, self.reads = dataset, clean, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        sample = self.dataset[index]
+        self.reads += 1
+        if self.reads > self.clean:
+            sample.image = torch.full_like(sample.image, float("nan"))
+        return sample
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shapes, tmp_path):
+    data = open_source(shapes, split="train", transform=eval_transform(32))
+    poisoned = PoisonAfter(data, clean=8 * 8)  # steps 1-8 are clean, step 9 is not
+    with pytest.raises(TrainingError, match="NaN or infinite.*last good checkpoint"):
+        train(recipe(shapes, save_every=5), tmp_path, train_dataset=poisoned)
+    payload = read_checkpoint(tmp_path / "checkpoint.pt")
+    assert payload["step"] == 5
+    assert all(torch.isfinite(w).all() for w in payload["model"].values())
+
+
+def test_vqa_finetune_with_frozen_towers_trains_only_the_head(shapes, tmp_path):
+    base = train(recipe(shapes, steps=2), tmp_path / "clip")
+    tuned = train(recipe(shapes, model=str(base), objective="vqa", freeze_towers=True, steps=4, lr=1e-2),
+                  tmp_path / "vqa")
+    model = vlm.load(tuned)
+    assert "yes" in model.config.vqa_answers and "no" in model.config.vqa_answers
+    before, after = read_checkpoint(base)["model"], read_checkpoint(tuned)["model"]
+    for key, value in before.items():
+        torch.testing.assert_close(after[key], value, msg=key)  # the towers did not move
+    assert any(k.startswith("vqa_head.") for k in after)
+
+
+def test_unknown_recipe_key_is_named(shapes, tmp_path, capsys):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"model": "clip-tiny", "data": {"train": str(shapes)}}))
+    assert main(["train", "--config", str(path), "--set", "stepz=3", "--out", str(tmp_path / "run")]) == 2
+    assert "stepz" in capsys.readouterr().err
+
+
+def write_recipe(tmp_path: Path, shapes: Path, **changes) -> Path:
+    data = {"model": "clip-tiny", "objective": "clip", "batch_size": 8, "warmup_steps": 2, "log_every": 1,
+            "eval_every": 1000, "data": {"train": str(shapes), "num_workers": 0, "val_samples": 8}, **changes}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_two_process_torchrun_trains_and_only_rank0_writes(shapes, tmp_path):
+    config = write_recipe(tmp_path, shapes, steps=4, save_every=2)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "vlm.cli", "train", "--config", str(config), "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "loss.png", "metrics.jsonl"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]  # one writer: each step logged once
+    assert [r["step"] for r in rows if "val/image_retrieval_recall@1" in r] == [4]
+    assert read_checkpoint(out / "checkpoint.pt")["step"] == 4
+
+
+def test_sigterm_saves_a_loadable_checkpoint(shapes, tmp_path):
+    config = write_recipe(tmp_path, shapes, steps=100_000, save_every=100_000)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "vlm.cli", "train", "--config", str(config), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    payload = read_checkpoint(out / "checkpoint.pt")
+    assert 1 <= payload["step"] < 100_000
+    assert isinstance(vlm.load(out / "checkpoint.pt"), vlm.DualEncoder)
+    assert "resume" in stdout + stderr
