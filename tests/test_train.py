@@ -138,7 +138,8 @@ def test_two_process_torchrun_trains_and_only_rank0_writes(shapes, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "vlm.cli", "train", "--config", str(config), "--out", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "loss.png", "metrics.jsonl"]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
