@@ -73,7 +73,7 @@ def run_quickstart(config: QuickstartConfig) -> dict:
 def compare_quickstart(config: QuickstartConfig, out: Path) -> dict:
     from vlm.eval.compare import compare, format_summary_table
 
-    report = compare(late=out / "clip-small-vqa" / "checkpoint.pt", early=out / "fusion-small-vqa" / "checkpoint.pt",
-                     data_dir=config.data_dir, out_dir=out / "compare")
+    # Retrieval and compositional use the pre-trained runs; VQA their `<run>-vqa` fine-tunes.
+    report = compare(out / "clip-small", out / "fusion-small", config.data_dir, out / "compare")
     print(format_summary_table(report))
     return report
