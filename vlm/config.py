@@ -7,6 +7,7 @@ from plain data and how to say clearly where a value is wrong.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,10 +22,28 @@ class ConfigError(ValueError):
     """A config file or override that cannot be turned into its dataclass."""
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with 1.2's booleans: only true/false. PyYAML's 1.1 default turns the VQA answers
+    `yes`, `no`, `on` and `off` into booleans, so `vqa_answers: [yes, no]` would silently lose them."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def parse_yaml(text: str) -> Any:
+    """`yaml.safe_load` with YAML 1.2 booleans (`yes` and `no` stay strings)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except yaml.YAMLError as e:
@@ -46,11 +65,16 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    kwargs = {name: _convert(hints[name], value, _field_path(where, name)) for name, value in data.items()}
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field is missing
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _field_path(where: str, name: str) -> str:
+    """`file.yaml` + `image` -> `file.yaml: image`; `file.yaml: image` + `depth` -> `file.yaml: image.depth`."""
+    return f"{where}.{name}" if ": " in where else f"{where}: {name}"
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
@@ -65,10 +89,16 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: every item an X
+            return tuple(_convert(args[0], item, f"{where}[{i}]") for i, item in enumerate(value))
         return tuple(value)
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is float and numeric:
         return float(value)
-    if tp in (int, float, str, bool) and not isinstance(value, tp):
+    if tp is str and numeric:  # `vqa_answers: [yes, 2]`: YAML reads the bare 2 as a number
+        return str(value)
+    if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
 
@@ -99,7 +129,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = parse_yaml(raw)
     return data
 
 

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from vlm.config import to_dict
 from vlm.models.checkpoint import read_checkpoint
 from vlm.models.registry import count_parameters, create_model, get_model_config, list_models
@@ -36,7 +38,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"{'name':<16}{'arch':<14}{'parameters':>14}")
     for name in list_models():
         config = get_model_config(name)
-        print(f"{name:<16}{config.arch:<14}{count_parameters(create_model(config)):>14,}")
+        with torch.device("meta"):  # shapes only: no memory, no random init for the ViT-B sizes
+            n_params = count_parameters(create_model(config))
+        print(f"{name:<16}{config.arch:<14}{n_params:>14,}")
     return 0
 
 
