@@ -43,7 +43,7 @@ class Encoder:
 
     @property
     def logit_scale(self) -> float:
-        return float(self.model.logit_scale.exp().clamp(max=100.0))
+        return float(self.model.logit_scale.detach().exp().clamp(max=100.0))
 
 
 class Reranker:

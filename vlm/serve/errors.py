@@ -59,7 +59,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over `max_bytes`: at once from Content-Length, or while reading a chunked body."""
+    """Refuse bodies over `max_bytes`: at once from Content-Length, or while reading a chunked body.
+
+    A chunked body is read here in full (at most `max_bytes`) and replayed to the app, because FastAPI turns
+    any error raised while it reads the body into a generic 400.
+    """
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -67,22 +71,34 @@ class BodyLimitMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            too_large = BodyTooLarge(self.max_bytes)
-            return await error_response(413, too_large.code, too_large.message)(scope, receive, send)
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        too_large = BodyTooLarge(self.max_bytes)
+        if length is not None:
+            if length.isdigit() and int(length) > self.max_bytes:
+                return await error_response(413, too_large.code, too_large.message)(scope, receive, send)
+            return await self.app(scope, receive, send)
+        if b"chunked" not in headers.get(b"transfer-encoding", b""):
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)  # turned into a 413 by the ApiError handler
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await error_response(413, too_large.code, too_large.message)(scope, receive, send)
+        replayed = False
 
-        await self.app(scope, limited_receive, send)
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 def check_api_key(request: Request, api_key: str | None) -> None:
