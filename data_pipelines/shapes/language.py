@@ -110,7 +110,8 @@ def question_candidates(objects: list[ShapeObject], combos: list[tuple[str, str]
             if holds is not None:
                 relation_q.append((f"is the {a.name(False)} {rel} the {b.name(False)}?", yes_no[holds]))
     return {
-        "exist": [(f"is there a {c} {s}?", yes_no[(c, s) in present]) for c, s in combos],
+        "exist": [(f"is there {'an' if c[0] in 'aeiou' else 'a'} {c} {s}?", yes_no[(c, s) in present])
+                  for c, s in combos],
         "count": count_q,
         "query_color": color_q,
         "query_shape": shape_q,
