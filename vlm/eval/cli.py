@@ -40,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, nargs="+", default=None, help="hybrid re-ranking depths (default 1 4 16 64)")
     p.add_argument("--max-retrieval-images", type=int, default=100,
                    help="retrieval on the first N images (exhaustive early fusion is quadratic); 0: all")
+    p.add_argument("--latency-queries", type=int, default=20, help="text queries timed for the p50/p99 latency")
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(func=cmd_compare)
 
@@ -64,7 +65,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     report = compare(args.late, args.early, args.data, args.out, split=args.split, late_vqa_ckpt=args.late_vqa,
                      early_vqa_ckpt=args.early_vqa, hybrid_ks=tuple(args.k or DEFAULT_HYBRID_KS),
-                     max_retrieval_images=args.max_retrieval_images or None, plots=not args.no_plots)
+                     max_retrieval_images=args.max_retrieval_images or None,
+                     latency_queries=args.latency_queries, plots=not args.no_plots)
     print(format_summary_table(report))
     print(f"wrote {args.out / 'report.md'} and {args.out / 'report.json'}")
     return 0
