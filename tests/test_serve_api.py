@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import csv
+import importlib.util
 import io
+import json
 import threading
 from pathlib import Path
 
@@ -186,3 +188,60 @@ def test_openapi_documents_the_endpoints(http):
     paths = http.get("/openapi.json").json()["paths"]
     for path in ("/v1/search", "/v1/embed", "/v1/classify", "/v1/items", "/v1/items/{item_id}", "/knn-service"):
         assert path in paths
+
+
+def load_clip_client():
+    """clip-retrieval 2.45's own `ClipClient`, loaded from its module file: the package's __init__ imports its
+    whole server stack (flask, torch models ...), the client module needs only `requests`."""
+    spec = importlib.util.find_spec("clip_retrieval")
+    if spec is None or importlib.util.find_spec("requests") is None:
+        pytest.skip("clip-retrieval is not installed (pip install --no-deps clip-retrieval==2.45.0 requests)")
+    path = Path(spec.submodule_search_locations[0]) / "clip_client.py"
+    module_spec = importlib.util.spec_from_file_location("clip_retrieval_clip_client", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def test_clip_retrieval_client_works_unchanged(server, collection):
+    clip_client = load_clip_client()
+    client = clip_client.ClipClient(url=f"{server.url}/knn-service", indice_name="index", num_images=5,
+                                    deduplicate=False, modality=clip_client.Modality.IMAGE)
+    by_text = client.query(text="a yellow circle")
+    assert len(by_text) == 5
+    for result in by_text:
+        assert {"id", "similarity", "caption", "url", "image_path", "image"} <= set(result)
+        assert Image.open(io.BytesIO(base64.b64decode(result["image"]))).format == "JPEG"
+    by_image = client.query(image=str(collection["root"] / "images" / "7.png"))
+    assert by_image[0]["caption"] == collection["captions"][7]
+    assert by_image[0]["similarity"] == pytest.approx(1.0, abs=1e-4)
+    embedding = httpx.post(f"{server.url}/v1/embed", json={"texts": ["a yellow circle"]}).json()["text_embeddings"][0]
+    by_embedding = client.query(embedding_input=embedding)
+    assert [r["id"] for r in by_embedding] == [r["id"] for r in by_text]
+    captions = clip_client.ClipClient(url=f"{server.url}/knn-service", indice_name="index", num_images=3,
+                                      deduplicate=False, modality=clip_client.Modality.TEXT)
+    assert captions.query(text="a blue circle")[0]["caption"] == "a blue circle"
+
+
+def test_knn_service_answers_clip_clients_exact_request_bytes(http, collection):
+    """The body `ClipClient.__search_knn_api__` sends: json.dumps of all its fields and no Content-Type."""
+    image = base64.b64encode((collection["root"] / "images" / "3.png").read_bytes()).decode("utf-8")
+    for text, image_b64 in (("a green square", None), (None, image)):
+        body = {"text": text, "image": image_b64, "image_url": None, "embedding_input": None, "deduplicate": True,
+                "use_safety_model": True, "use_violence_detector": True, "indice_name": "index",
+                "use_mclip": False, "aesthetic_score": 9, "aesthetic_weight": 0.5, "modality": "image",
+                "num_images": 4, "num_result_ids": 4}
+        response = http.post("/knn-service", content=json.dumps(body))
+        assert response.status_code == 200, response.text
+        results = response.json()
+        assert 1 <= len(results) <= 4 and all(isinstance(r["id"], int) for r in results)
+        assert [r["similarity"] for r in results] == sorted((r["similarity"] for r in results), reverse=True)
+    assert results[0]["caption"] == collection["captions"][3]
+
+
+def test_clip_retrieval_metadata_and_indices_list(http):
+    assert http.get("/indices-list").json() == ["index"]
+    out = http.post("/metadata", content=json.dumps({"ids": [2, 1, 999], "indice_name": "index"})).json()
+    assert [o["id"] for o in out] == [2, 1, 999]
+    assert out[0]["metadata"]["caption"] == "a red square" and "image" in out[0]["metadata"]
+    assert out[2]["metadata"] == {}
