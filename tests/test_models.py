@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import open_clip
 import pytest
@@ -157,3 +158,14 @@ def test_backward_reaches_every_early_fusion_parameter(images, captions):
     loss = loss + vqa_loss(model.vqa_logits(images, ids, mask), torch.rand(len(ids), len(ANSWERS)))
     loss.backward()
     assert_every_parameter_has_a_gradient(model)
+
+
+def test_the_readme_python_example_runs(tmp_path, monkeypatch):
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md (Python API)", "exec"), namespace)
+    assert namespace["similarity"].shape == (2, 2) and namespace["scores"].shape == (2,)
+    assert isinstance(namespace["model"], vlm.DualEncoder)

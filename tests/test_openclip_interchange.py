@@ -11,6 +11,7 @@ import torch
 import vlm
 from vlm.cli import main
 from vlm.models import CheckpointError
+from vlm.models.openclip_compat import from_openclip_state_dict, infer_config
 
 TOLERANCE = dict(rtol=0, atol=1e-5)
 # A custom OpenCLIP model as small as ours, with non-default shapes the importer must read off the
@@ -110,13 +111,14 @@ def test_an_openclip_model_with_layers_we_do_not_have_is_refused_by_name(tmp_pat
         vlm.import_openclip(tmp_path / "layer_scale.pt")
 
 
-def test_openclip_vit_b_32_imports_with_the_same_embeddings(tmp_path):
+def test_openclip_vit_b_32_imports_with_the_same_embeddings():
+    # In memory: the file path is covered at tiny size above, and 600 MB of disk I/O is not the point here.
     theirs = open_clip.create_model("ViT-B-32").eval()
-    torch.save(theirs.state_dict(), tmp_path / "ViT-B-32.pt")
-    ours = vlm.import_openclip(tmp_path / "ViT-B-32.pt")
-    assert vlm.count_parameters(ours) == vlm.count_parameters(theirs)
+    state_dict = theirs.state_dict()
+    ours = from_openclip_state_dict(state_dict, infer_config(state_dict, "ViT-B-32"))
+    assert ours.config.image == vlm.get_model_config("clip-base32").image
+    assert ours.config.text == vlm.get_model_config("clip-base32").text
     assert_same_embeddings(ours, theirs, image_px=224, context=77)
-    assert json.dumps(vlm.config.to_dict(ours.config))  # the inferred config is plain data
 
 
 def test_an_openclip_folder_with_a_timm_tower_is_refused_by_name(tmp_path):
