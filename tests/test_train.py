@@ -163,3 +163,10 @@ def test_sigterm_saves_a_loadable_checkpoint(shapes, tmp_path):
     assert 1 <= payload["step"] < 100_000
     assert isinstance(vlm.load(out / "checkpoint.pt"), vlm.DualEncoder)
     assert "resume" in stdout + stderr
+
+
+def test_gradient_checkpointing_changes_memory_not_results(shapes, tmp_path):
+    plain = train(recipe(shapes, model="fusion-tiny", objective="fusion", steps=2), tmp_path / "plain")
+    recomputed = train(recipe(shapes, model="fusion-tiny", objective="fusion", steps=2, grad_checkpointing=True),
+                       tmp_path / "checkpointed")
+    assert_same_weights(plain, recomputed)
