@@ -11,7 +11,13 @@ import vlm
 from vlm.eval.compositional import caption_scores
 from vlm.eval.cost import forward_gflops, model_cost, query_latency
 from vlm.eval.pair_scoring import FusionPairScorer
-from vlm.eval.retrieval import evaluate_early, evaluate_hybrid, evaluate_late, reranked_scores
+from vlm.eval.retrieval import (
+    evaluate_early,
+    evaluate_hybrid,
+    evaluate_late,
+    hybrid_from_exhaustive,
+    reranked_scores,
+)
 from vlm.eval.retrieval_metric import retrieval_metrics
 from vlm.eval.vqa import predict_answers
 from vlm.eval.zeroshot import zero_shot_logits
@@ -53,6 +59,16 @@ def test_hybrid_rescores_k_candidates_per_query_and_runs_shared_pairs_once(clip_
     assert hybrid["fusion_passes_text_to_image"] == len(CAPTIONS) * k
     assert hybrid["fusion_passes_image_to_text"] == NUM_IMAGES * k
     assert max(len(CAPTIONS), NUM_IMAGES) * k <= hybrid["fusion_passes"] <= (len(CAPTIONS) + NUM_IMAGES) * k
+
+
+def test_hybrid_from_the_exhaustive_scores_is_what_running_hybrid_gives(clip_tiny, fusion_tiny, retrieval_images):
+    _, late = evaluate_late(clip_tiny, retrieval_images, CAPTIONS, TEXT_TO_IMAGE, return_scores=True)
+    _, early = evaluate_early(fusion_tiny, retrieval_images, CAPTIONS, TEXT_TO_IMAGE, return_scores=True)
+    ran = evaluate_hybrid(clip_tiny, fusion_tiny, retrieval_images, retrieval_images, CAPTIONS, TEXT_TO_IMAGE, 3)
+    looked_up = hybrid_from_exhaustive(late, early, TEXT_TO_IMAGE, 3)
+    assert looked_up["wall_time_s"] is None
+    assert {k: v for k, v in looked_up.items() if k != "wall_time_s"} == \
+        {k: v for k, v in ran.items() if k != "wall_time_s"}
 
 
 def test_hybrid_with_k_1_keeps_the_late_fusion_top_1(clip_tiny, fusion_tiny, retrieval_images):

@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--late-vqa", default=None, help="late-fusion VQA model (default: the run's `-vqa` sibling)")
     p.add_argument("--early-vqa", default=None, help="early-fusion VQA model (default: the run's `-vqa` sibling)")
     p.add_argument("--k", type=int, nargs="+", default=None, help="hybrid re-ranking depths (default 1 4 16 64)")
-    p.add_argument("--max-retrieval-images", type=int, default=100,
+    p.add_argument("--max-retrieval-images", type=int, default=200,
                    help="retrieval on the first N images (exhaustive early fusion is quadratic); 0: all")
     p.add_argument("--latency-queries", type=int, default=20, help="text queries timed for the p50/p99 latency")
     p.add_argument("--no-plots", action="store_true")

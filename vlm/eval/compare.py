@@ -18,13 +18,14 @@ from vlm.atomic_io import atomic_write
 from vlm.eval import data
 from vlm.eval.compositional import evaluate_text_only
 from vlm.eval.cost import model_cost, query_latency
+from vlm.eval.report import format_summary_table, render_markdown
+from vlm.eval.retrieval import evaluate_early, evaluate_late, hybrid_from_exhaustive
 from vlm.eval.retrieval_metric import chance_retrieval_metrics
 from vlm.eval.run import (
     EvalSets,
     load_for_eval,
     resolve_checkpoint,
     run_compositional,
-    run_retrieval,
     run_vqa,
     run_zeroshot,
 )
@@ -32,9 +33,14 @@ from vlm.eval.vqa import evaluate_question_only
 from vlm.eval.zeroshot import chance_classification_metrics
 from vlm.models import image_size
 
+__all__ = ["compare", "format_summary_table", "write_report"]
+
 log = logging.getLogger(__name__)
 
 DEFAULT_HYBRID_KS = (1, 4, 16, 64)
+# Enough images that k = 16 is a small share of exhaustive scoring (16 / 200 of the text->image pairs), few
+# enough that exhaustive early fusion (200 x 3 captions x 200 pairs) stays minutes on a CPU.
+DEFAULT_MAX_RETRIEVAL_IMAGES = 200
 HEADLINE_K = 16  # the k the acceptance figure is stated for
 
 
@@ -51,12 +57,17 @@ def find_vqa_checkpoint(run: str | Path, given: str | Path | None) -> Path | Non
 
 
 def compare_retrieval(late: nn.Module, early: nn.Module, sets: EvalSets, ks: tuple[int, ...]) -> dict:
-    late_set = sets.get("retrieval", image_size(late))
-    n_images = len(late_set.images)
-    result = {"late": run_retrieval(late, sets), "early": run_retrieval(early, sets)}
-    result["hybrid"] = {str(k): run_retrieval(early, sets, rerank_from=late, k=k) for k in ks if k < n_images}
-    result["random"] = chance_retrieval_metrics(late_set.text_to_image, n_images)
-    return result
+    """Late, exhaustive early, and hybrid at each k (< N_images), whose scores come from the exhaustive run."""
+    late_set, early_set = sets.get("retrieval", image_size(late)), sets.get("retrieval", image_size(early))
+    n_images, text_to_image = len(late_set.images), late_set.text_to_image
+    late_result, late_scores = evaluate_late(late, late_set.images, late_set.captions, text_to_image,
+                                             return_scores=True)
+    early_result, early_scores = evaluate_early(early, early_set.images, early_set.captions, text_to_image,
+                                                return_scores=True)
+    hybrid = {str(k): hybrid_from_exhaustive(late_scores, early_scores, text_to_image, k)
+              for k in ks if k < n_images}
+    return {"late": late_result, "early": early_result, "hybrid": hybrid,
+            "random": chance_retrieval_metrics(text_to_image, n_images)}
 
 
 def hybrid_vs_early(retrieval: dict, k: int = HEADLINE_K) -> dict | None:
@@ -110,10 +121,26 @@ def compare_cost(late: nn.Module, early: nn.Module, sets: EvalSets, ks: tuple[in
     }
 
 
+def compare_zeroshot(late: nn.Module, early: nn.Module, sets: EvalSets) -> dict:
+    result = {"late": run_zeroshot(late, sets), "early": run_zeroshot(early, sets)}
+    classes = sets.get("zeroshot", image_size(late))
+    result["chance"] = chance_classification_metrics(classes.labels, len(classes.classnames))
+    return result
+
+
+def load_families(late_ckpt: str | Path, early_ckpt: str | Path) -> tuple[nn.Module, nn.Module]:
+    late, early = load_for_eval(late_ckpt), load_for_eval(early_ckpt)
+    if late.config.arch != "dual_encoder" or early.config.arch != "early_fusion":
+        raise ValueError(f"--late must be a late-fusion (dual_encoder) model and --early an early-fusion model; "
+                         f"got {late.config.arch} and {early.config.arch}")
+    return late, early
+
+
 def compare(late_ckpt: str | Path, early_ckpt: str | Path, data_dir: str | Path, out_dir: str | Path, *,
-            split: str = "val", late_vqa_ckpt: str | Path | None = None, early_vqa_ckpt: str | Path | None = None,
-            hybrid_ks: tuple[int, ...] = DEFAULT_HYBRID_KS, max_retrieval_images: int | None = 100,
-            latency_queries: int = 20, throughput_batch: int = 64, plots: bool = True) -> dict:
+            split: str = "val", late_vqa_ckpt: str | Path | None = None,
+            early_vqa_ckpt: str | Path | None = None, hybrid_ks: tuple[int, ...] = DEFAULT_HYBRID_KS,
+            max_retrieval_images: int | None = DEFAULT_MAX_RETRIEVAL_IMAGES, latency_queries: int = 20,
+            throughput_batch: int = 64, plots: bool = True) -> dict:
     """Evaluate both families (and the blind baselines) on a shapes-world folder; write report.{json,md} + PNGs.
 
     `late_ckpt` / `early_ckpt` are checkpoint files or run folders. VQA uses `*_vqa_ckpt`, else the model
@@ -124,32 +151,25 @@ def compare(late_ckpt: str | Path, early_ckpt: str | Path, data_dir: str | Path,
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if not data.is_shapes_world(data_dir):
         raise ValueError(f"{data_dir}: vlm compare needs a shapes-world folder (with world.json and its splits)")
-    late, early = load_for_eval(late_ckpt), load_for_eval(early_ckpt)
-    if late.config.arch != "dual_encoder" or early.config.arch != "early_fusion":
-        raise ValueError(f"--late must be a late-fusion (dual_encoder) model and --early an early-fusion model; "
-                         f"got {late.config.arch} and {early.config.arch}")
-    late_vqa_path = find_vqa_checkpoint(late_ckpt, late_vqa_ckpt)
-    early_vqa_path = find_vqa_checkpoint(early_ckpt, early_vqa_ckpt)
+    late, early = load_families(late_ckpt, early_ckpt)
+    vqa_paths = find_vqa_checkpoint(late_ckpt, late_vqa_ckpt), find_vqa_checkpoint(early_ckpt, early_vqa_ckpt)
     sets = EvalSets(data_dir, split, max_retrieval_images)
     hybrid_ks = tuple(sorted(set(hybrid_ks) | {HEADLINE_K}))
-    log.info("zero-shot")
-    zeroshot = {"late": run_zeroshot(late, sets), "early": run_zeroshot(early, sets)}
-    classes = sets.get("zeroshot", image_size(late))
-    zeroshot["chance"] = chance_classification_metrics(classes.labels, len(classes.classnames))
-    log.info("retrieval")
+    log.info("compare: zero-shot")
+    zeroshot = compare_zeroshot(late, early, sets)
+    log.info("compare: retrieval")
     retrieval = compare_retrieval(late, early, sets, hybrid_ks)
-    log.info("vqa")
-    vqa = compare_vqa(load_for_eval(late_vqa_path) if late_vqa_path else None,
-                      load_for_eval(early_vqa_path) if early_vqa_path else None, sets, data_dir)
-    log.info("compositional")
+    log.info("compare: VQA")
+    vqa = compare_vqa(*(load_for_eval(p) if p else None for p in vqa_paths), sets, data_dir)
+    log.info("compare: compositional")
     compositional = compare_compositional(late, early, sets, data_dir)
-    log.info("cost")
+    log.info("compare: cost")
     cost = compare_cost(late, early, sets, hybrid_ks, latency_queries, throughput_batch)
     report = {
         "setup": {"late_checkpoint": str(resolve_checkpoint(late_ckpt)), "late_model": late.config.name,
                   "early_checkpoint": str(resolve_checkpoint(early_ckpt)), "early_model": early.config.name,
-                  "late_vqa_checkpoint": str(late_vqa_path) if late_vqa_path else None,
-                  "early_vqa_checkpoint": str(early_vqa_path) if early_vqa_path else None,
+                  "late_vqa_checkpoint": str(vqa_paths[0]) if vqa_paths[0] else None,
+                  "early_vqa_checkpoint": str(vqa_paths[1]) if vqa_paths[1] else None,
                   "data": str(data_dir), "split": split, "max_retrieval_images": max_retrieval_images},
         "zeroshot": zeroshot, "retrieval": retrieval, "hybrid_vs_early": hybrid_vs_early(retrieval),
         "vqa": vqa, "compositional": compositional, "cost": cost,
@@ -159,7 +179,6 @@ def compare(late_ckpt: str | Path, early_ckpt: str | Path, data_dir: str | Path,
 
 
 def write_report(report: dict, out_dir: Path, plots: bool = True) -> None:
-    from vlm.eval.report import render_markdown
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(out_dir / "report.json", "w") as f:
         json.dump(report, f, indent=2)

@@ -50,7 +50,10 @@ def _retrieval(report: dict) -> list[str]:
               "fusion passes", "wall s"]
     lines = ["## Retrieval (%)", "",
              f"{fmt(r['late']['images'])} images, {fmt(r['late']['texts'])} captions. "
-             "T→I is `image_retrieval_recall@k`, I→T `text_retrieval_recall@k` (CLIP_benchmark's names).", "",
+             "T→I is `image_retrieval_recall@k`, I→T `text_retrieval_recall@k` (CLIP_benchmark's names). "
+             "Hybrid rows re-rank each query's late-fusion top k with the early model's ITM scores, looked up "
+             "from the exhaustive run (a pair scores the same in any batch); their cost is the fusion passes "
+             "they need and the per-query latency measured under Cost.", "",
              *_table(header, rows), ""]
     headline = report.get("hybrid_vs_early")
     if headline:

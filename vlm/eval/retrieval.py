@@ -24,7 +24,7 @@ def _tokenize(model: nn.Module, captions: list[str]) -> torch.Tensor:
 
 
 def _result(method: str, t2i: torch.Tensor, i2t: torch.Tensor, text_to_image: list[int],
-            seconds: float, passes: int, ks: tuple[int, ...]) -> dict:
+            seconds: float | None, passes: int, ks: tuple[int, ...]) -> dict:
     """Metrics from the text->image (N_texts, N_images) and image->text (N_images, N_texts) score matrices."""
     positives = positives_matrix(text_to_image, t2i.shape[1])
     result = {f"image_retrieval_recall@{k}": v for k, v in recall_at_k(t2i, positives, ks).items()}
@@ -40,21 +40,24 @@ def late_similarity(model: nn.Module, images: torch.Tensor, captions: list[str])
 
 
 def evaluate_late(model: nn.Module, images: torch.Tensor, captions: list[str], text_to_image: list[int],
-                  ks: tuple[int, ...] = RECALL_KS) -> dict:
+                  ks: tuple[int, ...] = RECALL_KS, return_scores: bool = False):
+    """Recalls from one similarity matrix; with `return_scores`, also that (N_images, N_texts) matrix."""
     start = time.perf_counter()
     similarity = late_similarity(model, images, captions)
     seconds = time.perf_counter() - start
-    return _result("late", similarity.T, similarity, text_to_image, seconds, 0, ks)
+    result = _result("late", similarity.T, similarity, text_to_image, seconds, 0, ks)
+    return (result, similarity) if return_scores else result
 
 
 def evaluate_early(model: nn.Module, images: torch.Tensor, captions: list[str], text_to_image: list[int],
-                   ks: tuple[int, ...] = RECALL_KS, batch_size: int = 128) -> dict:
-    """Exhaustive ITM over all pairs, patch tokens embedded once per image."""
+                   ks: tuple[int, ...] = RECALL_KS, batch_size: int = 128, return_scores: bool = False):
+    """Exhaustive ITM over all pairs, patch tokens embedded once per image; `return_scores` as in late."""
     start = time.perf_counter()
     scorer = FusionPairScorer(model, images, _tokenize(model, captions), batch_size)
     scores = scorer.score_all()  # (N_images, N_texts)
     seconds = time.perf_counter() - start
-    return _result("early", scores.T, scores, text_to_image, seconds, scorer.passes, ks)
+    result = _result("early", scores.T, scores, text_to_image, seconds, scorer.passes, ks)
+    return (result, scores) if return_scores else result
 
 
 def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -81,6 +84,23 @@ def reranked_scores(late: torch.Tensor, early: torch.Tensor, k: int) -> torch.Te
     return torch.where(in_top, early64, tail)
 
 
+def hybrid_pairs(late: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N_images, N_texts) masks of the pairs text->image and image->text re-ranking re-score."""
+    if k < 1:
+        raise ValueError(f"hybrid retrieval needs k >= 1, got {k}")
+    return top_k_mask(late.T, k).T, top_k_mask(late, k)
+
+
+def _hybrid_result(late: torch.Tensor, early: torch.Tensor, text_to_image: list[int], k: int,
+                   seconds: float | None, passes: int, ks: tuple[int, ...]) -> dict:
+    t2i_pairs, i2t_pairs = hybrid_pairs(late, k)
+    result = _result("hybrid", reranked_scores(late.T, early.T, k), reranked_scores(late, early, k),
+                     text_to_image, seconds, passes, ks)
+    result.update(k=k, fusion_passes_text_to_image=int(t2i_pairs.sum()),
+                  fusion_passes_image_to_text=int(i2t_pairs.sum()))
+    return result
+
+
 def evaluate_hybrid(late_model: nn.Module, early_model: nn.Module, late_images: torch.Tensor,
                     early_images: torch.Tensor, captions: list[str], text_to_image: list[int], k: int,
                     ks: tuple[int, ...] = RECALL_KS, batch_size: int = 128) -> dict:
@@ -88,20 +108,25 @@ def evaluate_hybrid(late_model: nn.Module, early_model: nn.Module, late_images: 
 
     `late_images` and `early_images` are the same images at each model's resolution.
     """
-    if k < 1:
-        raise ValueError(f"hybrid retrieval needs k >= 1, got {k}")
     start = time.perf_counter()
     late = late_similarity(late_model, late_images, captions)  # (N_images, N_texts)
-    t2i_pairs, i2t_pairs = top_k_mask(late.T, k).T, top_k_mask(late, k)  # (N_images, N_texts) each
+    t2i_pairs, i2t_pairs = hybrid_pairs(late, k)
     needed = t2i_pairs | i2t_pairs  # a pair both directions re-score is run once
     scorer = FusionPairScorer(early_model, early_images, _tokenize(early_model, captions), batch_size)
     image_index, text_index = needed.nonzero(as_tuple=True)
     early = torch.full(late.shape, float("nan"))
     early[image_index, text_index] = scorer.score_pairs(image_index, text_index)
-    t2i = reranked_scores(late.T, early.T, k)
-    i2t = reranked_scores(late, early, k)
     seconds = time.perf_counter() - start
-    result = _result("hybrid", t2i, i2t, text_to_image, seconds, scorer.passes, ks)
-    result.update(k=k, fusion_passes_text_to_image=int(t2i_pairs.sum()),
-                  fusion_passes_image_to_text=int(i2t_pairs.sum()))
-    return result
+    return _hybrid_result(late, early, text_to_image, k, seconds, scorer.passes, ks)
+
+
+def hybrid_from_exhaustive(late: torch.Tensor, early: torch.Tensor, text_to_image: list[int], k: int,
+                           ks: tuple[int, ...] = RECALL_KS) -> dict:
+    """Hybrid re-ranking evaluated from already computed late and exhaustive early score matrices.
+
+    A pair's early score does not depend on which other pairs shared its batch, so looking it up gives
+    exactly what `evaluate_hybrid` computes. The passes are those hybrid needs (counted, not run here);
+    its wall time is unknown (None): measure it with `evaluate_hybrid` or the per-query latency.
+    """
+    t2i_pairs, i2t_pairs = hybrid_pairs(late, k)
+    return _hybrid_result(late, early, text_to_image, k, None, int((t2i_pairs | i2t_pairs).sum()), ks)
