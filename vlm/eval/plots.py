@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 
 from vlm.atomic_io import atomic_write  # noqa: E402
 
@@ -41,30 +42,42 @@ def plot_vqa_families(vqa: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _point(ax, x: float, y: float, name: str, color: str) -> None:
+    ax.scatter(x, y, color=color, zorder=3)
+    ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+
+
 def plot_accuracy_vs_cost(report: dict, path: Path) -> Path:
-    """Text->image R@1 against fusion passes and against measured per-query latency."""
+    """Text->image R@1 against fusion passes and against measured per-query latency; hybrid k joined by a line."""
     retrieval, latency = report["retrieval"], report["cost"]["latency"]
-    points = [("late", retrieval["late"], latency.get("late")), ("early", retrieval["early"], latency.get("early"))]
-    points += [(f"hybrid k={k}", run, latency.get(f"hybrid@{k}")) for k, run in retrieval["hybrid"].items()]
+    hybrid = sorted(retrieval["hybrid"].items(), key=lambda kv: int(kv[0]))
     fig, (ax_passes, ax_latency) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, run, lat in points:
+    ax_passes.plot([run["fusion_passes"] for _, run in hybrid],
+                   [run["image_retrieval_recall@1"] for _, run in hybrid], color=COLORS["hybrid"], alpha=0.5)
+    timed = [(k, run) for k, run in hybrid if f"hybrid@{k}" in latency]
+    ax_latency.plot([latency[f"hybrid@{k}"]["p50_ms"] for k, _ in timed],
+                    [run["image_retrieval_recall@1"] for _, run in timed], color=COLORS["hybrid"], alpha=0.5)
+    points = [("late", "late", retrieval["late"]), ("early", "early", retrieval["early"])]
+    points += [(f"hybrid k={k}", f"hybrid@{k}", run) for k, run in hybrid]
+    for name, latency_key, run in points:
         color = COLORS["hybrid"] if name.startswith("hybrid") else COLORS[name]
         r1 = run["image_retrieval_recall@1"]
-        ax_passes.scatter(run["fusion_passes"], r1, color=color)
-        ax_passes.annotate(name, (run["fusion_passes"], r1), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        if lat is not None:
-            ax_latency.scatter(lat["p50_ms"], r1, color=color)
-            ax_latency.annotate(name, (lat["p50_ms"], r1), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        _point(ax_passes, run["fusion_passes"], r1, name, color)
+        if latency_key in latency:
+            _point(ax_latency, latency[latency_key]["p50_ms"], r1, name, color)
     chance = retrieval["random"]["image_retrieval_recall@1"]
     for ax in (ax_passes, ax_latency):
-        ax.axhline(chance, color=COLORS["blind"], linestyle="--", label="random")
+        ax.axhline(chance, color=COLORS["blind"], linestyle="--", label="random ranking")
         ax.set_ylabel("text→image R@1 (%)")
-        ax.legend(loc="lower right")
+        ax.legend(loc="best")
     ax_passes.set_xscale("symlog", linthresh=1)
-    ax_passes.set_xlabel("fusion passes (whole evaluation)")
+    ax_passes.set_xlim(left=0, right=2 * max(run["fusion_passes"] for _, _, run in points))
+    ax_passes.set_xlabel("fusion passes, whole evaluation (0 for late fusion)")
     ax_latency.set_xscale("log")
-    ax_latency.set_xlabel("p50 latency of one query (ms)")
-    fig.suptitle("Retrieval accuracy against cost: late, hybrid re-ranking, exhaustive early")
+    ax_latency.xaxis.set_major_formatter(ScalarFormatter())
+    ax_latency.xaxis.set_minor_formatter(NullFormatter())
+    ax_latency.set_xlabel("p50 latency of one text query over all images (ms)")
+    fig.suptitle("Retrieval accuracy against cost: late, hybrid re-ranking at several k, exhaustive early")
     return _save(fig, path)
 
 
