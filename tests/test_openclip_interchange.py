@@ -130,3 +130,21 @@ def test_an_openclip_folder_with_a_timm_tower_is_refused_by_name(tmp_path):
     torch.save({"visual.trunk.stem.0.weight": torch.zeros(1)}, folder / "open_clip_pytorch_model.bin")
     with pytest.raises(CheckpointError, match=r"timm_clip.*timm_model_name"):
         vlm.import_openclip(folder)
+
+
+@pytest.mark.parametrize("config_text, message", [
+    ("{not json", "not valid JSON"),
+    ('{"preprocess_cfg": {}}', "expected an OpenCLIP model config"),
+], ids=["broken-json", "no-model-cfg"])
+def test_a_broken_openclip_config_file_is_refused_by_name(tmp_path, clip_tiny, config_text, message):
+    folder = vlm.export_openclip(clip_tiny, tmp_path / "export")
+    (folder / "open_clip_config.json").write_text(config_text)
+    with pytest.raises(CheckpointError, match=rf"open_clip_config\.json: {message}"):
+        vlm.import_openclip(folder)
+
+
+def test_a_folder_with_a_bare_openclip_model_config_imports_too(tmp_path, clip_tiny):
+    folder = vlm.export_openclip(clip_tiny, tmp_path / "export")
+    config_path = folder / "open_clip_config.json"
+    config_path.write_text(json.dumps(json.loads(config_path.read_text())["model_cfg"]))  # model_configs/*.json
+    assert torch.equal(vlm.import_openclip(folder).text.text_projection, clip_tiny.text.text_projection)

@@ -190,6 +190,18 @@ def from_openclip_state_dict(sd: dict[str, torch.Tensor], config: DualEncoderCon
     return model_from_weights(config, converted, where).eval()
 
 
+def _read_model_cfg(path: Path) -> dict:
+    """OpenCLIP's model config from a hub-style file ({"model_cfg": ...}) or a bare one (model_configs/*.json)."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    model_cfg = data.get("model_cfg", data) if isinstance(data, dict) else None
+    if not isinstance(model_cfg, dict) or not {"vision_cfg", "text_cfg", "embed_dim"} <= set(model_cfg):
+        raise CheckpointError(f"{path}: expected an OpenCLIP model config (embed_dim, vision_cfg, text_cfg)")
+    return model_cfg
+
+
 def import_openclip(path: str | Path, model_cfg: dict | None = None, quick_gelu: bool = False) -> DualEncoder:
     """A DualEncoder from an OpenCLIP export folder or checkpoint file (.bin, .pt, .pth, .safetensors).
 
@@ -202,7 +214,7 @@ def import_openclip(path: str | Path, model_cfg: dict | None = None, quick_gelu:
         config_path = path / CONFIG_NAME
         if not config_path.is_file():
             raise CheckpointError(f"{path}: no {CONFIG_NAME} in this folder")
-        model_cfg = json.loads(config_path.read_text())["model_cfg"]
+        model_cfg = _read_model_cfg(config_path)
         weights = next((path / n for n in (WEIGHTS_NAME, "open_clip_model.safetensors") if (path / n).is_file()), None)
         if weights is None:
             raise CheckpointError(f"{path}: no {WEIGHTS_NAME} or open_clip_model.safetensors in this folder")
