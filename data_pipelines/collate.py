@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import torch
 
 from data_pipelines.sample import Sample
@@ -75,7 +76,9 @@ class Collator:
         if not isinstance(samples[0].image, torch.Tensor):
             raise TypeError("Collator needs tensor images: open the source with transform=eval_transform(size) "
                             f"or train_transform(size), got {type(samples[0].image).__name__}")
-        return torch.stack([s.image for s in samples])
+        # numpy's single-threaded copy, not torch.stack: in a main process on busy cores torch's intra-op
+        # threads made this 0.7 s per 64 x 224 px batch (measured), numpy takes ~10 ms.
+        return torch.from_numpy(np.stack([s.image.numpy() for s in samples]))
 
 
 def _all_have(samples: list[Sample], has, what: str) -> bool:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+from PIL import Image
 from torchvision import transforms as T
 
 # OpenAI CLIP's normalisation, which OpenCLIP uses for its ViT models; vlm.models.openclip_compat imports these.
@@ -9,13 +12,35 @@ IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+class ToNormalizedTensor:
+    """PIL RGB image -> (3, H, W) float tensor, `(x / 255 - mean) / std`: ToTensor + Normalize in one numpy pass.
+
+    Measured on the 2-core dev machine under load: torchvision's ToTensor + Normalize ran as five torch ops
+    of ~9 ms each at 224 px in the main process, because torch's intra-op threads fight over busy cores
+    (0.3 ms with one thread). numpy is single-threaded, and one fused pass is cheaper anyway.
+    """
+
+    def __init__(self, mean: tuple[float, ...] = IMAGE_MEAN, std: tuple[float, ...] = IMAGE_STD):
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.scale = 1.0 / (255.0 * np.asarray(std, dtype=np.float32))
+        self.offset = np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
+        pixels *= self.scale
+        pixels -= self.offset
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mean={self.mean}, std={self.std})"
+
+
 def eval_transform(image_size: int) -> T.Compose:
     """Resize the short side (bicubic, as OpenCLIP), centre crop, to tensor, normalise."""
     return T.Compose([
         T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
         T.CenterCrop(image_size),
-        T.ToTensor(),
-        T.Normalize(IMAGE_MEAN, IMAGE_STD),
+        ToNormalizedTensor(),
     ])
 
 
@@ -36,5 +61,5 @@ def train_transform(
         steps.append(T.RandomHorizontalFlip())
     if color_jitter:
         steps.append(T.ColorJitter(brightness=color_jitter, contrast=color_jitter))
-    steps += [T.ToTensor(), T.Normalize(IMAGE_MEAN, IMAGE_STD)]
+    steps.append(ToNormalizedTensor())
     return T.Compose(steps)

@@ -303,3 +303,15 @@ def test_train_transform_does_not_flip_by_default(tmp_path):
     flipped = [train_transform(32, hflip=True)(image)[0, :, :8].mean() < 0 for _ in range(20)]
     assert any(flipped)
     assert eval_transform(24)(Image.new("RGB", (50, 30))).shape == (3, 24, 24)
+
+
+def test_normalisation_matches_torchvision_to_tensor_and_normalize():
+    from torchvision import transforms as T
+
+    from data_pipelines.transforms import ToNormalizedTensor
+
+    image = Image.effect_noise((37, 23), 60).convert("RGB")
+    reference = T.Compose([T.ToTensor(), T.Normalize(IMAGE_MEAN, IMAGE_STD)])(image)
+    ours = ToNormalizedTensor()(image)
+    assert ours.shape == (3, 23, 37) and ours.dtype == torch.float32 and ours.is_contiguous()
+    assert torch.allclose(ours, reference, atol=1e-5)
