@@ -14,6 +14,7 @@ import io
 import json
 import random
 import tarfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -45,8 +46,23 @@ def expand_shard_urls(urls: str | Path | list) -> list[str]:
     return expanded
 
 
+def _count_from_stats_files(urls: list[str]) -> int | None:
+    """Sample count from img2dataset's `NNNNN_stats.json` files ("successes"), when every shard has one."""
+    total = 0
+    for url in urls:
+        stats = Path(url).with_name(Path(url).stem + "_stats.json")
+        try:
+            total += int(json.loads(stats.read_text())["successes"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return total
+
+
 class ShardDataset(torch.utils.data.IterableDataset):
-    """Streams Samples from WebDataset shards; call `set_epoch(e)` each epoch for a new shuffle."""
+    """Streams Samples from WebDataset shards; call `set_epoch(e)` each epoch for a new shuffle.
+
+    `num_samples` is the total from img2dataset-style `_stats.json` files next to the shards, or None.
+    """
 
     format = "webdataset"
 
@@ -70,6 +86,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.resampled = resampled
         self.max_pixels = max_pixels
         self.epoch = 0
+        self.num_samples = _count_from_stats_files(self.urls)
         self.stats = SkipStats(source=str(urls), max_bad_fraction=max_bad_fraction)
         self._pending: list[Sample] = []
 
@@ -80,6 +97,10 @@ class ShardDataset(torch.utils.data.IterableDataset):
         import webdataset as wds
 
         urls = list(self.urls)
+        rank, world_size, _, num_workers = wds.utils.pytorch_worker_info()
+        if not self.resampled and len(urls) < world_size * num_workers:
+            warnings.warn(f"{len(urls)} shards for {world_size} rank(s) x {num_workers} worker(s): some get no data "
+                          "(write more, smaller shards, or use resampled=True)", stacklevel=2)
         if self.shuffle:  # same order on every rank, so the node split below stays a partition
             random.Random(self.seed * 100_003 + self.epoch).shuffle(urls)
         pipeline = wds.WebDataset(
@@ -93,6 +114,9 @@ class ShardDataset(torch.utils.data.IterableDataset):
             yield from self._drain_pending()
             yield self._to_sample(item)
         yield from self._drain_pending()
+
+    def __repr__(self) -> str:
+        return f"ShardDataset({len(self.urls)} shards, {self.num_samples or 'unknown'} samples)"
 
     def _on_error(self, exn: Exception) -> bool:
         self._pending.append(self._placeholder("corrupt shard", "?", f"{type(exn).__name__}: {exn}"))

@@ -191,6 +191,7 @@ def test_webdataset_splits_across_workers_and_ranks(tmp_path, monkeypatch):
 def test_shard_writer_round_trip_keeps_pairs_and_image_bytes(tmp_path, csv_dataset):
     paths, stats = write_shards(open_source(csv_dataset), tmp_path / "shards", shard_size=2)
     assert [p.name for p in paths] == ["00000.tar", "00001.tar"] and stats.seen == 3
+    assert ShardDataset(tmp_path / "shards").num_samples == 3
     with tarfile.open(paths[0]) as tar:
         assert tar.getnames() == ["000000000.png", "000000000.txt", "000000000.json",
                                   "000000001.png", "000000001.txt", "000000001.json"]
