@@ -59,7 +59,7 @@ def _count_from_stats_files(urls: list[str]) -> int | None:
 
 
 class ShardDataset(torch.utils.data.IterableDataset):
-    """Streams Samples from WebDataset shards; call `set_epoch(e)` each epoch for a new shuffle.
+    """Streams Samples from WebDataset shards, shuffled anew on every pass when `shuffle=True`.
 
     `num_samples` is the total from img2dataset-style `_stats.json` files next to the shards, or None.
     """
@@ -89,6 +89,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.num_samples = _count_from_stats_files(self.urls)
         self.stats = SkipStats(source=str(urls), max_bad_fraction=max_bad_fraction)
         self._pending: list[Sample] = []
+        self._passes = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -97,19 +98,20 @@ class ShardDataset(torch.utils.data.IterableDataset):
         import webdataset as wds
 
         urls = list(self.urls)
+        seed = self._shuffle_seed()
         rank, world_size, _, num_workers = wds.utils.pytorch_worker_info()
         if not self.resampled and len(urls) < world_size * num_workers:
             warnings.warn(f"{len(urls)} shards for {world_size} rank(s) x {num_workers} worker(s): some get no data "
                           "(write more, smaller shards, or use resampled=True)", stacklevel=2)
         if self.shuffle:  # same order on every rank, so the node split below stays a partition
-            random.Random(self.seed * 100_003 + self.epoch).shuffle(urls)
+            random.Random(seed).shuffle(urls)
         pipeline = wds.WebDataset(
             urls, handler=self._on_error, shardshuffle=False, resampled=self.resampled,
             nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker, empty_check=False,
             seed=self.seed,
         )
         if self.shuffle:
-            pipeline = pipeline.shuffle(self.shuffle_buffer, seed=self.seed * 100_003 + self.epoch)
+            pipeline = pipeline.shuffle(self.shuffle_buffer, seed=seed)
         for item in pipeline:
             yield from self._drain_pending()
             yield self._to_sample(item)
@@ -117,6 +119,17 @@ class ShardDataset(torch.utils.data.IterableDataset):
 
     def __repr__(self) -> str:
         return f"ShardDataset({len(self.urls)} shards, {self.num_samples or 'unknown'} samples)"
+
+    def _shuffle_seed(self) -> int:
+        """A new shuffle every pass, the same on every rank and worker (the node and worker splits slice one
+        shard order). In workers it follows the DataLoader's base seed (seed the loader's `generator` alike on
+        every rank, or call `set_epoch`); in the main process it counts passes."""
+        info = torch.utils.data.get_worker_info()
+        if info is not None:
+            loader_seed = info.seed - info.id
+        else:
+            loader_seed, self._passes = self._passes, self._passes + 1
+        return hash((self.seed, self.epoch, loader_seed)) & 0xFFFF_FFFF
 
     def _on_error(self, exn: Exception) -> bool:
         self._pending.append(self._placeholder("corrupt shard", "?", f"{type(exn).__name__}: {exn}"))

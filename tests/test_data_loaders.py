@@ -179,6 +179,8 @@ def test_webdataset_splits_across_workers_and_ranks(tmp_path, monkeypatch):
     ds = ShardDataset(tmp_path, transform=eval_transform(8), shuffle=True, shuffle_buffer=5, seed=3)
     seen = [c for b in loader(ds, batch_size=2, workers=2) for c in b["captions"]]
     assert sorted(seen) == everything  # each sample once across the two workers
+    two_passes = [[s.caption for s in ds] for _ in range(2)]
+    assert two_passes[0] != two_passes[1] and sorted(two_passes[0]) == sorted(two_passes[1]) == everything
     per_rank = []
     for rank in range(2):
         monkeypatch.setenv("RANK", str(rank))
