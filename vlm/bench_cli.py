@@ -12,6 +12,7 @@ import importlib
 # ---- Benchmark modules, one per stage. Add `train` and `serve` here: a module with register_bench(sub). ----
 BENCH_MODULES = [
     "data_pipelines.bench",  # vlm bench data
+    "vlm.serve.bench",  # vlm bench serve
 ]
 
 

@@ -1,0 +1,181 @@
+"""`vlm bench serve`: text-query throughput and latency of the HTTP API, and exact faiss against numpy.
+
+The indexes hold random unit vectors (what is measured is the service, not the model's quality), built
+straight into the item table. Each size gets a real `vlm serve` subprocess, queried over HTTP by 1 and by 8
+concurrent clients; the encoder's share (one text embedded at a time) and the bare search (exact faiss against
+a brute-force numpy matrix product, same queries, same answers) are measured apart in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from vlm.atomic_io import atomic_write
+from vlm.serve.backends import FaissBackend
+from vlm.serve.encoder import Encoder, load_encoder
+from vlm.serve.index import IndexConfig, ItemIndex
+from vlm.serve.process import ServerProcess
+from vlm.serve.store import Item
+
+
+def register_bench(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="HTTP text-query throughput/latency; exact faiss vs numpy")
+    p.add_argument("--checkpoint", help="late-fusion checkpoint (default: a random clip-small)")
+    p.add_argument("--sizes", default="10000,100000", help="index sizes, comma-separated")
+    p.add_argument("--concurrency", default="1,8", help="concurrent clients, comma-separated")
+    p.add_argument("--queries", type=int, default=200, help="HTTP queries per (size, concurrency)")
+    p.add_argument("--out", default="runs/bench/serve.json")
+    p.set_defaults(func=cmd_bench_serve)
+
+
+def percentiles(latencies_s: list[float]) -> dict:
+    ms = np.array(latencies_s) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+
+
+def random_unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def make_random_index(directory: Path, n: int, dim: int, model: str) -> np.ndarray:
+    """An index of n random image vectors with captions "item i"; returns the vectors."""
+    vectors = random_unit_vectors(n, dim, seed=n)
+    index = ItemIndex(directory, IndexConfig(dim=dim, model=model))
+    for start in range(0, n, 20_000):
+        index.store.add([Item(caption=f"item {i}", image_vec=vectors[i]) for i in range(start, min(n, start + 20_000))])
+    index.close()
+    ItemIndex(directory).close()  # builds and saves the faiss index from the table
+    return vectors
+
+
+def bench_search(vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> dict:
+    """One query at a time, as a server sees them: exact faiss vs numpy brute force; same top-k asserted."""
+    backend = FaissBackend(Path(tempfile.mkdtemp()) / "bench.faiss", vectors.shape[1])
+    backend.add(np.arange(len(vectors)), vectors)
+    results = {}
+    for name, search in (("faiss_flat_ip", lambda q: backend.search(q[None], k)[1][0]),
+                         ("numpy_brute_force", lambda q: numpy_top_k(vectors, q, k))):
+        search(queries[0])  # warm-up
+        times, answers = [], []
+        for q in queries:
+            started = time.perf_counter()
+            answers.append(search(q))
+            times.append(time.perf_counter() - started)
+        results[name] = {**percentiles(times), "queries_per_s": round(len(queries) / sum(times), 1)}
+        results[name]["_answers"] = answers
+    same = all(set(a) == set(b) for a, b in zip(results["faiss_flat_ip"].pop("_answers"),
+                                                results["numpy_brute_force"].pop("_answers"), strict=True))
+    return {**results, "same_top_k": same}
+
+
+def numpy_top_k(vectors: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
+    scores = vectors @ query
+    top = np.argpartition(-scores, k)[:k]
+    return top[np.argsort(-scores[top])]
+
+
+def bench_encoder(encoder: Encoder, texts: list[str]) -> dict:
+    encoder.encode_texts(texts[:1])
+    times = []
+    for text in texts:
+        started = time.perf_counter()
+        encoder.encode_texts([text])
+        times.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    encoder.encode_texts(texts[:32])
+    batch_s = time.perf_counter() - started
+    return {"batch_1": percentiles(times), "batch_32_texts_per_s": round(32 / batch_s, 1)}
+
+
+def bench_http(url: str, texts: list[str], concurrency: int) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    shares = [texts[i::concurrency] for i in range(concurrency)]
+
+    def client(share: list[str]) -> None:
+        nonlocal errors
+        with httpx.Client(base_url=url, timeout=60) as http:
+            for text in share:
+                started = time.perf_counter()
+                ok = http.post("/v1/search", json={"text": text, "k": 10}).status_code == 200
+                with lock:
+                    latencies.append(time.perf_counter() - started)
+                    errors += not ok
+
+    with httpx.Client(base_url=url) as http:  # warm-up
+        http.post("/v1/search", json={"text": texts[0], "k": 10})
+    threads = [threading.Thread(target=client, args=(share,)) for share in shares]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    return {"concurrency": concurrency, "queries": len(latencies), "errors": errors,
+            "queries_per_s": round(len(latencies) / wall, 1), **percentiles(latencies)}
+
+
+def run_bench(checkpoint: str | None, sizes: list[int], concurrency: list[int], n_queries: int, out: Path) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="vlm-bench-serve-"))
+    if checkpoint is None:
+        import vlm
+
+        checkpoint = str(work / "clip-small.pt")
+        vlm.create_model("clip-small").save(checkpoint)
+    encoder = load_encoder(checkpoint)
+    texts = [f"a {c} {s} number {i}" for i, (c, s) in enumerate(
+        (c, s) for c in ("red", "green", "blue", "yellow") for s in ("circle", "square", "star", "triangle"))]
+    texts = (texts * (n_queries // len(texts) + 1))[:n_queries]
+    report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+              "model": encoder.name, "dim": encoder.dim, "encoder": bench_encoder(encoder, texts[:100]), "sizes": {}}
+    queries = encoder.encode_texts(texts[:100])
+    for n in sizes:
+        directory = work / f"index-{n}"
+        vectors = make_random_index(directory, n, encoder.dim, encoder.name)
+        entry = {"search_only": bench_search(vectors, queries), "http": []}
+        with ServerProcess(checkpoint, directory, log_path=work / f"server-{n}.log") as server:
+            for c in concurrency:
+                entry["http"].append(bench_http(server.url, texts, c))
+        report["sizes"][str(n)] = entry
+        print(json.dumps({n: entry}))
+    with atomic_write(out, "w") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
+def format_table(report: dict) -> str:
+    lines = ["| items | clients | queries/s | p50 ms | p99 ms |", "|---:|---:|---:|---:|---:|"]
+    for n, entry in report["sizes"].items():
+        for h in entry["http"]:
+            lines.append(f"| {int(n):,} | {h['concurrency']} | {h['queries_per_s']} | {h['p50_ms']} | {h['p99_ms']} |")
+    lines += ["", "| items | search | queries/s | p50 ms | p99 ms | same top-10 |", "|---:|---|---:|---:|---:|---|"]
+    for n, entry in report["sizes"].items():
+        s = entry["search_only"]
+        for name in ("faiss_flat_ip", "numpy_brute_force"):
+            lines.append(f"| {int(n):,} | {name} | {s[name]['queries_per_s']} | {s[name]['p50_ms']} | "
+                         f"{s[name]['p99_ms']} | {s['same_top_k']} |")
+    e = report["encoder"]
+    lines += ["", f"text encoder ({report['model']}), one text: p50 {e['batch_1']['p50_ms']} ms, "
+              f"p99 {e['batch_1']['p99_ms']} ms; batch of 32: {e['batch_32_texts_per_s']} texts/s"]
+    return "\n".join(lines)
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    sizes = [int(s) for s in args.sizes.split(",")]
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    report = run_bench(args.checkpoint, sizes, concurrency, args.queries, Path(args.out))
+    print(format_table(report))
+    print(f"wrote {args.out}")
+    return 0
