@@ -236,3 +236,10 @@ class MilvusBackend(VectorBackend):
     def close(self) -> None:
         self.save()
         self.client.close()
+
+
+def release_milvus_lite(path: str | Path) -> None:
+    """Stop the in-process milvus-lite server of a .db file, so the folder can be moved or opened again."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    server_manager_instance.release_server(str(path))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from vlm.atomic_io import atomic_write
-from vlm.serve.backends import FaissBackend, FaissConfig, MilvusBackend, VectorBackend
+from vlm.serve.backends import FaissBackend, FaissConfig, MilvusBackend, VectorBackend, release_milvus_lite
 from vlm.serve.store import MODALITIES, Item, ItemStore
 
 CONFIG_NAME = "index.json"
@@ -184,6 +184,8 @@ class ItemIndex:
         with self._lock:
             for backend in self.backends.values():
                 backend.close()
+            if self.config.backend == "milvus" and not self.config.milvus_uri:
+                release_milvus_lite(self.directory / "milvus.db")
             self.store.close()
 
     def info(self) -> dict:
