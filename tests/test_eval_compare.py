@@ -18,9 +18,9 @@ VQA_ANSWERS = "vqa_answers=['yes','no','0','1','2','3','4',red,blue,green,circle
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict:
-    """A shapes world (40 train / 20 val scenes at 32 px) and the four run folders of the quickstart."""
+    """A shapes world (40 train / 20 val / 8 heldout scenes, 32 px) and the four run folders of the quickstart."""
     root = tmp_path_factory.mktemp("eval")
-    generate_shapes_world(root / "shapes", train=40, val=20, test=0, heldout=0, image_size=32,
+    generate_shapes_world(root / "shapes", train=40, val=20, test=0, heldout=8, image_size=32,
                           classify_per_class=1)
     torch.manual_seed(0)
     for run, name, overrides in (("clip", "clip-tiny", []), ("fusion", "fusion-tiny", []),
@@ -47,6 +47,8 @@ def test_compare_writes_the_report_plots_and_finds_the_vqa_runs(compared):
     assert report["setup"]["late_vqa_checkpoint"].endswith("clip-vqa/checkpoint.pt")
     assert {"late", "early", "question_only"} <= set(report["vqa"])
     assert {"late", "early", "text_only"} <= set(report["compositional"])
+    assert {"late", "early", "text_only"} <= set(report["heldout"]["compositional"])
+    assert {"late", "early", "question_only"} <= set(report["heldout"]["vqa"])
     assert set(report["retrieval"]["hybrid"]) == {"2", "4", "16"}  # 16 always: the headline k
     assert report["retrieval"]["early"]["fusion_passes"] == 20 * report["retrieval"]["early"]["texts"]
     assert report["hybrid_vs_early"]["k"] == 16

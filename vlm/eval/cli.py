@@ -35,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="shapes-world folder")
     p.add_argument("--out", required=True, type=Path, help="folder for report.md, report.json and PNGs")
     p.add_argument("--split", default="val")
+    p.add_argument("--heldout-split", default="heldout",
+                   help="also run VQA and compositional on this split when it exists ('' to skip)")
     p.add_argument("--late-vqa", default=None, help="late-fusion VQA model (default: the run's `-vqa` sibling)")
     p.add_argument("--early-vqa", default=None, help="early-fusion VQA model (default: the run's `-vqa` sibling)")
     p.add_argument("--k", type=int, nargs="+", default=None, help="hybrid re-ranking depths (default 1 4 16 64)")
@@ -66,7 +68,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     report = compare(args.late, args.early, args.data, args.out, split=args.split, late_vqa_ckpt=args.late_vqa,
                      early_vqa_ckpt=args.early_vqa, hybrid_ks=tuple(args.k or DEFAULT_HYBRID_KS),
                      max_retrieval_images=args.max_retrieval_images or None,
-                     latency_queries=args.latency_queries, plots=not args.no_plots)
+                     latency_queries=args.latency_queries, heldout_split=args.heldout_split or None,
+                     plots=not args.no_plots)
     print(format_summary_table(report))
     print(f"wrote {args.out / 'report.md'} and {args.out / 'report.json'}")
     return 0

@@ -106,6 +106,16 @@ def compare_compositional(late: nn.Module, early: nn.Module, sets: EvalSets, dat
     return result
 
 
+def compare_heldout(late: nn.Module, early: nn.Module, vqa_models: list[nn.Module | None], data_dir: Path,
+                    split: str) -> dict | None:
+    """VQA and compositional accuracy on the split of unseen colour-shape combinations, if there is one."""
+    if not (data_dir / f"compositional_{split}.jsonl").is_file():
+        return None
+    sets = EvalSets(data_dir, split)
+    return {"split": split, "vqa": compare_vqa(*vqa_models, sets, data_dir),
+            "compositional": compare_compositional(late, early, sets, data_dir)}
+
+
 def compare_cost(late: nn.Module, early: nn.Module, sets: EvalSets, ks: tuple[int, ...],
                  latency_queries: int, throughput_batch: int) -> dict:
     late_set = sets.get("retrieval", image_size(late))
@@ -140,13 +150,14 @@ def compare(late_ckpt: str | Path, early_ckpt: str | Path, data_dir: str | Path,
             split: str = "val", late_vqa_ckpt: str | Path | None = None,
             early_vqa_ckpt: str | Path | None = None, hybrid_ks: tuple[int, ...] = DEFAULT_HYBRID_KS,
             max_retrieval_images: int | None = DEFAULT_MAX_RETRIEVAL_IMAGES, latency_queries: int = 20,
-            throughput_batch: int = 64, plots: bool = True) -> dict:
+            throughput_batch: int = 64, heldout_split: str | None = "heldout", plots: bool = True) -> dict:
     """Evaluate both families (and the blind baselines) on a shapes-world folder; write report.{json,md} + PNGs.
 
     `late_ckpt` / `early_ckpt` are checkpoint files or run folders. VQA uses `*_vqa_ckpt`, else the model
     itself if it has a VQA head, else a sibling run folder named `<run>-vqa`. Exhaustive early-fusion
     retrieval is quadratic, so retrieval uses the first `max_retrieval_images` images (None: all).
-    Returns the report dict.
+    VQA and the compositional test are repeated on `heldout_split` (colour-shape pairs never seen in
+    training) when the folder has it. Returns the report dict.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if not data.is_shapes_world(data_dir):
@@ -160,9 +171,11 @@ def compare(late_ckpt: str | Path, early_ckpt: str | Path, data_dir: str | Path,
     log.info("compare: retrieval")
     retrieval = compare_retrieval(late, early, sets, hybrid_ks)
     log.info("compare: VQA")
-    vqa = compare_vqa(*(load_for_eval(p) if p else None for p in vqa_paths), sets, data_dir)
+    vqa_models = [load_for_eval(p) if p else None for p in vqa_paths]
+    vqa = compare_vqa(*vqa_models, sets, data_dir)
     log.info("compare: compositional")
     compositional = compare_compositional(late, early, sets, data_dir)
+    heldout = compare_heldout(late, early, vqa_models, data_dir, heldout_split) if heldout_split else None
     log.info("compare: cost")
     cost = compare_cost(late, early, sets, hybrid_ks, latency_queries, throughput_batch)
     report = {
@@ -172,7 +185,7 @@ def compare(late_ckpt: str | Path, early_ckpt: str | Path, data_dir: str | Path,
                   "early_vqa_checkpoint": str(vqa_paths[1]) if vqa_paths[1] else None,
                   "data": str(data_dir), "split": split, "max_retrieval_images": max_retrieval_images},
         "zeroshot": zeroshot, "retrieval": retrieval, "hybrid_vs_early": hybrid_vs_early(retrieval),
-        "vqa": vqa, "compositional": compositional, "cost": cost,
+        "vqa": vqa, "compositional": compositional, "heldout": heldout, "cost": cost,
     }
     write_report(report, out_dir, plots)
     return report

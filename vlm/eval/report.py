@@ -66,13 +66,12 @@ def _retrieval(report: dict) -> list[str]:
     return lines
 
 
-def _vqa(report: dict) -> list[str]:
-    vqa = report["vqa"]
+def _vqa(vqa: dict, where: str = "") -> list[str]:
     if not vqa:
-        return ["## VQA", "", "Not run: neither model has a VQA head (no `*-vqa` run found).", ""]
+        return [f"## VQA{where}", "", "Not run: neither model has a VQA head (no `*-vqa` run found).", ""]
     names = [n for n in ("late", "early", "question_only") if n in vqa]
     header = [*[f"`{n}`" for n in names]]
-    lines = ["## VQA accuracy (%, VQAv2 metric)", "",
+    lines = [f"## VQA accuracy (%, VQAv2 metric){where}", "",
              "`question_only` answers with the most common training answer to the same question, image unseen.", "",
              *_table(["", *header], [["overall"] + [fmt(vqa[n]["vqa_accuracy"]) for n in names]]), ""]
     for group, title in (("per_answer_type", "answer type"), ("per_question_family", "question family")):
@@ -83,13 +82,12 @@ def _vqa(report: dict) -> list[str]:
     return lines
 
 
-def _compositional(report: dict) -> list[str]:
-    comp = report["compositional"]
+def _compositional(comp: dict, where: str = "") -> list[str]:
     names = ["late", "early", "text_only"]
     types = sorted(comp["late"]["per_negative_type"])
     rows = [["overall"] + [fmt(comp[n]["compositional_accuracy"]) for n in names]]
     rows += [[f"`{t}`"] + [fmt(comp[n]["per_negative_type"].get(t)) for n in names] for t in types]
-    return ["## Compositional two-way accuracy (%; a coin flip scores half)", "",
+    return [f"## Compositional two-way accuracy (%; a coin flip scores half){where}", "",
             "`text_only` prefers the caption a bigram model of the training captions finds likelier.", "",
             *_table(["negative type", *[f"`{n}`" for n in names]], rows), ""]
 
@@ -115,8 +113,12 @@ def render_markdown(report: dict, images: list[str] | None = None) -> str:
              f"Late: `{setup['late_model']}` (`{setup['late_checkpoint']}`); early: `{setup['early_model']}` "
              f"(`{setup['early_checkpoint']}`); data: `{setup['data']}`, split `{setup['split']}`.", "",
              "## Summary", "", format_summary_table(report), ""]
-    for section in (_zeroshot, _retrieval, _vqa, _compositional, _cost):
-        lines += section(report)
+    lines += _zeroshot(report) + _retrieval(report) + _vqa(report["vqa"]) + _compositional(report["compositional"])
+    heldout = report.get("heldout")
+    if heldout:
+        where = f", split `{heldout['split']}` (colour-shape pairs never seen in training)"
+        lines += _vqa(heldout["vqa"], where) + _compositional(heldout["compositional"], where)
+    lines += _cost(report)
     for name in images or []:
         lines += [f"![{name}]({name})", ""]
     return "\n".join(lines)
@@ -144,6 +146,15 @@ def format_summary_table(report: dict) -> str:
         ["compositional %", comp["late"]["compositional_accuracy"], comp["early"]["compositional_accuracy"],
          None, comp["text_only"]["compositional_accuracy"]],
     ]
+    heldout = report.get("heldout")
+    if heldout:
+        hv, hc = heldout["vqa"], heldout["compositional"]
+        rows += [
+            [f"VQA accuracy %, {heldout['split']}", hv.get("late", {}).get("vqa_accuracy"),
+             hv.get("early", {}).get("vqa_accuracy"), None, hv.get("question_only", {}).get("vqa_accuracy")],
+            [f"compositional %, {heldout['split']}", hc["late"]["compositional_accuracy"],
+             hc["early"]["compositional_accuracy"], None, hc["text_only"]["compositional_accuracy"]],
+        ]
     header = ["", "late", "early", f"hybrid k={k}" if k else "hybrid", "blind"]
     return "\n".join(_table(header, [[name] + [fmt(v) if v is not None else "" for v in values]
                                      for name, *values in rows]))
