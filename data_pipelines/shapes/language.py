@@ -189,4 +189,6 @@ def make_negatives(objects: list[ShapeObject], combos: list[tuple[str, str]], rn
                 rows.append({"caption": describe(true), "negative_caption": describe(negative), "negative_type": kind})
         if len(rows) > len(best):
             best = rows
+        if len(best) == len(candidates):
+            break
     return best

@@ -22,7 +22,7 @@ def render_scene(objects: list[ShapeObject], image_size: int) -> Image.Image:
     draw = ImageDraw.Draw(image)
     for obj in objects:
         _draw_shape(draw, obj.shape, obj.x * size, obj.y * size, obj.radius * size, COLORS[obj.color])
-    return image.resize((image_size, image_size), Image.Resampling.BOX)
+    return image.reduce(SUPERSAMPLE)  # box average, faster than resize(BOX) for an integer factor
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill: tuple) -> None:

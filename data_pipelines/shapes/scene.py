@@ -8,7 +8,7 @@ caption, answer and hard negative is unambiguous to anyone who can see the pictu
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 COLORS = {
     "red": (220, 38, 38), "green": (34, 170, 60), "blue": (40, 90, 230), "yellow": (240, 215, 40),
@@ -45,7 +45,8 @@ class ShapeObject:
         return f"{self.size} {self.color} {self.shape}" if with_size else f"{self.color} {self.shape}"
 
     def to_json(self) -> dict:
-        return {**asdict(self), "radius": self.radius}
+        return {"color": self.color, "shape": self.shape, "size": self.size, "x": self.x, "y": self.y,
+                "radius": self.radius}
 
 
 def relation_holds(rel: str, a: ShapeObject, b: ShapeObject) -> bool | None:

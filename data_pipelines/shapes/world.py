@@ -154,7 +154,7 @@ class ShapesWorld:
 
 
 def _save_png(image, path: Path) -> None:
-    image.save(path, format="PNG", optimize=False, compress_level=6)
+    image.save(path, format="PNG", optimize=False, compress_level=1)  # tiny images: speed over a few bytes
 
 
 def _write_text(path: Path, text: str) -> None:
