@@ -318,3 +318,13 @@ def test_normalisation_matches_torchvision_to_tensor_and_normalize():
     ours = ToNormalizedTensor()(image)
     assert ours.shape == (3, 23, 37) and ours.dtype == torch.float32 and ours.is_contiguous()
     assert torch.allclose(ours, reference, atol=1e-5)
+
+
+def test_a_truncated_shard_is_counted_and_the_stream_goes_on(tmp_path):
+    everything = make_shards(tmp_path, n_shards=2, per_shard=3)
+    data = (tmp_path / "00000.tar").read_bytes()
+    (tmp_path / "00000.tar").write_bytes(data[: len(data) // 2])
+    ds = ShardDataset(tmp_path, transform=eval_transform(8))
+    captions = [s.caption for s in ds if s.image is not None]
+    assert set(everything[3:]) <= set(captions) and len(captions) < len(everything)
+    assert ds.stats.skipped["corrupt shard"] >= 1 and "00000.tar" in ds.stats.examples[0]
