@@ -40,7 +40,7 @@ def test_a_pair_scores_the_same_whatever_else_is_in_its_batch(fusion_tiny, retri
     image_index = torch.randint(0, NUM_IMAGES, (37,))
     text_index = torch.randint(0, len(CAPTIONS), (37,))
     assert torch.equal(scorer.score_pairs(image_index, text_index), full[image_index, text_index])
-    ids = vlm.Tokenizer(32)(CAPTIONS[:3])
+    ids = vlm.Tokenizer(32)(CAPTIONS[:3])  # the full 32-token context: unused padding changes no score
     torch.testing.assert_close(full[:3, :3].diagonal(), fusion_tiny.score(retrieval_images[:3], ids))
 
 
