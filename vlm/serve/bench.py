@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import threading
@@ -18,13 +19,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import torch
 
 from vlm.atomic_io import atomic_write
 from vlm.serve.backends import FaissBackend
 from vlm.serve.encoder import Encoder, load_encoder
 from vlm.serve.index import IndexConfig, ItemIndex
 from vlm.serve.process import ServerProcess
+from vlm.serve.service import set_threads
 from vlm.serve.store import Item
 
 
@@ -128,6 +129,7 @@ def bench_http(url: str, texts: list[str], concurrency: int) -> dict:
 
 
 def run_bench(checkpoint: str | None, sizes: list[int], concurrency: list[int], n_queries: int, out: Path) -> dict:
+    set_threads(1, 1)  # as `vlm serve` runs by default
     work = Path(tempfile.mkdtemp(prefix="vlm-bench-serve-"))
     if checkpoint is None:
         import vlm
@@ -138,7 +140,8 @@ def run_bench(checkpoint: str | None, sizes: list[int], concurrency: list[int], 
     texts = [f"a {c} {s} number {i}" for i, (c, s) in enumerate(
         (c, s) for c in ("red", "green", "blue", "yellow") for s in ("circle", "square", "star", "triangle"))]
     texts = (texts * (n_queries // len(texts) + 1))[:n_queries]
-    report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+    load = os.getloadavg()[0]
+    report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {load:.1f} at start",
               "model": encoder.name, "dim": encoder.dim, "encoder": bench_encoder(encoder, texts[:100]), "sizes": {}}
     queries = encoder.encode_texts(texts[:100])
     for n in sizes:
@@ -150,6 +153,7 @@ def run_bench(checkpoint: str | None, sizes: list[int], concurrency: list[int], 
                 entry["http"].append(bench_http(server.url, texts, c))
         report["sizes"][str(n)] = entry
         print(json.dumps({n: entry}))
+    report["load_average_at_end"] = round(os.getloadavg()[0], 1)
     with atomic_write(out, "w") as f:
         json.dump(report, f, indent=2)
     return report

@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--max-image-pixels", type=int, default=ServeConfig.max_image_pixels)
     s.add_argument("--max-k", type=int, default=ServeConfig.max_k)
     s.add_argument("--max-batch", type=int, default=ServeConfig.max_batch)
+    s.add_argument("--torch-threads", type=int, default=ServeConfig.torch_threads,
+                   help="threads per forward pass (raise for big batches on a dedicated machine)")
+    s.add_argument("--search-threads", type=int, default=ServeConfig.search_threads, help="faiss OpenMP threads")
     s.add_argument("--allow-image-urls", action="store_true", help="let clients ask the server to fetch image_url")
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=cmd_serve)
@@ -81,6 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(checkpoint=args.checkpoint, index=args.index, rerank_checkpoint=args.rerank_checkpoint,
                          api_key=args.api_key or None, index_name=args.index_name,
                          max_body_bytes=args.max_body_bytes, max_image_pixels=args.max_image_pixels,
-                         max_k=args.max_k, max_batch=args.max_batch, allow_image_urls=args.allow_image_urls)
+                         max_k=args.max_k, max_batch=args.max_batch, allow_image_urls=args.allow_image_urls,
+                         torch_threads=args.torch_threads, search_threads=args.search_threads)
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -43,6 +43,10 @@ class ServeConfig:
     allow_image_urls: bool = False  # off: the server never makes requests on a client's behalf
     micro_batch: int = 32
     micro_batch_wait_ms: float = 2.0
+    # Threads inside one forward pass / one faiss search. Requests bring the parallelism; on a busy 2-core
+    # machine 2 intra-op threads made one text encode 46 ms instead of 2.5 ms (docs/BENCHMARKS.md).
+    torch_threads: int = 1
+    search_threads: int = 1
 
     @property
     def name(self) -> str:
@@ -56,7 +60,10 @@ class Service:
         self.reranker: Reranker | None = None
         self.index: ItemIndex | None = None
         self.load_error: str | None = None
-        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vlm-model")
+        # OpenMP thread counts are per thread, so each worker thread sets its own on start.
+        threads = (config.torch_threads, config.search_threads)
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, "vlm-model", set_threads, threads)
+        self.search_executor = concurrent.futures.ThreadPoolExecutor(4, "vlm-search", set_threads, threads)
 
     @property
     def ready(self) -> bool:
@@ -85,6 +92,7 @@ class Service:
         if self.index is not None:
             self.index.close()
         self.executor.shutdown(wait=False)
+        self.search_executor.shutdown(wait=False)
 
     def require_ready(self) -> None:
         if not self.ready:
@@ -156,7 +164,8 @@ class Service:
 
     async def search(self, vector: np.ndarray, k: int, modality: str = "image") -> list[Hit]:
         self.require_ready()
-        return (await run_in_threadpool(self.index.search, vector, k, modality))[0]
+        loop = asyncio.get_running_loop()
+        return (await loop.run_in_executor(self.search_executor, self.index.search, vector, k, modality))[0]
 
     async def rerank(self, text: str, hits: list[Hit], rerank_k: int) -> tuple[list[Hit], list[float]]:
         """Re-score the first `rerank_k` hits with the early-fusion model; the rest keep their order after them."""
@@ -175,3 +184,12 @@ class Service:
         rest = [h for h in hits if all(h is not r for r in reranked)]
         return reranked + rest, [float(scores[i]) for i in order]
 
+
+
+def set_threads(torch_threads: int, search_threads: int) -> None:
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(torch_threads)
+    faiss.omp_set_num_threads(search_threads)
+    threadpool_limits(search_threads, user_api="blas")  # numpy's BLAS (the clip-retrieval dedup matmul)
