@@ -20,11 +20,15 @@ class BadImage(Exception):
         self.detail = detail
 
 
-def decode_image(source: str | Path | bytes, max_pixels: int | None = None, name: str = "") -> Image.Image:
+def decode_image(source: str | Path | bytes, max_pixels: int | None = None, name: str = "",
+                 min_size: int | None = None) -> Image.Image:
     """Open, fully decode and convert an image to RGB.
 
     Pillow's `Image.MAX_IMAGE_PIXELS` guard only warns between 1x and 2x the limit, so the warning is made
     an error here: a decompression bomb is refused, not half-loaded. `max_pixels` overrides the limit.
+    `min_size`: a JPEG at least twice that size on both sides is decoded at 1/2, 1/4 or 1/8 scale by libjpeg
+    (`Image.draft`), never below `min_size` on either side: a 640x480 photo for a 224 px model decodes
+    at 320x240, several times faster, and the transform then resizes less.
     """
     name = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
@@ -36,6 +40,8 @@ def decode_image(source: str | Path | bytes, max_pixels: int | None = None, name
                 if limit and im.width * im.height > limit:
                     raise BadImage("too many pixels", f"{name}: {im.width}x{im.height} is over {limit} pixels "
                                    "(possible decompression bomb)")
+                if min_size and im.format == "JPEG":
+                    im.draft("RGB", (min_size, min_size))
                 im.load()
                 return im.convert("RGB")
     except BadImage:

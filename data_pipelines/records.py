@@ -43,7 +43,7 @@ class RecordDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
         try:
-            image = decode_image(record.image, self.max_pixels)
+            image = decode_image(record.image, self.max_pixels, min_size=getattr(self.transform, "decode_size", None))
         except BadImage as e:
             self.stats.skip(e.reason, e.detail, count_seen=False)
             meta = {**record.meta, "skip_reason": e.reason, "skip_detail": e.detail}

@@ -158,7 +158,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
             except (json.JSONDecodeError, UnicodeDecodeError):
                 return self._placeholder("corrupt json", key, f"{where}: {key}.json is not valid JSON")
         try:
-            image = decode_image(item[image_key], self.max_pixels, name=f"{where}.{image_key}")
+            image = decode_image(item[image_key], self.max_pixels, name=f"{where}.{image_key}",
+                                 min_size=getattr(self.transform, "decode_size", None))
         except BadImage as e:
             return self._placeholder(e.reason, key, e.detail)
         self.stats.ok()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from PIL import Image
@@ -35,13 +37,23 @@ class ToNormalizedTensor:
         return f"{type(self).__name__}(mean={self.mean}, std={self.std})"
 
 
-def eval_transform(image_size: int) -> T.Compose:
+class ImageTransform(T.Compose):
+    """A Compose that knows the smallest input it needs (`decode_size`, the short side), so loaders can
+    decode large JPEGs at a reduced scale without losing pixels the output would use."""
+
+    def __init__(self, transforms: list, image_size: int, decode_size: int | None = None):
+        super().__init__(transforms)
+        self.image_size = image_size
+        self.decode_size = decode_size or image_size
+
+
+def eval_transform(image_size: int) -> ImageTransform:
     """Resize the short side (bicubic, as OpenCLIP), centre crop, to tensor, normalise."""
-    return T.Compose([
+    return ImageTransform([
         T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
         T.CenterCrop(image_size),
         ToNormalizedTensor(),
-    ])
+    ], image_size)
 
 
 def train_transform(
@@ -50,7 +62,7 @@ def train_transform(
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     hflip: bool = False,
     color_jitter: float = 0.0,
-) -> T.Compose:
+) -> ImageTransform:
     """Random resized crop (OpenCLIP's default scale 0.9-1.0), optional flip and colour jitter.
 
     No horizontal flip by default: a flipped image no longer matches a caption that says "left of".
@@ -62,4 +74,5 @@ def train_transform(
     if color_jitter:
         steps.append(T.ColorJitter(brightness=color_jitter, contrast=color_jitter))
     steps.append(ToNormalizedTensor())
-    return T.Compose(steps)
+    # The smallest crop (scale[0] of the area) still gets image_size pixels across after a draft decode.
+    return ImageTransform(steps, image_size, math.ceil(image_size / math.sqrt(scale[0])))

@@ -328,3 +328,19 @@ def test_a_truncated_shard_is_counted_and_the_stream_goes_on(tmp_path):
     captions = [s.caption for s in ds if s.image is not None]
     assert set(everything[3:]) <= set(captions) and len(captions) < len(everything)
     assert ds.stats.skipped["corrupt shard"] >= 1 and "00000.tar" in ds.stats.examples[0]
+
+
+def test_large_jpegs_decode_at_a_reduced_scale_but_never_below_the_transform_needs(tmp_path):
+    from data_pipelines import decode_image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (1000, 800), (10, 200, 30)).save(buffer, format="JPEG")
+    assert decode_image(buffer.getvalue()).size == (1000, 800)
+    assert decode_image(buffer.getvalue(), min_size=224).size == (500, 400)  # libjpeg's 1/2 scale
+    assert decode_image(buffer.getvalue(), min_size=450).size == (1000, 800)  # 1/2 would be under 450 px
+    assert train_transform(224).decode_size == 237 and eval_transform(224).decode_size == 224
+    save_image(tmp_path / "big.jpg", (10, 200, 30), size=(1000, 800), fmt="JPEG")
+    (tmp_path / "pairs.csv").write_text("image,caption\nbig.jpg,green\n")
+    sample = open_source(tmp_path / "pairs.csv", transform=eval_transform(224))[0]
+    assert sample.image.shape == (3, 224, 224)
+    assert all(abs(a - b) <= 3 for a, b in zip(center_pixel(sample.image), (10, 200, 30), strict=True))
