@@ -49,7 +49,10 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def image_size(model: nn.Module) -> int:
+def config_image_size(config: ModelConfig) -> int:
     """The square input resolution a model of either family expects."""
-    config = model.config
     return config.image.image_size if isinstance(config, DualEncoderConfig) else config.image_size
+
+
+def image_size(model: nn.Module) -> int:
+    return config_image_size(model.config)
