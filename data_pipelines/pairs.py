@@ -45,7 +45,7 @@ def open_pairs(
 
 def _csv_rows(path: Path, sep: str, image_column: str, caption_column: str, id_column: str | None
               ) -> Iterator[tuple[dict, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets start CSVs with a BOM
         reader = csv.DictReader(f, delimiter=sep)
         columns = reader.fieldnames or []
         for option, column in (("image_column", image_column), ("caption_column", caption_column),
@@ -85,5 +85,5 @@ def _records(rows: Iterator[tuple[dict, str]], base: Path, image_column: str, ca
         meta = {k: v for k, v in row.items() if k not in (image_column, caption_column, id_column)}
         captions = row[caption_column]
         for caption in captions if isinstance(captions, list) else [captions]:
-            caption = (caption or "").strip() if isinstance(caption, str) or caption is None else str(caption)
+            caption = "" if caption is None else str(caption).strip()
             yield Sample(resolve_image_path(base, image_value), image_id, caption=caption, meta=meta), where

@@ -46,6 +46,7 @@ class RecordDataset(torch.utils.data.Dataset):
             image = decode_image(record.image, self.max_pixels, min_size=getattr(self.transform, "decode_size", None))
         except BadImage as e:
             self.stats.skip(e.reason, e.detail, count_seen=False)
+            self.stats.check(final=False)  # a safety net; SkipStats.watch(loader) gives the whole-run count
             meta = {**record.meta, "skip_reason": e.reason, "skip_detail": e.detail}
             return dataclasses.replace(record, image=None, meta=meta)
         if self.transform is not None:

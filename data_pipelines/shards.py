@@ -141,6 +141,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
 
     def _placeholder(self, reason: str, key: str, detail: str) -> Sample:
         self.stats.skip(reason, detail)
+        self.stats.check(final=False)  # this process's share; SkipStats.watch(loader) sees every worker's
         return Sample(None, key, meta={"skip_reason": reason, "skip_detail": detail})
 
     def _to_sample(self, item: dict) -> Sample:

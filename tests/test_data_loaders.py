@@ -344,3 +344,15 @@ def test_large_jpegs_decode_at_a_reduced_scale_but_never_below_the_transform_nee
     sample = open_source(tmp_path / "pairs.csv", transform=eval_transform(224))[0]
     assert sample.image.shape == (3, 224, 224)
     assert all(abs(a - b) <= 3 for a, b in zip(center_pixel(sample.image), (10, 200, 30), strict=True))
+
+
+def test_a_source_with_too_many_corrupt_images_stops_early_with_a_clear_error(tmp_path):
+    for i in range(300):
+        (tmp_path / f"{i}.jpg").write_bytes(b"\xff\xd8 broken" if i % 10 == 0 else jpeg_bytes(COLORS[0], (4, 4)))
+    (tmp_path / "pairs.csv").write_text("image,caption\n" + "".join(f"{i}.jpg,c {i}\n" for i in range(300)))
+    ds = open_source(tmp_path / "pairs.csv", transform=eval_transform(4))  # files exist: opening is fine
+    read = []
+    with pytest.raises(TooManyBadSamples, match=r"pairs\.csv: 4 of 300 samples are bad \(corrupt image: 4\)"):
+        for i in range(len(ds)):
+            read.append(ds[i])
+    assert len(read) == 30  # stops as soon as the limit is certainly passed (1% of 300), not at the end
