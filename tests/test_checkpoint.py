@@ -124,3 +124,12 @@ def test_a_failed_save_leaves_the_previous_file_intact(tmp_path, clip_tiny):
             raise RuntimeError("disk full")
     assert (tmp_path / "clip.pt").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["clip.pt"], "the temporary file must be removed"
+
+
+def test_a_run_folder_loads_as_its_checkpoint_and_an_empty_one_is_named(tmp_path, clip_tiny):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(CheckpointError, match=r"run: run folder without a checkpoint\.pt"):
+        vlm.load(tmp_path / "run")
+    clip_tiny.save(tmp_path / "run" / "checkpoint.pt")
+    loaded = vlm.load(tmp_path / "run")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), clip_tiny.state_dict().values()))

@@ -125,7 +125,7 @@ def query_latency(late: nn.Module, early: nn.Module, late_images: torch.Tensor, 
     times: dict[str, list[float]] = {name: [] for name in methods}
     for q in range(len(queries)):  # methods interleaved, so a burst of load hits them all alike
         for name, (run, _) in methods.items():
-            times[name].append(_best_seconds(lambda run=run: run(q), repeats, warmup=False))
+            times[name].append(_best_seconds(lambda run=run, q=q: run(q), repeats, warmup=False))
     return {name: {**_percentiles(times[name]), "fusion_passes_per_query": passes, "queries": len(queries)}
             for name, (_, passes) in methods.items()}
 

@@ -13,18 +13,7 @@ from vlm.eval.retrieval import evaluate_early, evaluate_hybrid, evaluate_late
 from vlm.eval.vqa import evaluate_vqa
 from vlm.eval.zeroshot import evaluate_zero_shot
 from vlm.models import image_size, load_model
-
-CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run folder holding `checkpoint.pt`."""
-    path = Path(path)
-    if path.is_dir():
-        if not (path / CHECKPOINT_NAME).is_file():
-            raise FileNotFoundError(f"{path}: run folder without a {CHECKPOINT_NAME}")
-        return path / CHECKPOINT_NAME
-    return path
+from vlm.models.checkpoint import resolve_checkpoint
 
 
 def load_for_eval(path: str | Path) -> nn.Module:

@@ -16,6 +16,7 @@ from vlm.config import ConfigError, to_dict
 from vlm.models.config import ModelConfig, model_config_from_dict
 
 FORMAT = "vlm-checkpoint"
+CHECKPOINT_NAME = "checkpoint.pt"  # the file in a run folder
 VERSION = 1
 
 
@@ -36,9 +37,19 @@ def save_model(model: nn.Module, path: str | Path) -> None:
     save_checkpoint(model_payload(model), path)
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder (as `vlm train --out` writes) holding `checkpoint.pt`."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / CHECKPOINT_NAME).is_file():
+            raise CheckpointError(f"{path}: run folder without a {CHECKPOINT_NAME}")
+        return path / CHECKPOINT_NAME
+    return path
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint dict, or a CheckpointError that names the file and what is wrong with it."""
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from vlm.models.checkpoint import resolve_checkpoint
 from vlm.serve.backends import FaissConfig
 from vlm.serve.service import ServeConfig
 
@@ -77,7 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from vlm.serve.index import CONFIG_NAME
 
     for path in (args.checkpoint, args.rerank_checkpoint):
-        if path and not Path(path).is_file():
+        if path and not resolve_checkpoint(path).is_file():
             raise FileNotFoundError(f"{path}: no such checkpoint file")
     if not (Path(args.index) / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{args.index}: not an index folder (build one with `vlm index build`)")
