@@ -114,3 +114,12 @@ def test_configs_are_frozen():
     config = vlm.get_model_config("clip-tiny")
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.embed_dim = 3
+
+
+def test_floats_written_without_a_dot_are_floats(tmp_path):
+    from vlm.train import load_train_config
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text("model: clip-tiny\nobjective: clip\ndata: {train: x.csv}\nlr: 5e-4\nweight_decay: 1E-2\n")
+    config = load_train_config(path, ["warmup_steps=10", "eps=1e-8"])
+    assert (config.lr, config.weight_decay, config.eps, config.warmup_steps) == (5e-4, 1e-2, 1e-8, 10)

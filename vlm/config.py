@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML with 1.2's booleans: only true/false. PyYAML's 1.1 default turns the VQA answers
+    """YAML with 1.2's booleans (only true/false) and floats (`5e-4`). PyYAML's 1.1 default turns the VQA answers
     `yes`, `no`, `on` and `off` into booleans, so `vqa_answers: [yes, no]` would silently lose them."""
 
 
@@ -33,10 +33,13 @@ _Loader.yaml_implicit_resolvers = {
 }
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                               list("tTfF"))
+# YAML 1.2 floats without a dot (`lr: 5e-4`); PyYAML's 1.1 resolver reads them as strings.
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
 
 
 def parse_yaml(text: str) -> Any:
-    """`yaml.safe_load` with YAML 1.2 booleans (`yes` and `no` stay strings)."""
+    """`yaml.safe_load` with YAML 1.2 booleans (`yes` and `no` stay strings) and floats (`5e-4`)."""
     return yaml.load(text, Loader=_Loader)
 
 
