@@ -45,7 +45,10 @@ def test_compare_writes_the_report_plots_and_finds_the_vqa_runs(compared):
     assert {"report.md", "report.json", "vqa_per_family.png", "accuracy_vs_cost.png"} <= files
     report = compared["json"]
     assert report["setup"]["late_vqa_checkpoint"].endswith("clip-vqa/checkpoint.pt")
-    assert {"late", "early", "question_only"} <= set(report["vqa"])
+    assert {"late", "early", "late_image_zeroed", "early_image_zeroed", "question_only"} <= set(report["vqa"])
+    blind = report["vqa"]["early_image_zeroed"]
+    assert blind["fusion_passes"] == report["vqa"]["early"]["fusion_passes"] > 0
+    assert blind["per_question_family"].keys() == report["vqa"]["early"]["per_question_family"].keys()
     assert {"late", "early", "text_only"} <= set(report["compositional"])
     assert {"late", "early", "text_only"} <= set(report["heldout"]["compositional"])
     assert {"late", "early", "question_only"} <= set(report["heldout"]["vqa"])

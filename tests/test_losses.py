@@ -11,6 +11,7 @@ from open_clip.loss import ClipLoss as OpenClipLoss
 from open_clip.loss import SigLipLoss as OpenSigLipLoss
 
 import vlm
+from data_pipelines import answer_targets
 from vlm.losses import (
     ClipLoss,
     SigLipLoss,
@@ -19,7 +20,6 @@ from vlm.losses import (
     mlm_loss,
     sample_hard_negatives,
     vqa_loss,
-    vqa_soft_scores,
 )
 from vlm.tokenizer import EOT_ID, PAD_ID, SOT_ID, padding_mask
 
@@ -133,15 +133,15 @@ def test_mlm_loss_is_cross_entropy_on_masked_positions_only():
     torch.testing.assert_close(mlm_loss(logits, labels), expected)
 
 
-def test_vqa_soft_scores_are_0_3_6_9_and_1_for_0_to_4_or_more_matches():
-    vocab = {"yes": 0, "no": 1, "two": 2, "red": 3, "blue": 4}
-    answers = [["no"] * 6 + ["yes"] * 1 + ["two"] * 2 + ["red"] * 1,
+def test_vqa_targets_are_0_3_6_9_and_1_for_0_to_4_or_more_matches():
+    vocab = ["yes", "no", "2", "red", "blue"]
+    answers = [["no"] * 6 + ["Yes"] * 1 + ["2"] * 2 + ["red."] * 1,  # case and a final full stop do not count
                ["blue"] * 3 + ["red"] * 4 + ["unknown"] * 3,
                ["blue"] * 10]
     expected = torch.tensor([[0.3, 1.0, 0.6, 0.3, 0.0],
                              [0.0, 0.0, 0.0, 1.0, 0.9],
                              [0.0, 0.0, 0.0, 0.0, 1.0]])
-    torch.testing.assert_close(vqa_soft_scores(answers, vocab), expected)
+    torch.testing.assert_close(answer_targets(answers, vocab), expected)
 
 
 def test_vqa_loss_sums_over_answers_and_averages_over_questions():

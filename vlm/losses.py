@@ -129,16 +129,6 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
 
-def vqa_soft_scores(answers: list[list[str]], answer_to_index: dict[str, int]) -> torch.Tensor:
-    """VQAv2 soft targets: an answer given by 0, 1, 2, 3, 4+ of the annotators scores 0, .3, .6, .9, 1."""
-    targets = torch.zeros(len(answers), len(answer_to_index))
-    for row, given in enumerate(answers):
-        for answer in set(given):
-            if answer in answer_to_index:
-                targets[row, answer_to_index[answer]] = min(1.0, 0.3 * given.count(answer))
-    return targets
-
-
 def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """BCE with logits against soft scores, summed over answers and averaged over questions (ViLT)."""
     return F.binary_cross_entropy_with_logits(logits, targets) * targets.shape[1]

@@ -90,6 +90,7 @@ def compare_vqa(late_vqa: nn.Module | None, early_vqa: nn.Module | None, sets: E
     for name, model in (("late", late_vqa), ("early", early_vqa)):
         if model is not None:
             result[name] = run_vqa(model, sets)
+            result[f"{name}_image_zeroed"] = run_vqa(model, sets, zero_images=True)
     if result:
         any_model = late_vqa if late_vqa is not None else early_vqa
         d = sets.get("vqa", image_size(any_model))

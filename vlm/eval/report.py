@@ -69,9 +69,10 @@ def _retrieval(report: dict) -> list[str]:
 def _vqa(vqa: dict, where: str = "") -> list[str]:
     if not vqa:
         return [f"## VQA{where}", "", "Not run: neither model has a VQA head (no `*-vqa` run found).", ""]
-    names = [n for n in ("late", "early", "question_only") if n in vqa]
+    names = [n for n in ("late", "early", "late_image_zeroed", "early_image_zeroed", "question_only") if n in vqa]
     header = [*[f"`{n}`" for n in names]]
     lines = [f"## VQA accuracy (%, VQAv2 metric){where}", "",
+             "Blind baselines: `*_image_zeroed` is the same model and head with every image replaced by zeros; "
              "`question_only` answers with the most common training answer to the same question, image unseen.", "",
              *_table(["", *header], [["overall"] + [fmt(vqa[n]["vqa_accuracy"]) for n in names]]), ""]
     for group, title in (("per_answer_type", "answer type"), ("per_question_family", "question family")):

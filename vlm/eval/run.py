@@ -75,9 +75,12 @@ def run_retrieval(model: nn.Module, sets: EvalSets, rerank_from: nn.Module | Non
 
 
 @torch.no_grad()
-def run_vqa(model: nn.Module, sets: EvalSets) -> dict:
+def run_vqa(model: nn.Module, sets: EvalSets, zero_images: bool = False) -> dict:
+    """`zero_images`: the blind baseline of the same model and head, every image replaced by zeros
+    (the dataset's mean colour after normalisation), so what it scores comes from the question alone."""
     d = sets.get("vqa", image_size(model))
-    return _with_data_info(evaluate_vqa(model, d.images, d.questions, d.answers, d.answer_types,
+    images = torch.zeros_like(d.images) if zero_images else d.images
+    return _with_data_info(evaluate_vqa(model, images, d.questions, d.answers, d.answer_types,
                                         d.question_families), d)
 
 
