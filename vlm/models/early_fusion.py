@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from vlm.models.checkpoint import save_model
 from vlm.models.config import EarlyFusionConfig
 from vlm.models.heads import MLMHead, VQAHead
+from vlm.models.towers import init_like_openclip_blocks
 from vlm.tokenizer import padding_mask
 
 TEXT, IMAGE = 0, 1  # modality-type ids
@@ -49,7 +50,16 @@ class EarlyFusionModel(nn.Module):
         answers = len(config.vqa_answers)
         self.vqa_head = VQAHead(width, answers) if answers else None
         self.grad_checkpointing = False
-        self.apply(_init_weights)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """OpenCLIP's vision-tower initialisation, scaled by width (see towers.py): timm's std 0.02 leaves
+        the blocks of a narrow model near the identity and ITM stalls at the class prior."""
+        scale = self.config.width**-0.5
+        for p in (self.image_pos, self.text_pos, self.cls_token, self.token_embedding.weight,
+                  self.modality_embedding.weight):
+            nn.init.normal_(p, std=scale)
+        init_like_openclip_blocks(self.blocks)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in backward: less memory for larger batches."""
@@ -118,10 +128,3 @@ class EarlyFusionModel(nn.Module):
         save_model(self, path)
 
 
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, std=0.02)

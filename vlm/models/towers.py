@@ -91,7 +91,12 @@ def init_like_openclip_vision(trunk: VisionTransformer) -> None:
     scale = trunk.embed_dim**-0.5
     nn.init.normal_(trunk.cls_token, std=scale)
     nn.init.normal_(trunk.pos_embed, std=scale)
-    for block in trunk.blocks:
+    init_like_openclip_blocks(trunk.blocks)
+
+
+def init_like_openclip_blocks(blocks: nn.Module) -> None:
+    """PyTorch's default Linear init, xavier for qkv (as nn.MultiheadAttention's in_proj), zero attention biases."""
+    for block in blocks:
         for m in block.modules():
             if isinstance(m, nn.Linear):
                 m.reset_parameters()
