@@ -45,6 +45,8 @@ class TrainConfig:
     log_every: int = 10
     mlm_weight: float = 1.0  # fusion: loss = ITM + mlm_weight * MLM
     mlm_probability: float = 0.15
+    # fusion: ITM negatives are drawn with probability softmax(caption similarity / this); lower = harder
+    itm_negative_temperature: float = 1.0
     vqa_max_answers: int = 500  # vqa: answer vocabulary = the most frequent training answers
     freeze_towers: bool = False  # vqa with late fusion: train the head only
     head_lr_scale: float = 1.0  # vqa: learning-rate multiplier for the freshly initialised head

@@ -58,16 +58,17 @@ class FusionTask(nn.Module):
     """Early fusion: ITM with hard negatives + masked-token modelling (ViLT's pre-training)."""
 
     def __init__(self, model: nn.Module, mlm_weight: float = 1.0, mlm_probability: float = 0.15,
-                 seed: int = 0, rank: int = 0):
+                 seed: int = 0, rank: int = 0, negative_temperature: float = 1.0):
         super().__init__()
         self.model = model
+        self.negative_temperature = negative_temperature
         self.mlm_weight, self.mlm_probability = mlm_weight, mlm_probability
         self.seed, self.rank = seed, rank
 
     def forward(self, batch: dict, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images, ids, mask = batch["images"], batch["text"], batch["text_mask"]
         generator = step_generator(self.seed, step, self.rank)
-        similarity = caption_similarity(ids, mask)
+        similarity = caption_similarity(ids, mask) / self.negative_temperature
         same = same_pairs(batch["image_ids"], batch["captions"], ids.device)
         loss_itm, itm_accuracy = itm_loss(self.model, images, ids, mask, similarity, same, generator)
         metrics = {"itm_loss": loss_itm.detach(), "itm_accuracy": itm_accuracy.detach()}
@@ -110,5 +111,6 @@ def build_task(model: nn.Module, objective: str, config, rank: int = 0) -> nn.Mo
     if objective == "fusion":
         if arch != "early_fusion":
             raise ValueError(f"objective 'fusion' trains early-fusion models; {model.config.name} is {arch}")
-        return FusionTask(model, config.mlm_weight, config.mlm_probability, config.seed, rank)
+        return FusionTask(model, config.mlm_weight, config.mlm_probability, config.seed, rank,
+                          config.itm_negative_temperature)
     return VQATask(model)
