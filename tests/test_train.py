@@ -18,9 +18,12 @@ import vlm
 from data_pipelines import generate_shapes_world, open_source
 from data_pipelines.transforms import eval_transform
 from vlm.cli import main
+from vlm.losses import sample_hard_negatives
 from vlm.models.checkpoint import read_checkpoint
+from vlm.tokenizer import padding_mask
 from vlm.train import TrainConfig, TrainingError, load_train_config, train
 from vlm.train.data import ResumableBatchSampler
+from vlm.train.tasks import caption_similarity
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +173,19 @@ def test_gradient_checkpointing_changes_memory_not_results(shapes, tmp_path):
     recomputed = train(recipe(shapes, model="fusion-tiny", objective="fusion", steps=2, grad_checkpointing=True),
                        tmp_path / "checkpointed")
     assert_same_weights(plain, recomputed)
+
+
+def test_a_low_itm_negative_temperature_draws_the_caption_that_differs_by_one_word():
+    tokenizer = vlm.Tokenizer(16)
+    captions = ["a red circle", "a blue circle", "a green square", "a yellow triangle", "two small stars"]
+    ids = tokenizer(captions)
+    similarity = caption_similarity(ids, padding_mask(ids))
+    same = torch.eye(len(captions), dtype=torch.bool)
+    generator = torch.Generator().manual_seed(0)
+
+    def share_of_blue_circle(temperature: float) -> float:
+        draws = [int(sample_hard_negatives(similarity / temperature, same, generator)[0]) for _ in range(400)]
+        return draws.count(1) / len(draws)
+
+    assert share_of_blue_circle(0.05) > 0.95  # as TrainConfig(itm_negative_temperature=0.05) draws them
+    assert share_of_blue_circle(1.0) < 0.5  # temperature 1: nearly uniform over the other four
