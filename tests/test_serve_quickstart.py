@@ -2,7 +2,7 @@
 
 With the quickstart's model (runs/quickstart/clip-small, trained by `vlm quickstart`) on the shapes world's
 test split when both are there; otherwise with a clip-tiny trained here through `vlm.train.train` on drawn
-images. Training and encoding on a shared 2-core CPU take minutes, so this is marked slow.
+images (about 10 s each on 2 cores).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ def recall_at_5(server: ServerProcess, queries: dict[int, str]) -> float:
     return sum(hits) / len(hits)
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not (QUICKSTART_MODEL.is_file() and (SHAPES / "pairs_test.csv").is_file()),
                     reason="run `vlm quickstart` first (runs/quickstart/clip-small and data/shapes)")
 def test_quickstart_model_finds_the_queried_image_in_top_5(tmp_path):
@@ -46,7 +45,6 @@ def test_quickstart_model_finds_the_queried_image_in_top_5(tmp_path):
     assert recall >= 0.9
 
 
-@pytest.mark.slow
 def test_trained_tiny_model_finds_the_queried_image_in_top_5(tmp_path):
     collection = make_collection(tmp_path / "collection")
     pairs = collection["root"] / "pairs.csv"
