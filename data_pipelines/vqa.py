@@ -6,7 +6,6 @@ VQAv2's naming, `{data_subtype}/COCO_{data_subtype}_{image_id:012d}.jpg` under `
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from data_pipelines.coco import read_json, require
 from data_pipelines.records import RecordDataset, resolve_image_path, validate_records
 from data_pipelines.sample import DEFAULT_MAX_BAD_FRACTION, Sample
+from data_pipelines.vqa_normalize import normalize_answer
 
 COCO_IMAGE_PATTERN = "{data_subtype}/COCO_{data_subtype}_{image_id:012d}.jpg"
 # VQAv2's soft score for 0, 1, 2, 3, 4+ humans giving an answer (DESIGN.md, Objectives).
@@ -84,15 +84,6 @@ def _read_annotations(path: Path) -> dict[int, dict]:
         texts = [require(a, "answer", str, path, f"{where}.answers[{j}]") for j, a in enumerate(answers)]
         by_question[question_id] = {**ann, "answers": texts}
     return by_question
-
-
-def normalize_answer(answer: str) -> str:
-    """Lowercase, trim, collapse spaces, drop a final full stop: enough for vocabulary building.
-
-    The official VQA normalisation (number words, articles, punctuation) belongs to vlm/eval; the shapes
-    world writes answers that are already in its normal form (lowercase words, numbers as digits).
-    """
-    return re.sub(r"\s+", " ", answer.strip().lower()).rstrip(".")
 
 
 def build_answer_vocab(source: RecordDataset | Iterable[Sample], max_answers: int = 3129,

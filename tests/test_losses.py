@@ -135,7 +135,7 @@ def test_mlm_loss_is_cross_entropy_on_masked_positions_only():
 
 def test_vqa_targets_are_0_3_6_9_and_1_for_0_to_4_or_more_matches():
     vocab = ["yes", "no", "2", "red", "blue"]
-    answers = [["no"] * 6 + ["Yes"] * 1 + ["2"] * 2 + ["red."] * 1,  # case and a final full stop do not count
+    answers = [["no"] * 6 + ["Yes"] * 1 + ["2", "two"] + ["the red."] * 1,  # VQAv2's official normalisation
                ["blue"] * 3 + ["red"] * 4 + ["unknown"] * 3,
                ["blue"] * 10]
     expected = torch.tensor([[0.3, 1.0, 0.6, 0.3, 0.0],

@@ -5,75 +5,16 @@ A port of the logic of the official evaluator (GT-Vision-Lab/VQA, `vqaEval.py`: 
 VQAv2 numbers. Its quirks are kept on purpose, because they are what the published numbers were made with:
 - the prediction gets both steps; the human answers only get the punctuation step, and only when the ten
   answers disagree (the VQAv2 annotation files were normalised when they were collected);
-- a punctuation mark is deleted when it touches a space (or the text has a digit-comma-digit), otherwise it
-  becomes a space; a period is deleted unless a digit follows it ("2.5" keeps its point);
-- number words up to ten become digits, "none" becomes "0", articles are dropped, and a fixed list of
-  apostrophe-less contractions gets its apostrophe back.
+- the normalisation itself (punctuation, number words, articles, contractions) is in
+  data_pipelines/vqa_normalize.py, shared with the training targets.
 """
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Iterable
 
-PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",",
-               "?", "!"]
-# The official pattern reads `(?!<=\d)`: a lookahead for the literal "<=" + digit, not a lookbehind, so in
-# effect every period is stripped unless a digit follows it. We keep that behaviour.
-PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
-COMMA_BETWEEN_DIGITS = re.compile(r"(\d)(,)(\d)")
-NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-                "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
-ARTICLES = {"a", "an", "the"}
-# The official list of contractions written without their apostrophe (key) and their restored form.
-CONTRACTIONS = dict(pair.split(":") for pair in """
-aint:ain't arent:aren't cant:can't couldve:could've couldnt:couldn't couldn'tve:couldn't've
-couldnt've:couldn't've didnt:didn't doesnt:doesn't dont:don't hadnt:hadn't hadnt've:hadn't've
-hadn'tve:hadn't've hasnt:hasn't havent:haven't hed:he'd hed've:he'd've he'dve:he'd've hes:he's howd:how'd
-howll:how'll hows:how's Id've:I'd've I'dve:I'd've Im:I'm Ive:I've isnt:isn't itd:it'd itd've:it'd've
-it'dve:it'd've itll:it'll let's:let's maam:ma'am mightnt:mightn't mightnt've:mightn't've
-mightn'tve:mightn't've mightve:might've mustnt:mustn't mustve:must've neednt:needn't notve:not've
-oclock:o'clock oughtnt:oughtn't ow's'at:'ow's'at 'ows'at:'ow's'at 'ow'sat:'ow's'at shant:shan't
-shed've:she'd've she'dve:she'd've she's:she's shouldve:should've shouldnt:shouldn't shouldnt've:shouldn't've
-shouldn'tve:shouldn't've somebody'd:somebodyd somebodyd've:somebody'd've somebody'dve:somebody'd've
-somebodyll:somebody'll somebodys:somebody's someoned:someone'd someoned've:someone'd've
-someone'dve:someone'd've someonell:someone'll someones:someone's somethingd:something'd
-somethingd've:something'd've something'dve:something'd've somethingll:something'll thats:that's
-thered:there'd thered've:there'd've there'dve:there'd've therere:there're theres:there's theyd:they'd
-theyd've:they'd've they'dve:they'd've theyll:they'll theyre:they're theyve:they've twas:'twas wasnt:wasn't
-wed've:we'd've we'dve:we'd've weve:we've werent:weren't whatll:what'll whatre:what're whats:what's
-whatve:what've whens:when's whered:where'd wheres:where's whereve:where've whod:who'd whod've:who'd've
-who'dve:who'd've wholl:who'll whos:who's whove:who've whyll:why'll whyre:why're whys:why's wont:won't
-wouldve:would've wouldnt:wouldn't wouldnt've:wouldn't've wouldn'tve:wouldn't've yall:y'all yall'll:y'all'll
-y'allll:y'all'll yall'd've:y'all'd've y'alld've:y'all'd've y'all'dve:y'all'd've youd:you'd youd've:you'd've
-you'dve:you'd've youll:you'll youre:you're youve:you've
-""".split())
-
-
-def process_punctuation(text: str) -> str:
-    """The official `processPunctuation`: the conditions look at the input, the edits pile up on the output."""
-    out = text
-    has_digit_comma = COMMA_BETWEEN_DIGITS.search(text) is not None
-    for mark in PUNCTUATION:
-        if mark + " " in text or " " + mark in text or has_digit_comma:
-            out = out.replace(mark, "")
-        else:
-            out = out.replace(mark, " ")
-    return PERIOD_STRIP.sub("", out)
-
-
-def process_digit_article(text: str) -> str:
-    """The official `processDigitArticle`: lower case, number words -> digits, no articles, contractions."""
-    words = [NUMBER_WORDS.get(w, w) for w in text.lower().split()]
-    words = [w for w in words if w not in ARTICLES]
-    return " ".join(CONTRACTIONS.get(w, w) for w in words)
-
-
-def normalize_answer(answer: str) -> str:
-    """How the official evaluator normalises a predicted answer."""
-    answer = answer.replace("\n", " ").replace("\t", " ").strip()
-    return process_digit_article(process_punctuation(answer))
+from data_pipelines.vqa_normalize import normalize_answer, process_punctuation
 
 
 def vqa_accuracy(prediction: str, human_answers: list[str]) -> float:
