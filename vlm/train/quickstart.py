@@ -6,30 +6,22 @@ quickstart does is what `vlm train` does; the run folders stay for `vlm eval` an
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_pipelines.shapes import ShapesConfig, generate_shapes_world
 from vlm.config import apply_overrides, from_dict, read_yaml
 from vlm.train.config import TrainConfig
 from vlm.train.run import train
 
 
 @dataclass(frozen=True)
-class ShapesOptions:
-    train: int = 4000
-    val: int = 500
-    test: int = 500
-    heldout: int = 300
-    image_size: int = 64
-    seed: int = 0
-
-
-@dataclass(frozen=True)
 class QuickstartConfig:
     data_dir: str = "data/shapes"
     out_dir: str = "runs/quickstart"
-    shapes: ShapesOptions = field(default_factory=ShapesOptions)
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)  # the world `vlm data shapes` would draw
     stages: dict[str, TrainConfig] = field(default_factory=dict)  # run name -> recipe, in order
 
 
@@ -42,16 +34,12 @@ def load_quickstart_config(path: str | Path, overrides: list[str] | None = None)
 
 
 def ensure_shapes_world(config: QuickstartConfig) -> Path:
-    from data_pipelines.shapes import generate_shapes_world
-
     data_dir = Path(config.data_dir)
     if (data_dir / "pairs_train.csv").is_file():
         print(f"shapes world: reusing {data_dir}")
         return data_dir
-    s = config.shapes
     started = time.perf_counter()
-    generate_shapes_world(data_dir, train=s.train, val=s.val, test=s.test, heldout=s.heldout,
-                          image_size=s.image_size, seed=s.seed)
+    generate_shapes_world(data_dir, **dataclasses.asdict(config.shapes))
     print(f"shapes world: wrote {data_dir} in {time.perf_counter() - started:.0f} s")
     return data_dir
 
