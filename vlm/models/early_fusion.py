@@ -126,5 +126,3 @@ class EarlyFusionModel(nn.Module):
 
     def save(self, path) -> None:
         save_model(self, path)
-
-
