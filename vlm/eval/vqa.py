@@ -29,10 +29,7 @@ def predict_answers(model: nn.Module, images: torch.Tensor, questions: list[str]
     predictions = []
     for start in range(0, len(questions), batch_size):
         batch_images, batch_ids = images[start : start + batch_size], ids[start : start + batch_size]
-        if model.config.arch == "early_fusion":
-            logits = model.vqa_logits(batch_images, batch_ids, padding_mask(batch_ids))
-        else:
-            logits = model.vqa_logits(batch_images, batch_ids)
+        logits = model.vqa_logits(batch_images, batch_ids, padding_mask(batch_ids))
         predictions += [answers[i] for i in logits.argmax(dim=-1).tolist()]
     return predictions
 

@@ -52,7 +52,10 @@ class DualEncoder(nn.Module):
         """Cosine similarity of every image with every text, (N_images, N_texts)."""
         return self.encode_image(images) @ self.encode_text(ids).T
 
-    def vqa_logits(self, images: torch.Tensor, questions: torch.Tensor) -> torch.Tensor:
+    def vqa_logits(self, images: torch.Tensor, questions: torch.Tensor,
+                   text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`text_mask` is accepted so both families share one call; the causal text tower pools at the
+        end-of-text token, which padding after it never reaches, so no mask is needed here."""
         if self.vqa_head is None:
             raise RuntimeError(f"{self.config.name} has no VQA head: set vqa_answers in its config")
         return self.vqa_head(self.encode_image(images), self.encode_text(questions))

@@ -91,10 +91,7 @@ class VQATask(nn.Module):
         self.model = model
 
     def forward(self, batch: dict, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if self.model.config.arch == "early_fusion":
-            logits = self.model.vqa_logits(batch["images"], batch["questions"], batch["question_mask"])
-        else:
-            logits = self.model.vqa_logits(batch["images"], batch["questions"])
+        logits = self.model.vqa_logits(batch["images"], batch["questions"], batch["question_mask"])
         targets = batch["answer_targets"]
         loss = vqa_loss(logits, targets)
         # VQA score of the top answer against the soft targets: a cheap running accuracy.

@@ -64,10 +64,7 @@ def validate_vqa(model: nn.Module, batches: list[dict], device: torch.device) ->
     predictions, humans = [], []
     for batch in batches:
         batch = to_device(batch, device)
-        if model.config.arch == "early_fusion":
-            logits = model.vqa_logits(batch["images"], batch["questions"], batch["question_mask"])
-        else:
-            logits = model.vqa_logits(batch["images"], batch["questions"])
+        logits = model.vqa_logits(batch["images"], batch["questions"], batch["question_mask"])
         predictions += [answers[i] for i in logits.argmax(-1).tolist()]
         humans += batch["answers"]
     return {"vqa_accuracy": vqa_report(predictions, humans)["vqa_accuracy"]}
