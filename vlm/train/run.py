@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from vlm.models.checkpoint import read_checkpoint
+from vlm.models.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from vlm.models.config import ModelConfig
 from vlm.models.registry import build_model, config_image_size, get_model_config, model_config_from_dict
 from vlm.train.config import TrainConfig
@@ -20,7 +20,6 @@ from vlm.train.data import make_collator, make_train_loader, open_split, split_b
 from vlm.train.distributed import DistributedEnv, all_reduce_mean, broadcast_flag, init_distributed
 from vlm.train.plots import plot_metrics
 from vlm.train.trainer import (
-    CHECKPOINT_NAME,
     MetricsLog,
     StopSignal,
     Trainer,
@@ -31,29 +30,29 @@ from vlm.train.trainer import (
 from vlm.train.validate import validate
 
 
-def starting_config(config: TrainConfig, resume_payload: dict | None) -> ModelConfig:
-    """The model config the run starts from: the resumed one, a checkpoint's, or a named/YAML one."""
-    if resume_payload is not None:
-        return model_config_from_dict(resume_payload["config"], "resumed checkpoint")
-    if is_checkpoint(config.model):
-        return model_config_from_dict(read_checkpoint(config.model)["config"], config.model)
+def starting_config(config: TrainConfig, checkpoint: dict | None, where: str) -> ModelConfig:
+    """The model config the run starts from: the checkpoint's (resumed or fine-tuned), or a named/YAML one."""
+    if checkpoint is not None:
+        return model_config_from_dict(checkpoint["config"], where)
     return get_model_config(config.model, list(config.model_overrides))
 
 
 def is_checkpoint(model: str) -> bool:
-    return model.endswith((".pt", ".pth"))
+    """`model:` names a checkpoint file or a run folder, rather than a model name or YAML."""
+    return model.endswith((".pt", ".pth")) or Path(model).is_dir()
 
 
-def build_run_model(config: TrainConfig, model_config: ModelConfig, resumed: bool, train_data: Dataset) -> nn.Module:
-    """The model to train: resumed (weights come with the trainer state), fine-tuned from a checkpoint
-    with a fresh VQA head, or new."""
+def build_run_model(config: TrainConfig, model_config: ModelConfig, resumed: bool, train_data: Dataset,
+                    base: dict | None) -> nn.Module:
+    """The model to train: resumed (weights come with the trainer state), fine-tuned from the `base`
+    checkpoint with a fresh VQA head, or new."""
     if resumed:
         return build_model(model_config)
     if config.objective == "vqa":
         model_config = dataclasses.replace(model_config, vqa_answers=answer_vocabulary(train_data, config))
     model = build_model(model_config)
-    if is_checkpoint(config.model):
-        weights = {k: v for k, v in read_checkpoint(config.model)["model"].items() if not k.startswith("vqa_head.")}
+    if base is not None:
+        weights = {k: v for k, v in base["model"].items() if not k.startswith("vqa_head.")}
         model.load_state_dict(weights, strict=False)
     return model
 
@@ -95,11 +94,12 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, s
     torch.manual_seed(config.seed)
     resume_path = resolve_resume(resume, out_dir)
     payload = read_checkpoint(resume_path) if resume_path else None
+    base = read_checkpoint(config.model) if payload is None and is_checkpoint(config.model) else None
 
-    model_config = starting_config(config, payload)
+    model_config = starting_config(config, payload or base, str(resume_path or config.model))
     train_data = train_dataset or open_split(config.data.train, config.data.train_split, config.objective,
                                              config_image_size(model_config), config.data.augment)
-    model = build_run_model(config, model_config, payload is not None, train_data)
+    model = build_run_model(config, model_config, payload is not None, train_data, base)
     if config.freeze_towers:
         freeze_all_but_head(model)
     trainer = Trainer(model, config, env)

@@ -13,13 +13,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from vlm.config import to_dict
-from vlm.models.checkpoint import model_payload, read_checkpoint, save_checkpoint
+from vlm.models.checkpoint import CHECKPOINT_NAME, model_payload, read_checkpoint, resolve_checkpoint, save_checkpoint
 from vlm.train.config import TrainConfig
 from vlm.train.distributed import DistributedEnv
 from vlm.train.optim import build_optimizer, build_scheduler
 from vlm.train.tasks import build_task
-
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 class TrainingError(RuntimeError):
@@ -93,15 +91,14 @@ class Trainer:
 
 
 def resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
-    """`auto`: this run folder's checkpoint if there is one; a path: that file."""
+    """`auto`: this run folder's checkpoint if there is one; a path: that file, or that run folder's."""
     if resume is None:
         return None
     if resume == "auto":
         path = out_dir / CHECKPOINT_NAME
         return path if path.is_file() else None
-    path = Path(resume)
-    read_checkpoint(path)  # a clear error now rather than deep in the loop
-    return path
+    read_checkpoint(resume)  # a clear error now rather than deep in the loop
+    return resolve_checkpoint(resume)
 
 
 class StopSignal:
