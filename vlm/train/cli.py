@@ -29,6 +29,7 @@ def default_run_dir(recipe: str, model: str) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from vlm.train.distributed import shutdown_distributed
     from vlm.train.run import train
     from vlm.train.trainer import TrainingError
 
@@ -39,6 +40,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingError as e:
         print(f"vlm train: error: {e}")
         return 1
+    finally:
+        shutdown_distributed()  # under torchrun: leave the process group cleanly
     print(f"checkpoint: {checkpoint}")
     return 0
 
