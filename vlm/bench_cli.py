@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-# ---- Benchmark modules, one per stage. Add `train` and `serve` here: a module with register_bench(sub). ----
+# Benchmark modules, one per stage, each with register_bench(sub); `train` comes with the GPU issue.
 BENCH_MODULES = [
     "data_pipelines.bench",  # vlm bench data
     "vlm.serve.bench",  # vlm bench serve
@@ -17,7 +17,7 @@ BENCH_MODULES = [
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("bench", help="throughput benchmarks (data, ...)")
+    p = subparsers.add_parser("bench", help="throughput benchmarks (data, serve)")
     sub = p.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     for name in BENCH_MODULES:
         importlib.import_module(name).register_bench(sub)
