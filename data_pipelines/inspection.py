@@ -10,7 +10,7 @@ from pathlib import Path
 from data_pipelines.images import BadImage, decode_image
 from data_pipelines.records import RecordDataset
 from data_pipelines.sample import Sample
-from data_pipelines.sources import detect_format, open_source
+from data_pipelines.sources import detect_format, open_source, shapes_splits
 
 TOKEN_SAMPLE = 5000  # BPE-tokenising millions of captions would dominate; a sample shows the length spread
 
@@ -22,9 +22,8 @@ def inspect_source(path: str | Path, split: str | None = None, samples: int = 3,
     Never refuses a source for having many bad samples (that is what it reports); `check_images` decodes
     that many images spread over a map-style source (0: all); shards are streamed up to `limit` samples.
     """
-    fmt = detect_format(path)
-    if fmt == "shapes" and split is None:
-        splits = sorted(p.stem.removeprefix("pairs_") for p in Path(path).glob("pairs_*.csv"))
+    if split is None and Path(path).is_dir() and detect_format(path) == "shapes":
+        splits = shapes_splits(path)
         return {"format": "shapes", "path": str(path),
                 "splits": {s: inspect_source(path, s, samples, check_images, limit, **options) for s in splits}}
     source = open_source(path, split=split, max_bad_fraction=1.0, **options)

@@ -18,7 +18,7 @@ def detect_format(path: str | Path) -> str:
     """One of: shapes, webdataset, imagefolder, csv, tsv, jsonl, coco, karpathy, vqav2."""
     text = str(path)
     path = Path(text)
-    if "{" in text and text.endswith(".tar") or path.suffix == ".tar":
+    if path.suffix == ".tar":  # a shard, or a brace pattern of shards (`shards/{000..099}.tar`)
         return "webdataset"
     if path.is_dir():
         if (path / "world.json").is_file():
@@ -49,17 +49,21 @@ def _json_format(path: Path, data) -> str:
                      f"nor VQAv2 questions (questions); top level has: {keys}")
 
 
-def open_source(path: str | Path, split: str | None = None, transform: Callable | None = None, **options):
+def open_source(path: str | Path, split: str | None = None, transform: Callable | None = None,
+                task: str | None = None, **options):
     """Open any supported dataset; returns a map-style RecordDataset or, for shards, a ShardDataset.
 
     `split` selects a Karpathy split or a shapes-world split (train, val, test, heldout); for a shapes-world
-    folder `task=` picks the view: "pairs" (default), "vqa", "classify" or "compositional".
+    folder `task` picks the view: "pairs" (default), "vqa", "classify" or "compositional". Any other source
+    is one view already (the file decides), so `task` is ignored there.
     Other options go to the format's reader (`image_column`, `caption_column`, `sep`, `image_root`,
     `annotations_path`, `shuffle`, `max_bad_fraction`, `max_pixels`, ...).
     """
-    fmt = detect_format(path)
+    json_file = Path(path).suffix.lower() == ".json" and Path(path).is_file()
+    data = read_json(Path(path)) if json_file else None  # parsed once, for detection and for the reader
+    fmt = _json_format(Path(path), data) if json_file else detect_format(path)
     if fmt == "shapes":
-        return open_shapes(path, split, transform, **options)
+        return open_shapes(path, split, transform, task or "pairs", **options)
     if fmt == "webdataset":
         return ShardDataset(path, transform, **options)
     if fmt == "imagefolder":
@@ -67,17 +71,22 @@ def open_source(path: str | Path, split: str | None = None, transform: Callable 
     if fmt in ("csv", "tsv", "jsonl"):
         return open_pairs(path, transform, **options)
     if fmt == "coco":
-        return open_coco_captions(path, transform, **options)
+        return open_coco_captions(path, transform, data=data, **options)
     if fmt == "karpathy":
-        return open_karpathy(path, split, transform, **options)
-    return open_vqa(path, transform=transform, **options)
+        return open_karpathy(path, split, transform, data=data, **options)
+    return open_vqa(path, transform=transform, data=data, **options)
+
+
+def shapes_splits(root: str | Path) -> list[str]:
+    """The splits a shapes-world folder holds (train, val, test, heldout, ...), from its pairs files."""
+    return sorted(p.stem.removeprefix("pairs_") for p in Path(root).glob("pairs_*.csv"))
 
 
 def open_shapes(root: str | Path, split: str | None, transform: Callable | None = None, task: str = "pairs",
                 **options):
     """One view of one split of a shapes-world folder (see docs/INTERFACES.md, Data)."""
     root = Path(root)
-    splits = sorted(p.stem.removeprefix("pairs_") for p in root.glob("pairs_*.csv"))
+    splits = shapes_splits(root)
     if split not in splits:
         raise ValueError(f"{root} is a shapes-world folder: pass split= one of {', '.join(splits)} (got {split!r})")
     if task == "pairs":

@@ -41,10 +41,13 @@ def open_vqa(
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     check_files: bool = True,
     max_pixels: int | None = None,
+    data: dict | None = None,
 ) -> RecordDataset:
-    """One item per question; `answers` holds the 10 human answers when an annotation file exists."""
+    """One item per question; `answers` holds the 10 human answers when an annotation file exists.
+
+    `data`: the questions file already parsed (open_source reads a JSON file once)."""
     questions_path = Path(questions_path)
-    data = read_json(questions_path)
+    data = read_json(questions_path) if data is None else data
     questions = require(data, "questions", list, questions_path)
     annotations_path = Path(annotations_path) if annotations_path else annotations_path_for(questions_path)
     annotations = _read_annotations(annotations_path) if annotations_path else {}

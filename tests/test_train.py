@@ -68,6 +68,16 @@ def test_run_folder_has_config_metrics_and_plot(shapes, tmp_path):
     assert isinstance(vlm.load(checkpoint), vlm.DualEncoder)
 
 
+@pytest.mark.parametrize("objective", ["clip", "vqa"])
+def test_trains_from_a_plain_pairs_csv_and_a_vqav2_file(shapes, tmp_path, objective):
+    """What the README tells users to do: point data.train at their own file, not a shapes-world folder."""
+    source = shapes / ("pairs_train.csv" if objective == "clip" else "vqa_train_questions.json")
+    config = recipe(shapes, steps=2, objective=objective, data={"train": str(source), "num_workers": 0,
+                                                                 "val_samples": 8})
+    checkpoint = train(config, tmp_path)
+    assert read_checkpoint(checkpoint)["step"] == 2
+
+
 def test_batches_split_across_ranks_without_overlap():
     ranks = [iter(ResumableBatchSampler(40, 4, seed=3, rank=r, world_size=2)) for r in range(2)]
     epoch = [sum((next(it) for _ in range(5)), []) for it in ranks]  # 5 batches of 4 = one epoch per rank
