@@ -66,7 +66,8 @@ class Collator:
         ids = self.tokenizer(texts) if texts else torch.zeros(0, self.tokenizer.context_length, dtype=torch.long)
         mask = padding_mask(ids)
         if self.pad_to_longest and len(texts):
-            ids, mask = ids[:, : int(mask.sum(1).max())], mask[:, : int(mask.sum(1).max())]
+            longest = int(mask.sum(1).max())
+            ids, mask = ids[:, :longest], mask[:, :longest]
         return ids, mask
 
     @staticmethod

@@ -44,8 +44,6 @@ def decode_image(source: str | Path | bytes, max_pixels: int | None = None, name
                     im.draft("RGB", (min_size, min_size))
                 im.load()
                 return im.convert("RGB")
-    except BadImage:
-        raise
     except FileNotFoundError:
         raise BadImage("missing image", f"{name}: no such file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

@@ -74,12 +74,12 @@ def _content_counts(items: list[Sample], source) -> dict:
 
 
 def _length_stats(captions: list[str]) -> dict:
-    from vlm.tokenizer import Tokenizer
+    from vlm.tokenizer import Tokenizer, padding_mask
 
     words = sorted(len(c.split()) for c in captions)
     sample = captions[:: max(1, len(captions) // TOKEN_SAMPLE)]
     ids = Tokenizer(context_length=512)(sample)
-    tokens = sorted(int(n) for n in (ids != 0).sum(1))
+    tokens = sorted(int(n) for n in padding_mask(ids).sum(1))
     return {
         "count": len(captions),
         "words": {"min": words[0], "median": statistics.median(words), "mean": round(statistics.fmean(words), 2),

@@ -28,7 +28,9 @@ class ToNormalizedTensor:
         self.offset = np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
+        if image.mode != "RGB":  # convert() copies even when the mode is already right
+            image = image.convert("RGB")
+        pixels = np.asarray(image, dtype=np.float32)  # (H, W, 3)
         pixels *= self.scale
         pixels -= self.offset
         return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
