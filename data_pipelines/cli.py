@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from data_pipelines.shapes import ShapesConfig
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("data", help="generate, convert and inspect datasets")
@@ -12,13 +14,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("shapes", help="write the procedural shapes world (no download) in the standard formats")
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--train", type=int, default=2000, help="training scenes")
-    s.add_argument("--val", type=int, default=500)
-    s.add_argument("--test", type=int, default=500)
+    s.add_argument("--train", type=int, default=ShapesConfig.train, help="training scenes")
+    s.add_argument("--val", type=int, default=ShapesConfig.val)
+    s.add_argument("--test", type=int, default=ShapesConfig.test)
     s.add_argument("--heldout", type=int, default=None, help="scenes with unseen colour-shape pairs (default: --test)")
-    s.add_argument("--image-size", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--captions-per-image", type=int, default=3)
+    s.add_argument("--image-size", type=int, default=ShapesConfig.image_size)
+    s.add_argument("--seed", type=int, default=ShapesConfig.seed)
+    s.add_argument("--captions-per-image", type=int, default=ShapesConfig.captions_per_image)
     s.set_defaults(func=cmd_shapes)
 
     s = sub.add_parser("shard", help="any pairs source -> WebDataset tar shards (img2dataset layout)")

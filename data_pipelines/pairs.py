@@ -32,7 +32,7 @@ def open_pairs(
     path = Path(path)
     base = Path(image_root) if image_root is not None else path.parent
     if path.suffix.lower() == ".jsonl":
-        rows = _jsonl_rows(path, image_column, caption_column)
+        rows = _jsonl_rows(path, image_column, caption_column, id_column)
         fmt = "jsonl"
     else:
         sep = sep or ("\t" if path.suffix.lower() == ".tsv" else ",")
@@ -57,7 +57,8 @@ def _csv_rows(path: Path, sep: str, image_column: str, caption_column: str, id_c
             yield row, f"{path.name} line {reader.line_num}"
 
 
-def _jsonl_rows(path: Path, image_column: str, caption_column: str) -> Iterator[tuple[dict, str]]:
+def _jsonl_rows(path: Path, image_column: str, caption_column: str, id_column: str | None
+                ) -> Iterator[tuple[dict, str]]:
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
@@ -69,8 +70,9 @@ def _jsonl_rows(path: Path, image_column: str, caption_column: str) -> Iterator[
                 raise ValueError(f"{path} line {line_no}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path} line {line_no}: expected a JSON object, got {type(row).__name__}")
-            for option, key in (("image_column", image_column), ("caption_column", caption_column)):
-                if key not in row:
+            for option, key in (("image_column", image_column), ("caption_column", caption_column),
+                                ("id_column", id_column)):
+                if key is not None and key not in row:
                     raise ValueError(f"{path} line {line_no}: no field {key!r} (fields: {', '.join(row)}); "
                                      f"pass {option}=... to name it")
             yield row, where

@@ -356,3 +356,10 @@ def test_a_source_with_too_many_corrupt_images_stops_early_with_a_clear_error(tm
         for i in range(len(ds)):
             read.append(ds[i])
     assert len(read) == 30  # stops as soon as the limit is certainly passed (1% of 300), not at the end
+
+
+def test_jsonl_without_the_id_field_it_was_told_to_use_names_the_file_and_option(tmp_path):
+    save_image(tmp_path / "a.png", COLORS[0])
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"image": "a.png", "caption": "one"}) + "\n")
+    with pytest.raises(ValueError, match=r"pairs\.jsonl line 1: no field 'uid' .*id_column"):
+        open_source(tmp_path / "pairs.jsonl", id_column="uid")
