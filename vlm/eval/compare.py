@@ -21,17 +21,11 @@ from vlm.eval.cost import model_cost, query_latency
 from vlm.eval.report import format_summary_table, render_markdown
 from vlm.eval.retrieval import evaluate_early, evaluate_late, hybrid_from_exhaustive
 from vlm.eval.retrieval_metric import chance_retrieval_metrics
-from vlm.eval.run import (
-    EvalSets,
-    load_for_eval,
-    resolve_checkpoint,
-    run_compositional,
-    run_vqa,
-    run_zeroshot,
-)
+from vlm.eval.run import EvalSets, run_compositional, run_vqa, run_zeroshot
 from vlm.eval.vqa import evaluate_question_only
 from vlm.eval.zeroshot import chance_classification_metrics
-from vlm.models import image_size
+from vlm.models import image_size, load_model
+from vlm.models.checkpoint import CHECKPOINT_NAME, resolve_checkpoint
 
 __all__ = ["compare", "format_summary_table", "write_report"]
 
@@ -44,28 +38,27 @@ DEFAULT_MAX_RETRIEVAL_IMAGES = 200
 HEADLINE_K = 16  # the k the acceptance figure is stated for
 
 
-def find_vqa_checkpoint(run: str | Path, given: str | Path | None) -> Path | None:
-    """The VQA model of a family: `given`, else the run itself when it has a VQA head, else `<run>-vqa/`."""
+def find_vqa_checkpoint(run: str | Path, model: nn.Module, given: str | Path | None) -> Path | None:
+    """The VQA model of a family: `given`, else the run itself (`model`) when it has a VQA head, else `<run>-vqa/`."""
     if given is not None:
         return resolve_checkpoint(given)
     path = resolve_checkpoint(run)
-    if load_for_eval(path).config.vqa_answers:
+    if model.config.vqa_answers:
         return path
     run_dir = Path(run) if Path(run).is_dir() else path.parent
-    sibling = run_dir.with_name(run_dir.name + "-vqa") / "checkpoint.pt"
+    sibling = run_dir.with_name(run_dir.name + "-vqa") / CHECKPOINT_NAME
     return sibling if sibling.is_file() else None
 
 
 def compare_retrieval(late: nn.Module, early: nn.Module, sets: EvalSets, ks: tuple[int, ...]) -> dict:
-    """Late, exhaustive early, and hybrid at each k (< N_images), whose scores come from the exhaustive run."""
+    """Late, exhaustive early, and hybrid at each k, whose scores come from the exhaustive run."""
     late_set, early_set = sets.get("retrieval", image_size(late)), sets.get("retrieval", image_size(early))
     n_images, text_to_image = len(late_set.images), late_set.text_to_image
     late_result, late_scores = evaluate_late(late, late_set.images, late_set.captions, text_to_image,
                                              return_scores=True)
     early_result, early_scores = evaluate_early(early, early_set.images, early_set.captions, text_to_image,
                                                 return_scores=True)
-    hybrid = {str(k): hybrid_from_exhaustive(late_scores, early_scores, text_to_image, k)
-              for k in ks if k < n_images}
+    hybrid = {str(k): hybrid_from_exhaustive(late_scores, early_scores, text_to_image, k) for k in ks}
     return {"late": late_result, "early": early_result, "hybrid": hybrid,
             "random": chance_retrieval_metrics(text_to_image, n_images)}
 
@@ -85,7 +78,8 @@ def hybrid_vs_early(retrieval: dict, k: int = HEADLINE_K) -> dict | None:
     return result
 
 
-def compare_vqa(late_vqa: nn.Module | None, early_vqa: nn.Module | None, sets: EvalSets, data_dir: Path) -> dict:
+def compare_vqa(late_vqa: nn.Module | None, early_vqa: nn.Module | None, sets: EvalSets,
+                training_questions: tuple[list, list, list]) -> dict:
     result = {}
     for name, model in (("late", late_vqa), ("early", early_vqa)):
         if model is not None:
@@ -94,27 +88,28 @@ def compare_vqa(late_vqa: nn.Module | None, early_vqa: nn.Module | None, sets: E
     if result:
         any_model = late_vqa if late_vqa is not None else early_vqa
         d = sets.get("vqa", image_size(any_model))
-        result["question_only"] = evaluate_question_only(*data.training_questions(data_dir), d.questions,
+        result["question_only"] = evaluate_question_only(*training_questions, d.questions,
                                                          d.answers, d.answer_types, d.question_families)
     return result
 
 
-def compare_compositional(late: nn.Module, early: nn.Module, sets: EvalSets, data_dir: Path) -> dict:
+def compare_compositional(late: nn.Module, early: nn.Module, sets: EvalSets, training_captions: list[str]) -> dict:
     result = {"late": run_compositional(late, sets), "early": run_compositional(early, sets)}
     d = sets.get("compositional", image_size(late))
-    result["text_only"] = evaluate_text_only(data.training_captions(data_dir), d.captions, d.negatives,
+    result["text_only"] = evaluate_text_only(training_captions, d.captions, d.negatives,
                                              d.negative_types)
     return result
 
 
 def compare_heldout(late: nn.Module, early: nn.Module, vqa_models: list[nn.Module | None], data_dir: Path,
-                    split: str) -> dict | None:
+                    split: str, training_questions: tuple[list, list, list],
+                    training_captions: list[str]) -> dict | None:
     """VQA and compositional accuracy on the split of unseen colour-shape combinations, if there is one."""
     if not (data_dir / f"compositional_{split}.jsonl").is_file():
         return None
     sets = EvalSets(data_dir, split)
-    return {"split": split, "vqa": compare_vqa(*vqa_models, sets, data_dir),
-            "compositional": compare_compositional(late, early, sets, data_dir)}
+    return {"split": split, "vqa": compare_vqa(*vqa_models, sets, training_questions),
+            "compositional": compare_compositional(late, early, sets, training_captions)}
 
 
 def compare_cost(late: nn.Module, early: nn.Module, sets: EvalSets, ks: tuple[int, ...],
@@ -122,7 +117,6 @@ def compare_cost(late: nn.Module, early: nn.Module, sets: EvalSets, ks: tuple[in
     late_set = sets.get("retrieval", image_size(late))
     early_set = sets.get("retrieval", image_size(early))
     queries = late_set.captions[:latency_queries]
-    ks = tuple(k for k in ks if k < len(late_set.images))
     return {
         "late": model_cost(late, throughput_batch),
         "early": model_cost(early, throughput_batch),
@@ -135,12 +129,12 @@ def compare_cost(late: nn.Module, early: nn.Module, sets: EvalSets, ks: tuple[in
 def compare_zeroshot(late: nn.Module, early: nn.Module, sets: EvalSets) -> dict:
     result = {"late": run_zeroshot(late, sets), "early": run_zeroshot(early, sets)}
     classes = sets.get("zeroshot", image_size(late))
-    result["chance"] = chance_classification_metrics(classes.labels, len(classes.classnames))
+    result["chance"] = chance_classification_metrics(len(classes.classnames))
     return result
 
 
 def load_families(late_ckpt: str | Path, early_ckpt: str | Path) -> tuple[nn.Module, nn.Module]:
-    late, early = load_for_eval(late_ckpt), load_for_eval(early_ckpt)
+    late, early = load_model(late_ckpt), load_model(early_ckpt)
     if late.config.arch != "dual_encoder" or early.config.arch != "early_fusion":
         raise ValueError(f"--late must be a late-fusion (dual_encoder) model and --early an early-fusion model; "
                          f"got {late.config.arch} and {early.config.arch}")
@@ -164,19 +158,24 @@ def compare(late_ckpt: str | Path, early_ckpt: str | Path, data_dir: str | Path,
     if not data.is_shapes_world(data_dir):
         raise ValueError(f"{data_dir}: vlm compare needs a shapes-world folder (with world.json and its splits)")
     late, early = load_families(late_ckpt, early_ckpt)
-    vqa_paths = find_vqa_checkpoint(late_ckpt, late_vqa_ckpt), find_vqa_checkpoint(early_ckpt, early_vqa_ckpt)
+    vqa_paths = (find_vqa_checkpoint(late_ckpt, late, late_vqa_ckpt),
+                 find_vqa_checkpoint(early_ckpt, early, early_vqa_ckpt))
+    loaded = {resolve_checkpoint(late_ckpt): late, resolve_checkpoint(early_ckpt): early}
+    vqa_models = [(loaded.get(p) or load_model(p)) if p else None for p in vqa_paths]
+    training_questions, training_captions = data.training_questions(data_dir), data.training_captions(data_dir)
     sets = EvalSets(data_dir, split, max_retrieval_images)
-    hybrid_ks = tuple(sorted(set(hybrid_ks) | {HEADLINE_K}))
+    n_images = len(sets.get("retrieval", image_size(late)).images)
+    hybrid_ks = tuple(k for k in sorted(set(hybrid_ks) | {HEADLINE_K}) if k < n_images)
     log.info("compare: zero-shot")
     zeroshot = compare_zeroshot(late, early, sets)
     log.info("compare: retrieval")
     retrieval = compare_retrieval(late, early, sets, hybrid_ks)
     log.info("compare: VQA")
-    vqa_models = [load_for_eval(p) if p else None for p in vqa_paths]
-    vqa = compare_vqa(*vqa_models, sets, data_dir)
+    vqa = compare_vqa(*vqa_models, sets, training_questions)
     log.info("compare: compositional")
-    compositional = compare_compositional(late, early, sets, data_dir)
-    heldout = compare_heldout(late, early, vqa_models, data_dir, heldout_split) if heldout_split else None
+    compositional = compare_compositional(late, early, sets, training_captions)
+    heldout = (compare_heldout(late, early, vqa_models, data_dir, heldout_split, training_questions,
+                               training_captions) if heldout_split else None)
     log.info("compare: cost")
     cost = compare_cost(late, early, sets, hybrid_ks, latency_queries, throughput_batch)
     report = {

@@ -14,9 +14,7 @@ def fmt(value) -> str:
     """The one way a number is printed in the report (the test formats report.json's values the same way)."""
     if value is None:
         return "n/a"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
+    if isinstance(value, int):  # bool too
         return str(value)
     if abs(value) >= 1000:
         return f"{value:.0f}"

@@ -16,10 +16,6 @@ from vlm.models import image_size, load_model
 from vlm.models.checkpoint import resolve_checkpoint
 
 
-def load_for_eval(path: str | Path) -> nn.Module:
-    return load_model(resolve_checkpoint(path)).eval()
-
-
 class EvalSets:
     """Loads each evaluation set once per image size (the two families may use different resolutions)."""
 
@@ -98,10 +94,10 @@ def evaluate(task: str, checkpoint: str | Path, data_path: str | Path, split: st
     """`vlm eval TASK`: one checkpoint on one dataset (a shapes-world folder at `split`, or a file/folder)."""
     if task not in TASKS:
         raise ValueError(f"unknown evaluation {task!r}; one of {', '.join(TASKS)}")
-    model = load_for_eval(checkpoint)
+    model = load_model(checkpoint)
     sets = EvalSets(data_path, split)
     if task == "retrieval":
-        late = load_for_eval(rerank_from) if rerank_from else None
+        late = load_model(rerank_from) if rerank_from else None
         result = run_retrieval(model, sets, late, k)
     else:
         result = TASKS[task](model, sets)

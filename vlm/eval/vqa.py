@@ -6,7 +6,6 @@ prediction is the highest-scoring answer, scored with the official VQAv2 accurac
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -57,8 +56,9 @@ class QuestionOnlyBaseline:
         by_question: dict[str, Counter] = defaultdict(Counter)
         by_family: dict[str, Counter] = defaultdict(Counter)
         overall: Counter = Counter()
-        families = families if families is not None else itertools.repeat(None)
-        for question, human, family in zip(questions, answers, families, strict=False):  # families may be endless
+        questions, answers = list(questions), list(answers)
+        families = list(families) if families is not None else [None] * len(questions)
+        for question, human, family in zip(questions, answers, families, strict=True):
             votes = Counter(normalize_answer(a) for a in human)
             by_question[self._key(question)].update(votes)
             by_family[family or ""].update(votes)

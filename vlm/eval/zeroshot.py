@@ -55,7 +55,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
     return metrics
 
 
-def chance_classification_metrics(labels: torch.Tensor, num_classes: int) -> dict[str, float]:
+def chance_classification_metrics(num_classes: int) -> dict[str, float]:
     """What a classifier that guesses uniformly at random scores on average (the blind baseline)."""
     metrics = {"acc1": 100 / num_classes}
     if num_classes >= 5:
