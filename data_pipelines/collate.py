@@ -25,9 +25,11 @@ class Collator:
     (B,A) soft scores when `answer_vocab` is given); `labels` (B,) long; `negative_text` + `negative_mask` +
     `negative_captions` + `negative_types` for compositional items.
     `pad_to_longest` cuts token tensors to the longest sequence in the batch instead of the context length.
+    With `tokenizer=None` the texts stay strings (no `text`, `questions`, `negative_text` tensors): for a
+    consumer that tokenises at its own model's context length, as evaluation does.
     """
 
-    def __init__(self, tokenizer, pad_to_longest: bool = False, answer_vocab: list[str] | None = None):
+    def __init__(self, tokenizer=None, pad_to_longest: bool = False, answer_vocab: list[str] | None = None):
         self.tokenizer = tokenizer
         self.pad_to_longest = pad_to_longest
         self.answer_vocab = answer_vocab
@@ -43,10 +45,12 @@ class Collator:
         }
         if _all_have(kept, lambda s: s.caption is not None, "caption"):
             batch["captions"] = [s.caption for s in kept]
-            batch["text"], batch["text_mask"] = self._tokenize(batch["captions"])
+            if self.tokenizer is not None:
+                batch["text"], batch["text_mask"] = self._tokenize(batch["captions"])
         if _all_have(kept, lambda s: s.question is not None, "question"):
             batch["question_text"] = [s.question for s in kept]
-            batch["questions"], batch["question_mask"] = self._tokenize(batch["question_text"])
+            if self.tokenizer is not None:
+                batch["questions"], batch["question_mask"] = self._tokenize(batch["question_text"])
             batch["question_ids"] = [s.question_id for s in kept]
             batch["answer_types"] = [s.answer_type for s in kept]
             batch["question_families"] = [s.question_family for s in kept]
@@ -59,7 +63,8 @@ class Collator:
         if _all_have(kept, lambda s: "negative_caption" in s.meta, "negative_caption"):
             batch["negative_captions"] = [s.meta["negative_caption"] for s in kept]
             batch["negative_types"] = [s.meta.get("negative_type") for s in kept]
-            batch["negative_text"], batch["negative_mask"] = self._tokenize(batch["negative_captions"])
+            if self.tokenizer is not None:
+                batch["negative_text"], batch["negative_mask"] = self._tokenize(batch["negative_captions"])
         return batch
 
     def _tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,13 +11,7 @@ from vlm.models import (
 )
 from vlm.models import load_model as load
 from vlm.models.openclip_compat import export_openclip, import_openclip
-from vlm.tokenizer import Tokenizer
-
-
-def get_tokenizer(model) -> Tokenizer:
-    """The tokenizer a model expects (its context length)."""
-    return Tokenizer(model.config.context_length)
-
+from vlm.tokenizer import Tokenizer, get_tokenizer
 
 __all__ = [
     "CheckpointError", "DualEncoder", "EarlyFusionModel", "Tokenizer", "count_parameters", "create_model",

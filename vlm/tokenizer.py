@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 
@@ -34,3 +36,14 @@ class Tokenizer:
 def padding_mask(ids: torch.Tensor) -> torch.Tensor:
     """True where a token is real (not padding)."""
     return ids != PAD_ID
+
+
+def get_tokenizer(model) -> Tokenizer:
+    """The tokenizer a model expects (its context length), built once per context length: loading the BPE
+    vocabulary takes ~0.1 s, too much to repeat for every evaluation."""
+    return _tokenizer(model.config.context_length)
+
+
+@functools.cache
+def _tokenizer(context_length: int) -> Tokenizer:
+    return Tokenizer(context_length)

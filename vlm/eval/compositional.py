@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from vlm.eval.pair_scoring import FusionPairScorer, encode_images, encode_texts
-from vlm.tokenizer import Tokenizer
+from vlm.tokenizer import get_tokenizer
 
 
 def two_way_accuracy(true_scores: torch.Tensor, negative_scores: torch.Tensor,
@@ -46,7 +46,7 @@ def caption_scores(model: nn.Module, images: torch.Tensor, true_captions: list[s
                    negative_captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Scores of (image i, true caption i) and (image i, negative i), and the fusion passes spent."""
     n = len(true_captions)
-    ids = Tokenizer(model.config.context_length)(list(true_captions) + list(negative_captions))
+    ids = get_tokenizer(model)(list(true_captions) + list(negative_captions))
     if model.config.arch == "dual_encoder":
         image_features = encode_images(model, images)
         text_features = encode_texts(model, ids)

@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vlm.eval.pair_scoring import FusionPairScorer, encode_images, encode_texts
 from vlm.models import count_parameters, image_size
-from vlm.tokenizer import Tokenizer, padding_mask
+from vlm.tokenizer import get_tokenizer, padding_mask
 
 PROBE_CAPTION = "a small red circle left of a large blue square"
 
@@ -36,7 +36,7 @@ def forward_gflops(model: nn.Module) -> dict[str, float]:
     the token embedding (lookups: no FLOPs) and one pass of the joint stack with the ITM head per pair.
     """
     image = torch.randn(1, 3, image_size(model), image_size(model))
-    ids = Tokenizer(model.config.context_length)([PROBE_CAPTION])
+    ids = get_tokenizer(model)([PROBE_CAPTION])
     if model.config.arch == "dual_encoder":
         img, txt = model.encode_image(image).detach(), model.encode_text(ids).detach()
         flops = {"image": count_flops(lambda: model.encode_image(image)),
@@ -70,7 +70,7 @@ def throughput(model: nn.Module, batch_size: int = 64, repeats: int = 3) -> dict
     through its joint stack, which is the whole of its cost.
     """
     images = torch.randn(batch_size, 3, image_size(model), image_size(model))
-    ids = Tokenizer(model.config.context_length)([PROBE_CAPTION] * batch_size)
+    ids = get_tokenizer(model)([PROBE_CAPTION] * batch_size)
     if model.config.arch == "dual_encoder":
         encode = _best_seconds(lambda: (model.encode_image(images), model.encode_text(ids)), repeats)
         img, txt = model.encode_image(images), model.encode_text(ids)
@@ -101,9 +101,9 @@ def query_latency(late: nn.Module, early: nn.Module, late_images: torch.Tensor, 
     would; a query pays for its text encoding, the ranking and its fusion passes.
     """
     image_features = encode_images(late, late_images)
-    scorer = FusionPairScorer(early, early_images, Tokenizer(early.config.context_length)(queries),
+    scorer = FusionPairScorer(early, early_images, get_tokenizer(early)(queries),
                               pad_batches=False)
-    late_ids = Tokenizer(late.config.context_length)(queries)
+    late_ids = get_tokenizer(late)(queries)
     n_images = scorer.num_images
 
     def late_rank(q: int) -> torch.Tensor:

@@ -17,7 +17,6 @@ from data_pipelines.collate import Collator
 from data_pipelines.sample import SkipStats
 from data_pipelines.sources import detect_format, open_source
 from data_pipelines.transforms import eval_transform
-from vlm.tokenizer import Tokenizer
 
 BATCH_SIZE = 64
 
@@ -71,7 +70,7 @@ def open_eval_source(path: str | Path, task: str, split: str | None, image_size:
 
 
 def _batches(dataset, stats: SkipStats):
-    loader = DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=False, collate_fn=Collator(Tokenizer(77)))
+    loader = DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=False, collate_fn=Collator())  # texts stay strings
     return stats.watch(loader)
 
 

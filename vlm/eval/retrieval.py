@@ -16,11 +16,7 @@ from torch import nn
 
 from vlm.eval.pair_scoring import FusionPairScorer, encode_images, encode_texts
 from vlm.eval.retrieval_metric import RECALL_KS, positives_matrix, recall_at_k
-from vlm.tokenizer import Tokenizer
-
-
-def _tokenize(model: nn.Module, captions: list[str]) -> torch.Tensor:
-    return Tokenizer(model.config.context_length)(captions)
+from vlm.tokenizer import get_tokenizer
 
 
 def _result(method: str, t2i: torch.Tensor, i2t: torch.Tensor, text_to_image: list[int],
@@ -36,7 +32,7 @@ def _result(method: str, t2i: torch.Tensor, i2t: torch.Tensor, text_to_image: li
 @torch.no_grad()
 def late_similarity(model: nn.Module, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
     """(N_images, N_texts) cosine similarities."""
-    return encode_images(model, images) @ encode_texts(model, _tokenize(model, captions)).T
+    return encode_images(model, images) @ encode_texts(model, get_tokenizer(model)(captions)).T
 
 
 def evaluate_late(model: nn.Module, images: torch.Tensor, captions: list[str], text_to_image: list[int],
@@ -53,7 +49,7 @@ def evaluate_early(model: nn.Module, images: torch.Tensor, captions: list[str], 
                    ks: tuple[int, ...] = RECALL_KS, batch_size: int = 128, return_scores: bool = False):
     """Exhaustive ITM over all pairs, patch tokens embedded once per image; `return_scores` as in late."""
     start = time.perf_counter()
-    scorer = FusionPairScorer(model, images, _tokenize(model, captions), batch_size)
+    scorer = FusionPairScorer(model, images, get_tokenizer(model)(captions), batch_size)
     scores = scorer.score_all()  # (N_images, N_texts)
     seconds = time.perf_counter() - start
     result = _result("early", scores.T, scores, text_to_image, seconds, scorer.passes, ks)
@@ -112,7 +108,7 @@ def evaluate_hybrid(late_model: nn.Module, early_model: nn.Module, late_images: 
     late = late_similarity(late_model, late_images, captions)  # (N_images, N_texts)
     t2i_pairs, i2t_pairs = hybrid_pairs(late, k)
     needed = t2i_pairs | i2t_pairs  # a pair both directions re-score is run once
-    scorer = FusionPairScorer(early_model, early_images, _tokenize(early_model, captions), batch_size)
+    scorer = FusionPairScorer(early_model, early_images, get_tokenizer(early_model)(captions), batch_size)
     image_index, text_index = needed.nonzero(as_tuple=True)
     early = torch.full(late.shape, float("nan"))
     early[image_index, text_index] = scorer.score_pairs(image_index, text_index)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from vlm.eval.vqa_metric import normalize_answer, vqa_report
-from vlm.tokenizer import Tokenizer, padding_mask
+from vlm.tokenizer import get_tokenizer, padding_mask
 
 
 @torch.no_grad()
@@ -24,7 +24,7 @@ def predict_answers(model: nn.Module, images: torch.Tensor, questions: list[str]
     answers = model.config.vqa_answers
     if not answers:
         raise ValueError(f"model {model.config.name!r} has no VQA head (its config has no vqa_answers)")
-    ids = Tokenizer(model.config.context_length)(questions)
+    ids = get_tokenizer(model)(questions)
     predictions = []
     for start in range(0, len(questions), batch_size):
         batch_images, batch_ids = images[start : start + batch_size], ids[start : start + batch_size]

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlm.eval.pair_scoring import FusionPairScorer, encode_images, encode_texts
-from vlm.tokenizer import Tokenizer
+from vlm.tokenizer import get_tokenizer
 
 
 def class_prompts(classnames: list[str], templates: list[str]) -> list[str]:
@@ -31,7 +31,7 @@ def class_prompts(classnames: list[str], templates: list[str]) -> list[str]:
 @torch.no_grad()
 def zero_shot_classifier(model: nn.Module, classnames: list[str], templates: list[str]) -> torch.Tensor:
     """(C, D): per class, the renormalised mean of its prompts' normalised text embeddings."""
-    ids = Tokenizer(model.config.context_length)(class_prompts(classnames, templates))
+    ids = get_tokenizer(model)(class_prompts(classnames, templates))
     embeddings = encode_texts(model, ids).view(len(classnames), len(templates), -1)
     return F.normalize(embeddings.mean(dim=1), dim=-1)
 
@@ -72,7 +72,7 @@ def zero_shot_logits(model: nn.Module, images: torch.Tensor, classnames: list[st
         classifier = zero_shot_classifier(model, classnames, templates)
         return encode_images(model, images) @ classifier.T, 0
     prompts = class_prompts(classnames, templates)
-    scorer = FusionPairScorer(model, images, Tokenizer(model.config.context_length)(prompts))
+    scorer = FusionPairScorer(model, images, get_tokenizer(model)(prompts))
     scores = scorer.score_all()  # (N, C * T)
     return scores.view(len(images), len(classnames), len(templates)).mean(dim=2), scorer.passes
 
