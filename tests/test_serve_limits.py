@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 import httpx
 import numpy as np
@@ -12,7 +13,9 @@ import pytest
 from PIL import Image
 from test_serve_api import draw, make_collection, png_base64
 
+from vlm.serve.errors import ApiError
 from vlm.serve.process import ServerProcess
+from vlm.serve.service import ServeConfig, Service
 
 KEY = "test-key-123"
 MAX_BODY = 100_000
@@ -111,6 +114,29 @@ def test_request_limits_and_bad_shapes(http):
                  422, "invalid_request")
     assert_error(http.get("/v1/items/999999"), 404, "not_found")
     assert_error(http.get("/no/such/path"), 404, "not_found")
+
+
+def test_a_huge_rerank_k_is_refused_before_the_search(http):
+    """rerank_k is checked before the search that would fetch max(k, rerank_k) candidates (gigabytes here)."""
+    start = time.perf_counter()
+    assert_error(http.post("/v1/search", json={"text": "x", "rerank_k": 10**9}), 400, "no_reranker")
+    assert time.perf_counter() - start < 5
+    assert_error(http.post("/v1/search", json={"embedding": [1.0] * 32, "rerank_k": 10**9}), 400, "bad_query")
+    assert len(http.post("/v1/search", json={"text": "a red circle", "k": 3}).json()["results"]) == 3
+
+
+def test_rerank_k_is_checked_against_the_limit_when_there_is_a_reranker():
+    service = Service(ServeConfig(checkpoint="unused", index="unused", max_rerank_k=200))
+    try:
+        service.reranker = object()  # only its presence is checked
+        for bad in (0, 201, 10**9):
+            with pytest.raises(ApiError) as raised:
+                service.check_rerank_k(bad, text_query=True)
+            assert (raised.value.status, raised.value.code) == (400, "bad_rerank_k")
+        service.check_rerank_k(200, text_query=True)
+        service.check_rerank_k(None, text_query=False)
+    finally:
+        service.close()
 
 
 def test_unknown_index_name_is_404(http):

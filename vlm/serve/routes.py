@@ -65,14 +65,13 @@ def build_router(service: Service) -> APIRouter:
         if len(given) != 1:
             raise ApiError(400, "bad_query", f"give exactly one of text, image, embedding (got {given or 'none'})")
         service.check_k(body.k)
+        service.check_rerank_k(body.rerank_k, text_query=body.text is not None)
         if body.text is not None:
             vector = (await service.embed_texts([body.text]))[0]
         elif body.image is not None:
             vector = (await service.embed_images([service.decode_base64_image(body.image)]))[0]
         else:
             vector = service.query_vector(body.embedding)
-        if body.rerank_k is not None and body.text is None:
-            raise ApiError(400, "bad_query", "rerank_k re-scores (text, image) pairs: it needs a text query")
         hits = await service.search(vector, max(body.k, body.rerank_k or 0), body.modality)
         results = [hit_view(h) for h in hits]
         if body.rerank_k is not None:

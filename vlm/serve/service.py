@@ -152,6 +152,17 @@ class Service:
         if not 1 <= k <= self.config.max_k:
             raise ApiError(400, "bad_k", f"{name} must be between 1 and {self.config.max_k}, got {k}")
 
+    def check_rerank_k(self, rerank_k: int | None, text_query: bool) -> None:
+        """Refuse a bad rerank_k before anything runs: the search fetches max(k, rerank_k) candidates."""
+        if rerank_k is None:
+            return
+        if not text_query:
+            raise ApiError(400, "bad_query", "rerank_k re-scores (text, image) pairs: it needs a text query")
+        if self.reranker is None:
+            raise ApiError(400, "no_reranker", "rerank_k needs a server started with --rerank-checkpoint")
+        if not 1 <= rerank_k <= self.config.max_rerank_k:
+            raise ApiError(400, "bad_rerank_k", f"rerank_k must be between 1 and {self.config.max_rerank_k}")
+
     def query_vector(self, embedding: list[float]) -> np.ndarray:
         vector = np.asarray(embedding, dtype=np.float32)
         if vector.ndim != 1 or vector.shape[0] != self.index.config.dim:
@@ -168,11 +179,9 @@ class Service:
         return (await loop.run_in_executor(self.search_executor, self.index.search, vector, k, modality))[0]
 
     async def rerank(self, text: str, hits: list[Hit], rerank_k: int) -> tuple[list[Hit], list[float]]:
-        """Re-score the first `rerank_k` hits with the early-fusion model; the rest keep their order after them."""
-        if self.reranker is None:
-            raise ApiError(400, "no_reranker", "rerank_k needs a server started with --rerank-checkpoint")
-        if not 1 <= rerank_k <= self.config.max_rerank_k:
-            raise ApiError(400, "bad_rerank_k", f"rerank_k must be between 1 and {self.config.max_rerank_k}")
+        """Re-score the first `rerank_k` hits with the early-fusion model; the rest keep their order after them.
+
+        `rerank_k` must have passed `check_rerank_k`."""
         head = [h for h in hits[:rerank_k] if (p := self.index.resolve_path(h.item)) is not None and p.is_file()]
 
         def score() -> np.ndarray:
