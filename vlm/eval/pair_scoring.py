@@ -16,21 +16,23 @@ from vlm.tokenizer import padding_mask
 
 
 @torch.no_grad()
+def _batched(fn, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([fn(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+
+
 def encode_images(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Late fusion: (N, D) normalised image embeddings."""
-    return torch.cat([model.encode_image(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    return _batched(model.encode_image, images, batch_size)
 
 
-@torch.no_grad()
 def encode_texts(model: nn.Module, ids: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Late fusion: (N, D) normalised text embeddings."""
-    return torch.cat([model.encode_text(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)])
+    return _batched(model.encode_text, ids, batch_size)
 
 
-@torch.no_grad()
 def embed_images(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Early fusion: (N, P, W) patch tokens, once per image."""
-    return torch.cat([model.embed_image(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    return _batched(model.embed_image, images, batch_size)
 
 
 class FusionPairScorer:

@@ -15,16 +15,14 @@ import torch
 from torch import nn
 
 from vlm.eval.pair_scoring import FusionPairScorer, encode_images, encode_texts
-from vlm.eval.retrieval_metric import RECALL_KS, positives_matrix, recall_at_k
+from vlm.eval.retrieval_metric import RECALL_KS, two_way_recalls
 from vlm.tokenizer import get_tokenizer
 
 
 def _result(method: str, t2i: torch.Tensor, i2t: torch.Tensor, text_to_image: list[int],
             seconds: float | None, passes: int, ks: tuple[int, ...]) -> dict:
     """Metrics from the text->image (N_texts, N_images) and image->text (N_images, N_texts) score matrices."""
-    positives = positives_matrix(text_to_image, t2i.shape[1])
-    result = {f"image_retrieval_recall@{k}": v for k, v in recall_at_k(t2i, positives, ks).items()}
-    result.update({f"text_retrieval_recall@{k}": v for k, v in recall_at_k(i2t, positives.T, ks).items()})
+    result = two_way_recalls(t2i, i2t, text_to_image, ks)
     result.update(method=method, images=t2i.shape[1], texts=t2i.shape[0], wall_time_s=seconds, fusion_passes=passes)
     return result
 

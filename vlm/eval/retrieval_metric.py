@@ -44,11 +44,16 @@ def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks: tuple[int, ..
 def retrieval_metrics(similarity: torch.Tensor, text_to_image: torch.Tensor | list[int],
                       ks: tuple[int, ...] = RECALL_KS) -> dict[str, float]:
     """Both directions from one (N_images, N_texts) score matrix, with CLIP_benchmark's key names."""
-    positives = positives_matrix(text_to_image, similarity.shape[0])  # (N_texts, N_images)
-    text_to_image_recall = recall_at_k(similarity.T, positives, ks)
-    image_to_text_recall = recall_at_k(similarity, positives.T, ks)
-    metrics = {f"image_retrieval_recall@{k}": v for k, v in text_to_image_recall.items()}
-    metrics.update({f"text_retrieval_recall@{k}": v for k, v in image_to_text_recall.items()})
+    return two_way_recalls(similarity.T, similarity, text_to_image, ks)
+
+
+def two_way_recalls(t2i: torch.Tensor, i2t: torch.Tensor, text_to_image: torch.Tensor | list[int],
+                    ks: tuple[int, ...] = RECALL_KS) -> dict[str, float]:
+    """Recalls from a text->image (N_texts, N_images) and an image->text (N_images, N_texts) score matrix,
+    which differ when each direction was re-ranked on its own (hybrid retrieval)."""
+    positives = positives_matrix(text_to_image, t2i.shape[1])  # (N_texts, N_images)
+    metrics = {f"image_retrieval_recall@{k}": v for k, v in recall_at_k(t2i, positives, ks).items()}
+    metrics.update({f"text_retrieval_recall@{k}": v for k, v in recall_at_k(i2t, positives.T, ks).items()})
     return metrics
 
 
