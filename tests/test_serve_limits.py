@@ -108,6 +108,8 @@ def test_request_limits_and_bad_shapes(http):
                  400, "bad_query")
     assert_error(http.post("/v1/search", json={"embedding": [1.0, 2.0]}), 400, "bad_embedding")
     assert_error(http.post("/v1/embed", json={"texts": ["a"] * 5}), 413, "batch_too_large")
+    assert_error(http.post("/v1/classify", json={"image": png_base64(draw("red", "circle")), "labels": ["circle"],
+                                                 "templates": ["no place for the label"]}), 400, "bad_template")
     assert_error(http.post("/v1/search", json={"text": "x", "rerank_k": 3}), 400, "no_reranker")
     assert_error(http.post("/v1/search", json={"k": "many"}), 422, "invalid_request")
     assert_error(http.post("/v1/search", content=b"{not json", headers={"Content-Type": "application/json"}),

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from vlm.atomic_io import atomic_write
+from vlm.eval.zeroshot import class_prompts
 from vlm.serve.errors import ApiError, error_response
 from vlm.serve.index import Hit
 from vlm.serve.service import Service
@@ -100,15 +101,14 @@ def build_router(service: Service) -> APIRouter:
     async def classify(body: ClassifyRequest) -> dict:
         service.require_ready()
         templates = list(body.templates or DEFAULT_TEMPLATES)
-        if any("{}" not in t for t in templates):
-            raise ApiError(400, "bad_template", "every template needs '{}' where the label goes")
+        try:
+            class_prompts(body.labels, templates)  # the prompts zero_shot_classifier builds; checks the templates
+        except ValueError as e:
+            raise ApiError(400, "bad_template", str(e)) from None
         if len(body.labels) * len(templates) > config.max_k:
             raise ApiError(413, "too_many_labels", f"labels x templates must be at most {config.max_k}")
         image = (await service.embed_images([service.decode_base64_image(body.image)]))[0]
-        prompts = [t.format(label) for label in body.labels for t in templates]
-        text = (await service.embed_texts(prompts)).reshape(len(body.labels), len(templates), -1)
-        classifier = text.mean(axis=1)
-        classifier /= np.linalg.norm(classifier, axis=1, keepdims=True)
+        classifier = await service.zero_shot_classifier(body.labels, templates)
         logits = service.encoder.logit_scale * classifier @ image
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()

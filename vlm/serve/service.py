@@ -20,6 +20,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from data_pipelines.images import BadImage, decode_image
+from vlm.eval.zeroshot import zero_shot_classifier
 from vlm.serve.batching import MicroBatcher
 from vlm.serve.encoder import Encoder, Reranker, load_encoder, load_reranker
 from vlm.serve.errors import ApiError
@@ -147,6 +148,17 @@ class Service:
         self.require_ready()
         pixels = await run_in_threadpool(lambda: list(self.encoder.preprocess(images)))
         return await self.image_batcher.submit(pixels)
+
+    async def zero_shot_classifier(self, labels: list[str], templates: list[str]) -> np.ndarray:
+        """(labels, dim): per label, the renormalised mean of its prompts' embeddings (vlm.eval's), on the model
+        thread."""
+        self.require_ready()
+        model = self.encoder.model
+
+        def build() -> np.ndarray:
+            return zero_shot_classifier(model, labels, templates).float().numpy()
+
+        return await asyncio.get_running_loop().run_in_executor(self.executor, build)
 
     def check_k(self, k: int, name: str = "k") -> None:
         if not 1 <= k <= self.config.max_k:
