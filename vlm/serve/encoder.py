@@ -14,6 +14,7 @@ from PIL import Image
 
 from data_pipelines.transforms import eval_transform
 from vlm.models import DualEncoder, EarlyFusionModel, image_size, load_model
+from vlm.models.dual_encoder import MAX_LOGIT_SCALE
 from vlm.tokenizer import Tokenizer, padding_mask
 
 
@@ -43,7 +44,7 @@ class Encoder:
 
     @property
     def logit_scale(self) -> float:
-        return float(self.model.logit_scale.detach().exp().clamp(max=100.0))
+        return float(self.model.logit_scale.detach().exp().clamp(max=MAX_LOGIT_SCALE))
 
 
 class Reranker:
