@@ -76,5 +76,6 @@ def train_transform(
     if color_jitter:
         steps.append(T.ColorJitter(brightness=color_jitter, contrast=color_jitter))
     steps.append(ToNormalizedTensor())
-    # The smallest crop (scale[0] of the area) still gets image_size pixels across after a draft decode.
+    # After a draft decode to decode_size, the smallest square crop (scale[0] of the area) still spans image_size
+    # pixels; at the extreme aspect ratios its short side is sqrt(3/4) of that (~0.8x), mildly upsampled.
     return ImageTransform(steps, image_size, math.ceil(image_size / math.sqrt(scale[0])))
