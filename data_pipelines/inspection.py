@@ -45,11 +45,17 @@ def _check_images(source: RecordDataset, n: int) -> None:
     records = source.records
     step = 1 if n <= 0 or n >= len(records) else len(records) / n
     indices = sorted({int(i * step) for i in range(len(records) if step == 1 else n)})
+    failures: dict = {}  # image -> BadImage or None: an image with five captions is decoded once
     for i in indices:
-        try:
-            decode_image(records[i].image, source.max_pixels)
-        except BadImage as e:
-            source.stats.skip(e.reason, e.detail, count_seen=False)
+        image = records[i].image
+        if image not in failures:
+            try:
+                decode_image(image, source.max_pixels)
+                failures[image] = None
+            except BadImage as e:
+                failures[image] = e
+        if failures[image] is not None:  # counted per record, as before
+            source.stats.skip(failures[image].reason, failures[image].detail, count_seen=False)
 
 
 def _content_counts(items: list[Sample], source) -> dict:
