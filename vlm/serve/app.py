@@ -21,21 +21,17 @@ from vlm.serve.service import ServeConfig, Service
 PAGE = Path(__file__).with_name("static") / "index.html"
 
 
-def create_app(config: ServeConfig, load_in_background: bool = True) -> FastAPI:
+def create_app(config: ServeConfig) -> FastAPI:
     service = Service(config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if load_in_background:
-            threading.Thread(target=service.load, name="vlm-load", daemon=True).start()
-        else:
-            service.load()
+        threading.Thread(target=service.load, name="vlm-load", daemon=True).start()
         yield
         service.close()
 
     app = FastAPI(title="vlm retrieval API", version="1", lifespan=lifespan,
                   description="Image-text search over an index built with `vlm index build`.")
-    app.state.service = service
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
 

@@ -178,11 +178,11 @@ class FaissBackend(VectorBackend):
 class MilvusBackend(VectorBackend):
     """One Milvus collection (id INT64 primary key, vector FLOAT_VECTOR, IP metric)."""
 
-    def __init__(self, uri: str, collection: str, dim: int, token: str = ""):
+    def __init__(self, uri: str, collection: str, dim: int):
         from pymilvus import DataType, MilvusClient
 
         self.uri, self.collection, self.dim = uri, collection, dim
-        self.client = MilvusClient(uri=uri, token=token)
+        self.client = MilvusClient(uri=uri)
         if not self.client.has_collection(collection):
             schema = MilvusClient.create_schema(auto_id=False)
             schema.add_field("id", DataType.INT64, is_primary=True)

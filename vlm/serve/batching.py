@@ -77,7 +77,3 @@ class MicroBatcher:
                 if not future.done():
                     future.set_result(outputs[start : start + len(job_inputs)])
                 start += len(job_inputs)
-
-    async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()

@@ -25,11 +25,6 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-class BodyTooLarge(ApiError):
-    def __init__(self, limit: int):
-        super().__init__(413, "body_too_large", f"request body is over the limit of {limit} bytes")
-
-
 def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
@@ -67,16 +62,16 @@ class BodyLimitMiddleware:
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
+        self.too_large = error_response(413, "body_too_large", f"request body is over the limit of {max_bytes} bytes")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
-        too_large = BodyTooLarge(self.max_bytes)
         if length is not None:
             if length.isdigit() and int(length) > self.max_bytes:
-                return await error_response(413, too_large.code, too_large.message)(scope, receive, send)
+                return await self.too_large(scope, receive, send)
             return await self.app(scope, receive, send)
         if b"chunked" not in headers.get(b"transfer-encoding", b""):
             return await self.app(scope, receive, send)
@@ -88,7 +83,7 @@ class BodyLimitMiddleware:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_bytes:
-                return await error_response(413, too_large.code, too_large.message)(scope, receive, send)
+                return await self.too_large(scope, receive, send)
         replayed = False
 
         async def replay():

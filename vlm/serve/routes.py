@@ -6,7 +6,7 @@ import uuid
 from typing import Literal
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -176,7 +176,7 @@ def build_health_router(service: Service) -> APIRouter:
         return {"status": "ok"}
 
     @router.get("/readyz", summary="The model and the index are loaded")
-    async def readyz(request: Request):
+    async def readyz():
         if not service.ready:
             reason = f"failed to load: {service.load_error}" if service.load_error else "loading"
             return error_response(503, "not_ready", reason)

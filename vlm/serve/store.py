@@ -101,10 +101,6 @@ class ItemStore:
             item.id = item_id
         return ids
 
-    def update_extra(self, item_id: int, extra: dict) -> None:
-        with self._lock:
-            self._db.execute("UPDATE items SET extra = ? WHERE id = ?", (json.dumps(extra), item_id))
-
     def delete(self, item_id: int) -> bool:
         with self._lock:
             return self._db.execute("DELETE FROM items WHERE id = ?", (item_id,)).rowcount > 0
@@ -130,10 +126,6 @@ class ItemStore:
         if vectors:
             item.image_vec, item.text_vec = _vec(row[4]), _vec(row[5])
         return item
-
-    def by_source_key(self, key: str) -> int | None:
-        row = self._db.execute("SELECT id FROM items WHERE source_key = ?", (key,)).fetchone()
-        return row[0] if row else None
 
     def source_keys(self) -> set[str]:
         with self._lock:
