@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import importlib.util
+import sqlite3
 
 import numpy as np
 import pytest
 
-from vlm.serve import FaissBackend, FaissConfig, IndexConfig, IndexFolderError, Item, ItemIndex, MilvusBackend
+from vlm.serve import (
+    FaissBackend,
+    FaissConfig,
+    IndexConfig,
+    IndexFolderError,
+    Item,
+    ItemIndex,
+    ItemStore,
+    MilvusBackend,
+)
 
 DIM = 16
 HAS_MILVUS_LITE = importlib.util.find_spec("milvus_lite") is not None and importlib.util.find_spec("pymilvus")
@@ -161,3 +171,25 @@ def test_milvus_backend_persists_in_its_lite_file(tmp_path):
     assert list(again.ids()) == [5, 9]
     assert again.search(unit_vectors(2)[1:], k=1)[1][0, 0] == 9
     again.close()
+
+
+def test_store_counts_items_and_vectors_per_modality(tmp_path):
+    store = ItemStore(tmp_path / "items.sqlite")
+    items = make_items(5)
+    items[1].text_vec = items[3].text_vec = None
+    items[4].image_vec = None
+    store.add(items)
+    assert (store.count(), store.count("image"), store.count("text")) == (5, 4, 3)
+    assert store.count("image") == len(store.ids("image"))
+    store.close()
+
+
+def test_store_reads_vectors_within_stock_sqlite_parameter_limit(tmp_path):
+    store = ItemStore(tmp_path / "items.sqlite")
+    store._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32_766)  # SQLite's default build
+    n = 40_000
+    vectors = np.ones((n, DIM), dtype=np.float32)
+    ids = store.add([Item(image_vec=v) for v in vectors])
+    chunks = list(store.vectors("image", np.array(ids)))
+    assert sum(len(c[0]) for c in chunks) == n and np.array_equal(np.concatenate([c[0] for c in chunks]), ids)
+    store.close()

@@ -193,5 +193,5 @@ class ItemIndex:
         backends = {m: (b.kind if isinstance(b, FaissBackend) else "milvus") for m, b in self.backends.items()}
         size = sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file())
         return {"directory": str(self.directory), "items": len(self), "dim": c.dim, "backend": c.backend,
-                "model": c.model, "vectors": {m: len(self.store.ids(m)) for m in MODALITIES},
+                "model": c.model, "vectors": {m: self.store.count(m) for m in MODALITIES},
                 "search_structure": backends, "bytes_on_disk": size}

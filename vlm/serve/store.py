@@ -131,8 +131,11 @@ class ItemStore:
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT source_key FROM items WHERE source_key IS NOT NULL")}
 
-    def count(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+    def count(self, modality: str | None = None) -> int:
+        """Number of items, or of items that have a vector of `modality`."""
+        where = f" WHERE {_column(modality)} IS NOT NULL" if modality is not None else ""
+        with self._lock:
+            return self._db.execute(f"SELECT COUNT(*) FROM items{where}").fetchone()[0]
 
     def ids(self, modality: str) -> np.ndarray:
         """Ids of the items that have a vector of this modality."""
@@ -141,8 +144,10 @@ class ItemStore:
             return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
     def vectors(self, modality: str, ids: np.ndarray | None = None,
-                chunk: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) in chunks: all vectors of a modality, or those of `ids`."""
+                chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) in chunks: all vectors of a modality, or those of `ids`.
+
+        A chunk binds one parameter per id; stock SQLite allows at most 32,766 per statement."""
         column = _column(modality)
         if ids is None:
             ids = self.ids(modality)
