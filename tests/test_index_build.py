@@ -10,7 +10,7 @@ from test_index_backends import needs_milvus
 from test_serve_api import draw, make_collection
 
 from vlm.cli import main
-from vlm.serve import ItemIndex
+from vlm.serve import FaissConfig, ItemIndex
 from vlm.serve import build as build_module
 from vlm.serve.build import BuildOptions, build_index
 
@@ -56,7 +56,7 @@ def test_interrupted_build_resumes_without_redoing_batches(collection, tmp_path,
 
     monkeypatch.setattr(build_module, "_add_batch", add_batch_then_crash)
     out = tmp_path / "index"
-    options = BuildOptions(batch_size=4, progress=False)
+    options = BuildOptions(batch_size=4, progress=False, faiss=FaissConfig(exact_max=10))  # 8 done, then 12
     with pytest.raises(KeyboardInterrupt):
         build_index(collection["checkpoint"], collection["root"] / "pairs.csv", out, options)
     assert not out.exists() and (tmp_path / "index.partial").is_dir()
@@ -68,6 +68,7 @@ def test_interrupted_build_resumes_without_redoing_batches(collection, tmp_path,
     assert calls == [4]  # only the batch that was not committed
     index = ItemIndex(out)
     assert len(index) == 12 and len({it.extra["image_id"] for it in index.get_many(list(range(1, 13)))}) == 12
+    assert index.info()["search_structure"] == {"image": "hnsw", "text": "hnsw"}  # chosen from all 12, not 8
     index.close()
     assert not (tmp_path / "index.partial").exists()
 

@@ -92,7 +92,11 @@ def build_index(checkpoint: str | Path, data: str | Path, out: str | Path,
     index.store.set_meta({"built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                           "skipped": str(skipped)})
     index.close()
-    ItemIndex(staging).close()  # reopen: builds the search structures from the table and saves them
+    # A resumed build's first open built faiss from the part done then; without its snapshots the reopen
+    # builds the search structures from the whole table (exact or approximate by the full count) and saves them.
+    for snapshot in staging.glob("*.faiss"):
+        snapshot.unlink()
+    ItemIndex(staging).close()
     _replace_dir(staging, out)
     if options.progress:
         print(f"{out}: {added} items added ({skipped} images skipped as unreadable)")
