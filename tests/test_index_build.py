@@ -61,7 +61,6 @@ def test_interrupted_build_resumes_without_redoing_batches(collection, tmp_path,
         build_index(collection["checkpoint"], collection["root"] / "pairs.csv", out, options)
     assert not out.exists() and (tmp_path / "index.partial").is_dir()
 
-    monkeypatch.setattr(build_module, "_add_batch", real_add_batch)
     calls = []
     monkeypatch.setattr(build_module, "_add_batch", lambda *a: calls.append(len(a[2])) or real_add_batch(*a))
     build_index(collection["checkpoint"], collection["root"] / "pairs.csv", out, options)
