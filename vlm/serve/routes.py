@@ -178,8 +178,7 @@ def build_health_router(service: Service) -> APIRouter:
     @router.get("/readyz", summary="The model and the index are loaded")
     async def readyz():
         if not service.ready:
-            reason = f"failed to load: {service.load_error}" if service.load_error else "loading"
-            return error_response(503, "not_ready", reason)
+            return error_response(503, "not_ready", service.not_ready_reason)
         return {"status": "ready", "items": len(service.index), "model": service.encoder.name,
                 "index": service.config.name, "reranker": service.reranker is not None}
 

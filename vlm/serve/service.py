@@ -70,6 +70,10 @@ class Service:
     def ready(self) -> bool:
         return self.encoder is not None and self.index is not None
 
+    @property
+    def not_ready_reason(self) -> str:
+        return f"failed to load: {self.load_error}" if self.load_error else "model and index are loading"
+
     def load(self) -> None:
         """Load the models and open (and reconcile) the index; run off the event loop at start-up."""
         c = self.config
@@ -97,8 +101,7 @@ class Service:
 
     def require_ready(self) -> None:
         if not self.ready:
-            reason = f"failed to load: {self.load_error}" if self.load_error else "model and index are loading"
-            raise ApiError(503, "not_ready", reason)
+            raise ApiError(503, "not_ready", self.not_ready_reason)
 
     # --- inputs
     def decode_image(self, data: bytes, field: str = "image") -> Image.Image:
