@@ -1,7 +1,9 @@
 """What the HTTP layer calls: load the models and the index, decode inputs within limits, embed, search.
 
 The models run on one worker thread (`ThreadPoolExecutor(1)`) fed by micro-batchers, so concurrent requests
-share forward passes instead of fighting over the CPU; the index is thread-safe and runs in Starlette's pool.
+share forward passes instead of fighting over the CPU. Searches run on their own executor (4 threads); with the
+faiss backend they still run one at a time, serialised on the backend's lock. Image preprocessing and adding or
+deleting items run in Starlette's pool.
 """
 
 from __future__ import annotations
