@@ -44,6 +44,21 @@ def test_plain_image_folder_is_indexed_recursively(collection, tmp_path):
     index.close()
 
 
+def test_folder_without_top_level_images_is_read_as_an_imagefolder(collection, tmp_path):
+    folder = tmp_path / "classes"
+    (folder / "circle" / "deeper").mkdir(parents=True)
+    (folder / "square").mkdir()
+    draw("red", "circle").save(folder / "circle" / "a.png")
+    draw("blue", "square").save(folder / "square" / "b.png")
+    draw("green", "circle").save(folder / "circle" / "deeper" / "c.png")  # two levels down: not indexed
+    out = build_index(collection["checkpoint"], folder, tmp_path / "index", BuildOptions(progress=False))
+    index = ItemIndex(out)
+    assert len(index) == 2
+    extras = sorted((it.extra["image_id"], it.extra["label"], it.extra["classname"]) for it in index.get_many([1, 2]))
+    assert extras == [("circle/a.png", 0, "circle"), ("square/b.png", 1, "square")]
+    index.close()
+
+
 def test_interrupted_build_resumes_without_redoing_batches(collection, tmp_path, monkeypatch):
     encoded = []
     real_add_batch = build_module._add_batch

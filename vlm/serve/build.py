@@ -40,7 +40,11 @@ class BuildOptions:
 
 
 def open_collection(data: str | Path, split: str | None = None):
-    """A pairs source of any supported format, or a plain folder of images (searched recursively)."""
+    """A pairs source of any supported format, or a folder of images.
+
+    A folder with an image directly in it is a plain folder, searched recursively; one with images only in
+    subfolders is an ImageFolder (`DIR/<class>/<image>`, one level deep), as `open_source` reads it.
+    """
     root = Path(data)
     if root.is_dir() and detect_format(root) == "imagefolder" and any(
             p.suffix.lower() in IMAGE_EXTENSIONS for p in root.iterdir()):
