@@ -1,4 +1,5 @@
-"""Text tokenisation shared by both model families: open_clip's BPE (its vocabulary ships in the package)."""
+"""Text tokenisation. Each model names its tokenizer in its config: open_clip's BPE (its vocabulary ships
+in the package) or BERT's WordPiece (ViLT; the vocabulary is stored in the model's config)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ class Tokenizer:
     Captions longer than the context are cut and keep their end-of-text token, as in open_clip.
     """
 
+    pad_id = PAD_ID
+    mask_id = VOCAB_SIZE  # early fusion adds one [MASK] row after the BPE vocabulary
+    special_ids = (SOT_ID, EOT_ID)
+    vocab_size = VOCAB_SIZE  # real tokens, the candidates for MLM's random replacement
+
     def __init__(self, context_length: int = 77):
         self.context_length = context_length
         self._bpe = SimpleTokenizer(context_length=context_length)
@@ -33,17 +39,53 @@ class Tokenizer:
         return self._bpe.decode(ids).strip()
 
 
-def padding_mask(ids: torch.Tensor) -> torch.Tensor:
-    """True where a token is real (not padding)."""
-    return ids != PAD_ID
+class WordPieceTokenizer:
+    """BERT's tokenizer (`[CLS] ... [SEP] [PAD] ...`) over a given vocabulary, via Hugging Face `tokenizers`:
+    the same normalisation, pre-tokenisation and WordPiece as transformers' BertTokenizer."""
+
+    def __init__(self, vocab: tuple[str, ...], context_length: int = 40, lowercase: bool = True):
+        from tokenizers.implementations import BertWordPieceTokenizer
+
+        self.context_length = context_length
+        self.vocab = vocab
+        index = {token: i for i, token in enumerate(vocab)}
+        self.pad_id, self.mask_id = index["[PAD]"], index["[MASK]"]
+        self.special_ids = (index["[CLS]"], index["[SEP]"])
+        self.vocab_size = len(vocab)
+        self._wp = BertWordPieceTokenizer(index, lowercase=lowercase)
+        self._wp.enable_truncation(context_length)
+        self._wp.enable_padding(pad_id=self.pad_id, pad_token="[PAD]", length=context_length)
+
+    def __call__(self, texts: str | list[str]) -> torch.Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts:
+            return torch.zeros(0, self.context_length, dtype=torch.long)
+        return torch.tensor([e.ids for e in self._wp.encode_batch(list(texts))], dtype=torch.long)
+
+    def decode(self, ids: torch.Tensor | list[int]) -> str:
+        return self._wp.decode([int(i) for i in ids], skip_special_tokens=True)
 
 
-def get_tokenizer(model) -> Tokenizer:
-    """The tokenizer a model expects (its context length), built once per context length: loading the BPE
+def padding_mask(ids: torch.Tensor, pad_id: int = PAD_ID) -> torch.Tensor:
+    """True where a token is real (not padding). Both tokenizers pad with id 0 ([PAD] is 0 in BERT's vocabulary)."""
+    return ids != pad_id
+
+
+def get_tokenizer(model) -> Tokenizer | WordPieceTokenizer:
+    """The tokenizer a model expects (named by its config, at its context length), built once: loading a
     vocabulary takes ~0.1 s, too much to repeat for every evaluation."""
-    return _tokenizer(model.config.context_length)
+    config = model.config if hasattr(model, "config") else model
+    if getattr(config, "tokenizer", "openclip") == "wordpiece":
+        return _wordpiece(config.vocab, config.context_length, config.lowercase)
+    return _tokenizer(config.context_length)
 
 
 @functools.cache
 def _tokenizer(context_length: int) -> Tokenizer:
     return Tokenizer(context_length)
+
+
+@functools.lru_cache(maxsize=4)
+def _wordpiece(vocab: tuple[str, ...], context_length: int, lowercase: bool) -> WordPieceTokenizer:
+    return WordPieceTokenizer(vocab, context_length, lowercase)

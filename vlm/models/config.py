@@ -64,10 +64,27 @@ class EarlyFusionConfig:
     heads: int = 12
     mlp_ratio: float = 4.0
     vqa_answers: tuple[str, ...] = ()
+    # "vlm": [CLS, text, patches], pooled CLS. "vilt": Hugging Face ViLT's layout: BERT text embeddings,
+    # [text, image CLS, patches], pooled text [CLS], position grid resized per image (see early_fusion.py).
+    layout: str = "vlm"
+    norm_eps: float = 1e-6  # every LayerNorm of the stack (ViLT: 1e-12)
+    match_head: str = "itm"  # "itm": 2-way (no match, match); "rank": ViLT's rank_output (one logit); "none"
+    mlm_head: bool = True
+    type_vocab_size: int = 2  # BERT segment types ("vilt" layout only)
+    tokenizer: str = "openclip"  # "openclip" (BPE) or "wordpiece" (BERT, with `vocab` below)
+    vocab: tuple[str, ...] = ()  # the WordPiece vocabulary, kept in the checkpoint so it loads offline
+    lowercase: bool = True  # WordPiece: lower-case and strip accents (bert-base-uncased)
+    preprocess: str = "clip"  # "clip": square resize + crop, CLIP mean/std; "vilt": ViLT's processor
 
     @property
     def mask_token_id(self) -> int:
+        if self.tokenizer == "wordpiece":
+            return self.vocab.index("[MASK]")
         return VOCAB_SIZE  # the id right after the BPE vocabulary
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.vocab.index("[PAD]") if self.tokenizer == "wordpiece" else 0
 
 
 ModelConfig = DualEncoderConfig | EarlyFusionConfig
@@ -79,6 +96,22 @@ def model_config_from_dict(data: dict, where: str = "model config") -> ModelConf
     if arch not in ARCHS:
         raise ConfigError(f"{where}: field 'arch' must be one of {sorted(ARCHS)}, got {arch!r}")
     config = from_dict(ARCHS[arch], data, where)
-    if isinstance(config, EarlyFusionConfig) and config.vocab_size <= VOCAB_SIZE:
-        raise ConfigError(f"{where}: vocab_size must exceed {VOCAB_SIZE} to leave room for the [MASK] token")
+    if isinstance(config, EarlyFusionConfig):
+        check_early_fusion(config, where)
     return config
+
+
+def check_early_fusion(config: EarlyFusionConfig, where: str) -> None:
+    choices = {"layout": ("vlm", "vilt"), "match_head": ("itm", "rank", "none"),
+               "tokenizer": ("openclip", "wordpiece"), "preprocess": ("clip", "vilt")}
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            raise ConfigError(f"{where}: field {name!r} must be one of {list(allowed)}, got {getattr(config, name)!r}")
+    if config.tokenizer == "openclip" and config.vocab_size <= VOCAB_SIZE:
+        raise ConfigError(f"{where}: vocab_size must exceed {VOCAB_SIZE} to leave room for the [MASK] token")
+    if config.tokenizer == "wordpiece":
+        missing = [t for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]") if t not in config.vocab]
+        if missing:
+            raise ConfigError(f"{where}: a wordpiece tokenizer needs a vocab with {missing}")
+        if len(config.vocab) > config.vocab_size:
+            raise ConfigError(f"{where}: vocab has {len(config.vocab)} tokens, vocab_size is {config.vocab_size}")

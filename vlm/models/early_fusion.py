@@ -2,13 +2,20 @@
 
 It reasons over both inputs at once, so it can bind attributes to objects, but every image-text pair
 costs a full pass: it scores pairs, it cannot embed one side alone.
+
+Two layouts share the parameters. "vlm" (ours): [CLS, text, patches], pooled at the CLS. "vilt" (Hugging
+Face transformers' `ViltModel`, so published weights compute what they computed there): BERT text
+embeddings (word + position + segment, LayerNorm), [text, image CLS, patches], pooled at the text [CLS],
+the position grid resized to each image (bilinear, align_corners=True) and a pixel mask for padded images.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
+import torch.nn.functional as F
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
@@ -18,7 +25,6 @@ from vlm.models.checkpoint import save_model
 from vlm.models.config import EarlyFusionConfig
 from vlm.models.heads import MLMHead, VQAHead
 from vlm.models.towers import init_like_openclip_blocks
-from vlm.tokenizer import padding_mask
 
 TEXT, IMAGE = 0, 1  # modality-type ids
 
@@ -33,20 +39,28 @@ class EarlyFusionModel(nn.Module):
     def __init__(self, config: EarlyFusionConfig):
         super().__init__()
         self.config = config
-        width = config.width
-        self.patch_embed = PatchEmbed(config.image_size, config.patch_size, 3, width)
-        self.image_pos = nn.Parameter(torch.randn(1, self.patch_embed.num_patches, width) * 0.02)
+        width, vilt = config.width, config.layout == "vilt"
+        norm = partial(nn.LayerNorm, eps=config.norm_eps)
+        # ViLT takes images of any size (multiples of the patch), so its patch grid is not fixed
+        self.patch_embed = PatchEmbed(config.image_size, config.patch_size, 3, width, flatten=not vilt,
+                                      strict_img_size=not vilt)
+        self.image_pos = nn.Parameter(torch.randn(1, self.patch_embed.num_patches + vilt, width) * 0.02)
         self.token_embedding = nn.Embedding(config.vocab_size, width)
         self.text_pos = nn.Parameter(torch.randn(1, config.context_length, width) * 0.02)
+        if vilt:  # BERT's segment embedding (always segment 0 here) and embedding LayerNorm
+            self.token_type_embedding = nn.Embedding(config.type_vocab_size, width)
+            self.text_norm = norm(width)
         self.modality_embedding = nn.Embedding(2, width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.blocks = nn.ModuleList(
-            Block(width, config.heads, config.mlp_ratio, qkv_bias=True) for _ in range(config.depth)
+            Block(width, config.heads, config.mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(config.depth)
         )
-        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.norm = norm(width)
         self.pooler = nn.Sequential(nn.Linear(width, width), nn.Tanh())
-        self.itm_head = nn.Linear(width, 2)
-        self.mlm_head = MLMHead(width, config.vocab_size)
+        match_outputs = {"itm": 2, "rank": 1, "none": 0}[config.match_head]
+        self.itm_head = nn.Linear(width, match_outputs) if match_outputs else None
+        self.mlm_head = MLMHead(width, config.vocab_size, eps=config.norm_eps if vilt else 1e-5) \
+            if config.mlm_head else None
         answers = len(config.vqa_answers)
         self.vqa_head = VQAHead(width, answers) if answers else None
         self.grad_checkpointing = False
@@ -65,27 +79,76 @@ class EarlyFusionModel(nn.Module):
         """Recompute block activations in backward: less memory for larger batches."""
         self.grad_checkpointing = enable
 
-    def embed_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Patch tokens with position and modality added; computed once per image for exhaustive scoring."""
+    def embed_image(self, images: torch.Tensor, pixel_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch tokens with position and modality added; computed once per image for exhaustive scoring.
+
+        "vilt" layout: (B, 1 + h*w, W), the image CLS first; `pixel_mask` (B, H, W) marks the real pixels
+        of padded images, whose position grid is resized to their own patch rows and columns.
+        """
+        if self.config.layout == "vilt":
+            return self._vilt_image_tokens(images, pixel_mask)
         x = self.patch_embed(images) + self.image_pos  # (B, P, W)
         return x + self.modality_embedding.weight[IMAGE]
+
+    def _vilt_image_tokens(self, images: torch.Tensor, pixel_mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.patch_embed(images)  # (B, W, h, w)
+        B, W, h, w = x.shape
+        real = self.patch_mask(pixel_mask, (B, h, w), x.device)
+        rows, cols = real[:, :, 0].sum(1).tolist(), real[:, 0, :].sum(1).tolist()  # as transformers reads them
+        grid = self.config.image_size // self.config.patch_size
+        spatial = self.image_pos[:, 1:].transpose(1, 2).reshape(1, W, grid, grid)
+        resized = {}  # one interpolation per distinct (rows, cols)
+        for size in set(zip(rows, cols)):
+            pos = F.interpolate(spatial, size=size, mode="bilinear", align_corners=True)
+            resized[size] = F.pad(pos, (0, w - size[1], 0, h - size[0]))
+        pos = torch.cat([resized[size] for size in zip(rows, cols)])  # (B, W, h, w)
+        patches = x.flatten(2).transpose(1, 2) + pos.flatten(2).transpose(1, 2)  # (B, h*w, W)
+        cls = (self.cls_token + self.image_pos[:, :1]).expand(B, -1, -1)
+        return torch.cat([cls, patches], dim=1) + self.modality_embedding.weight[IMAGE]
+
+    def patch_mask(self, pixel_mask: torch.Tensor | None, shape: tuple[int, int, int],
+                   device: torch.device) -> torch.Tensor:
+        """(B, h, w) 1 on patches of real pixels: the pixel mask resized (nearest) to the patch grid."""
+        if pixel_mask is None:
+            return torch.ones(shape, dtype=torch.long, device=device)
+        return F.interpolate(pixel_mask[:, None].float(), size=shape[1:]).long()[:, 0]
+
+    def image_mask(self, pixel_mask: torch.Tensor | None, image_tokens: torch.Tensor) -> torch.Tensor | None:
+        """(B, 1 + h*w) True on the image CLS and the real patches of padded images; None without a pixel mask."""
+        if pixel_mask is None:
+            return None
+        B, h, w = pixel_mask.shape[0], *(s // self.config.patch_size for s in pixel_mask.shape[1:])
+        real = self.patch_mask(pixel_mask, (B, h, w), pixel_mask.device).flatten(1).bool()
+        return torch.cat([torch.ones(B, 1, dtype=torch.bool, device=real.device), real], dim=1)
 
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.shape[1] > self.config.context_length:
             raise ValueError(f"text has {ids.shape[1]} tokens, the model's context is {self.config.context_length}")
-        x = self.token_embedding(ids) + self.text_pos[:, : ids.shape[1]]  # (B, T, W)
+        if self.config.layout == "vilt":  # BERT: (word + segment 0) + position, then LayerNorm
+            x = self.token_embedding(ids) + self.token_type_embedding.weight[0]
+            x = self.text_norm(x + self.text_pos[:, : ids.shape[1]])
+        else:
+            x = self.token_embedding(ids) + self.text_pos[:, : ids.shape[1]]  # (B, T, W)
         return x + self.modality_embedding.weight[TEXT]
 
-    def fuse(self, image_tokens: torch.Tensor, ids: torch.Tensor,
-             text_mask: torch.Tensor | None = None) -> FusionOutput:
-        """Run the joint stack over [CLS, text, patches]; padding tokens are hidden from attention."""
+    def fuse(self, image_tokens: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor | None = None,
+             image_mask: torch.Tensor | None = None) -> FusionOutput:
+        """Run the joint stack over text and image tokens; padding (text or image) is hidden from attention."""
         if text_mask is None:
-            text_mask = padding_mask(ids)
+            text_mask = ids != self.config.pad_token_id
         B, T = ids.shape
+        vilt = self.config.layout == "vilt"
         text_tokens = self.embed_text(ids)
-        x = torch.cat([self.cls_token.expand(B, -1, -1), text_tokens, image_tokens], dim=1)  # (B, 1+T+P, W)
+        if vilt:
+            x = torch.cat([text_tokens, image_tokens], dim=1)  # (B, T+1+P, W)
+            first_text = 0
+        else:
+            x = torch.cat([self.cls_token.expand(B, -1, -1), text_tokens, image_tokens], dim=1)  # (B, 1+T+P, W)
+            first_text = 1
         visible = torch.ones(B, x.shape[1], dtype=torch.bool, device=x.device)
-        visible[:, 1 : 1 + T] = text_mask.bool()
+        visible[:, first_text : first_text + T] = text_mask.bool()
+        if image_mask is not None:
+            visible[:, first_text + T :] = image_mask
         attn_mask = visible[:, None, None, :]  # (B, 1, 1, L): every query sees the same keys
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
@@ -93,36 +156,51 @@ class EarlyFusionModel(nn.Module):
             else:
                 x = block(x, attn_mask=attn_mask)
         x = self.norm(x)
-        text_hidden = x[:, 1 : 1 + T] * text_mask[..., None].to(x.dtype)
+        text_hidden = x[:, first_text : first_text + T]
+        if not vilt:
+            text_hidden = text_hidden * text_mask[..., None].to(x.dtype)
         return FusionOutput(pooled=self.pooler(x[:, 0]), text_hidden=text_hidden)
 
-    def forward(self, images: torch.Tensor, ids: torch.Tensor,
-                text_mask: torch.Tensor | None = None) -> FusionOutput:
-        return self.fuse(self.embed_image(images), ids, text_mask)
+    def forward(self, images: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor | None = None,
+                pixel_mask: torch.Tensor | None = None) -> FusionOutput:
+        tokens = self.embed_image(images, pixel_mask)
+        return self.fuse(tokens, ids, text_mask, self.image_mask(pixel_mask, tokens))
 
-    def itm_logits(self, images: torch.Tensor, ids: torch.Tensor,
-                   text_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.itm_head(self(images, ids, text_mask).pooled)  # (B, 2): [no match, match]
+    def _match_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        if self.itm_head is None:
+            raise RuntimeError(f"{self.config.name} has no image-text matching head (match_head: none); "
+                               "import a retrieval checkpoint (ViltForImageAndTextRetrieval) to score pairs")
+        logits = self.itm_head(pooled)
+        if logits.shape[-1] == 1:  # ViLT's rank_output: [0, s] makes 2-way softmax CE the sigmoid loss of s
+            logits = torch.cat([torch.zeros_like(logits), logits], dim=-1)
+        return logits  # (B, 2): [no match, match]
 
-    def score(self, images: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Match score of each (image, text) pair: the ITM log-odds, higher means a better match."""
-        logits = self.itm_logits(images, ids, text_mask)
+    def itm_logits(self, images: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor | None = None,
+                   pixel_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self._match_logits(self(images, ids, text_mask, pixel_mask).pooled)
+
+    def score(self, images: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor | None = None,
+              pixel_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Match score of each (image, text) pair: the ITM log-odds (ViLT: its rank logit), higher is better."""
+        logits = self.itm_logits(images, ids, text_mask, pixel_mask)
         return logits[:, 1] - logits[:, 0]
 
     def score_embedded(self, image_tokens: torch.Tensor, ids: torch.Tensor,
                        text_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`score` for patch tokens from `embed_image`, so retrieval embeds each image once."""
-        logits = self.itm_head(self.fuse(image_tokens, ids, text_mask).pooled)
+        logits = self._match_logits(self.fuse(image_tokens, ids, text_mask).pooled)
         return logits[:, 1] - logits[:, 0]
 
     def mlm_logits(self, text_hidden: torch.Tensor) -> torch.Tensor:
+        if self.mlm_head is None:
+            raise RuntimeError(f"{self.config.name} has no MLM head (mlm_head: false)")
         return self.mlm_head(text_hidden, self.token_embedding.weight)  # (..., vocab)
 
-    def vqa_logits(self, images: torch.Tensor, questions: torch.Tensor,
-                   text_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def vqa_logits(self, images: torch.Tensor, questions: torch.Tensor, text_mask: torch.Tensor | None = None,
+                   pixel_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.vqa_head is None:
             raise RuntimeError(f"{self.config.name} has no VQA head: set vqa_answers in its config")
-        return self.vqa_head(self(images, questions, text_mask).pooled)
+        return self.vqa_head(self(images, questions, text_mask, pixel_mask).pooled)
 
     def save(self, path) -> None:
         save_model(self, path)

@@ -38,9 +38,9 @@ class LateFusionVQAHead(nn.Module):
 class MLMHead(nn.Module):
     """BERT's masked-token head; the decoder is the token embedding matrix, passed in (weights tied)."""
 
-    def __init__(self, width: int, vocab_size: int):
+    def __init__(self, width: int, vocab_size: int, eps: float = 1e-5):
         super().__init__()
-        self.transform = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width))
+        self.transform = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width, eps=eps))
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
     def forward(self, hidden: torch.Tensor, token_embedding: torch.Tensor) -> torch.Tensor:
