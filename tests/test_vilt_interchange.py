@@ -148,3 +148,33 @@ def test_imported_vilt_checkpoint_saves_and_loads_offline_with_its_tokenizer(tmp
 def test_export_of_a_model_without_the_vilt_layout_is_refused(tmp_path, fusion_tiny):
     with pytest.raises(ValueError, match="ViLT layout"):
         export_vilt(fusion_tiny, tmp_path / "out")
+
+
+def test_vilt_preprocessing_feeds_the_model_what_transformers_processor_feeds_it(tmp_path):
+    """Two PIL images of different shapes through ViltImageProcessor and through vlm's transform + model."""
+    from PIL import Image
+
+    from vlm.eval.pair_scoring import FusionPairScorer
+    from vlm.models.preprocess import model_transform
+
+    folder = save_tiny_vilt(tmp_path / "hf")
+    model = import_vilt(folder)
+    rng = torch.Generator().manual_seed(0)
+    pil = [Image.fromarray(torch.randint(0, 256, (h, w, 3), generator=rng, dtype=torch.uint8).numpy())
+           for h, w in [(50, 120), (90, 70)]]
+    processor = transformers.ViltImageProcessor(size={"shortest_edge": 64})
+    theirs = processor(pil, return_tensors="pt")
+    transform = model_transform(model)
+    for image, pixels, mask in zip(pil, theirs["pixel_values"], theirs["pixel_mask"], strict=True):
+        mine = transform.unpadded(image)
+        h, w = mine.shape[1:]
+        assert int(mask.sum()) == h * w
+        torch.testing.assert_close(mine, pixels[:, :h, :w], atol=1e-5, rtol=0)
+    batch = torch.stack([transform(image) for image in pil])  # NaN-padded canvases, one size for any image
+    hf = transformers.ViltForImageAndTextRetrieval.from_pretrained(str(folder)).eval()
+    ids, mask = text_inputs()
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask.long(), **theirs).logits[:, 0]
+        torch.testing.assert_close(model.score(batch, ids, mask), expected, atol=1e-4, rtol=0)
+        scorer = FusionPairScorer(model, batch, ids, batch_size=2)
+        torch.testing.assert_close(scorer.score_pairs(torch.arange(2), torch.arange(2)), expected, atol=1e-4, rtol=0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vlm.models.preprocess import pixel_mask_of
 from vlm.tokenizer import padding_mask
 
 
@@ -44,6 +45,8 @@ class FusionPairScorer:
             raise ValueError(f"pair scoring needs an early-fusion model, got arch {model.config.arch!r}")
         self.model = model
         self.patch_tokens = embed_images(model, images)  # (N_img, P, W)
+        # ViLT images of different sizes are NaN-padded (vlm/models/preprocess.py): hide their padded patches
+        self.image_mask = model.image_mask(pixel_mask_of(images)) if len(images) else None
         # Padding is hidden from attention, so cutting the columns no text uses changes no score, only the
         # cost (short captions in a 32-token context: about a fifth of the joint sequence). One cut for
         # all texts keeps every batch the same shape.
@@ -74,7 +77,9 @@ class FusionPairScorer:
             if pad:  # keep every batch the same shape; see the module docstring
                 img = torch.cat([img, img[:1].expand(pad)])
                 txt = torch.cat([txt, txt[:1].expand(pad)])
-            batch_scores = self.model.score_embedded(self.patch_tokens[img], self.text_ids[txt], self.text_mask[txt])
+            image_mask = None if self.image_mask is None else self.image_mask[img]
+            batch_scores = self.model.score_embedded(self.patch_tokens[img], self.text_ids[txt], self.text_mask[txt],
+                                                     image_mask)
             scores.append(batch_scores[:real])
             self.passes += real
         return torch.cat(scores) if scores else torch.zeros(0)

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from vlm.models.checkpoint import save_model
 from vlm.models.config import EarlyFusionConfig
 from vlm.models.heads import MLMHead, VQAHead
+from vlm.models.preprocess import pixel_mask_of
 from vlm.models.towers import init_like_openclip_blocks
 
 TEXT, IMAGE = 0, 1  # modality-type ids
@@ -86,6 +87,7 @@ class EarlyFusionModel(nn.Module):
         of padded images, whose position grid is resized to their own patch rows and columns.
         """
         if self.config.layout == "vilt":
+            images, pixel_mask = self._unpad(images, pixel_mask, crop=False)
             return self._vilt_image_tokens(images, pixel_mask)
         x = self.patch_embed(images) + self.image_pos  # (B, P, W)
         return x + self.modality_embedding.weight[IMAGE]
@@ -106,6 +108,23 @@ class EarlyFusionModel(nn.Module):
         cls = (self.cls_token + self.image_pos[:, :1]).expand(B, -1, -1)
         return torch.cat([cls, patches], dim=1) + self.modality_embedding.weight[IMAGE]
 
+    def _unpad(self, images: torch.Tensor, pixel_mask: torch.Tensor | None,
+               crop: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images padded with NaN (see vlm/models/preprocess.py) -> zero padding and its pixel mask; with `crop`,
+        cut the canvas to the batch's largest image (rounded up to whole patches), as transformers pads."""
+        if pixel_mask is not None or self.config.layout != "vilt":
+            return images, pixel_mask
+        pixel_mask = pixel_mask_of(images)
+        if pixel_mask is None:
+            return images, None
+        images = torch.nan_to_num(images, nan=0.0)
+        if crop:
+            p = self.config.patch_size
+            h = -(-int(pixel_mask.any(dim=2).sum(dim=1).max()) // p) * p
+            w = -(-int(pixel_mask.any(dim=1).sum(dim=1).max()) // p) * p
+            images, pixel_mask = images[..., :h, :w], pixel_mask[:, :h, :w]
+        return images, pixel_mask
+
     def patch_mask(self, pixel_mask: torch.Tensor | None, shape: tuple[int, int, int],
                    device: torch.device) -> torch.Tensor:
         """(B, h, w) 1 on patches of real pixels: the pixel mask resized (nearest) to the patch grid."""
@@ -113,7 +132,7 @@ class EarlyFusionModel(nn.Module):
             return torch.ones(shape, dtype=torch.long, device=device)
         return F.interpolate(pixel_mask[:, None].float(), size=shape[1:]).long()[:, 0]
 
-    def image_mask(self, pixel_mask: torch.Tensor | None, image_tokens: torch.Tensor) -> torch.Tensor | None:
+    def image_mask(self, pixel_mask: torch.Tensor | None) -> torch.Tensor | None:
         """(B, 1 + h*w) True on the image CLS and the real patches of padded images; None without a pixel mask."""
         if pixel_mask is None:
             return None
@@ -163,8 +182,8 @@ class EarlyFusionModel(nn.Module):
 
     def forward(self, images: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor | None = None,
                 pixel_mask: torch.Tensor | None = None) -> FusionOutput:
-        tokens = self.embed_image(images, pixel_mask)
-        return self.fuse(tokens, ids, text_mask, self.image_mask(pixel_mask, tokens))
+        images, pixel_mask = self._unpad(images, pixel_mask, crop=True)
+        return self.fuse(self.embed_image(images, pixel_mask), ids, text_mask, self.image_mask(pixel_mask))
 
     def _match_logits(self, pooled: torch.Tensor) -> torch.Tensor:
         if self.itm_head is None:
@@ -185,10 +204,11 @@ class EarlyFusionModel(nn.Module):
         logits = self.itm_logits(images, ids, text_mask, pixel_mask)
         return logits[:, 1] - logits[:, 0]
 
-    def score_embedded(self, image_tokens: torch.Tensor, ids: torch.Tensor,
-                       text_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`score` for patch tokens from `embed_image`, so retrieval embeds each image once."""
-        logits = self._match_logits(self.fuse(image_tokens, ids, text_mask).pooled)
+    def score_embedded(self, image_tokens: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor | None = None,
+                       image_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`score` for patch tokens from `embed_image`, so retrieval embeds each image once; `image_mask`
+        from `image_mask(pixel_mask_of(images))` for padded ViLT images."""
+        logits = self._match_logits(self.fuse(image_tokens, ids, text_mask, image_mask).pooled)
         return logits[:, 1] - logits[:, 0]
 
     def mlm_logits(self, text_hidden: torch.Tensor) -> torch.Tensor:
