@@ -69,7 +69,7 @@ class Collator:
 
     def _tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids = self.tokenizer(texts) if texts else torch.zeros(0, self.tokenizer.context_length, dtype=torch.long)
-        mask = padding_mask(ids)
+        mask = padding_mask(ids, getattr(self.tokenizer, "pad_id", 0))
         if self.pad_to_longest and len(texts):
             longest = int(mask.sum(1).max())
             ids, mask = ids[:, :longest], mask[:, :longest]

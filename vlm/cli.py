@@ -16,6 +16,7 @@ from vlm.models.checkpoint import CheckpointError
 COMMAND_MODULES = [
     "data_pipelines.cli",
     "vlm.models.cli",
+    "vlm.models.vilt_cli",
     "vlm.train.cli",
     "vlm.eval.cli",
     "vlm.serve.cli",

@@ -24,7 +24,7 @@ from vlm.eval.retrieval_metric import chance_retrieval_metrics
 from vlm.eval.run import EvalSets, run_compositional, run_vqa, run_zeroshot
 from vlm.eval.vqa import evaluate_question_only
 from vlm.eval.zeroshot import chance_classification_metrics
-from vlm.models import image_size, load_model
+from vlm.models import load_model
 from vlm.models.checkpoint import CHECKPOINT_NAME, resolve_checkpoint
 
 __all__ = ["compare", "format_summary_table", "write_report"]
@@ -52,7 +52,7 @@ def find_vqa_checkpoint(run: str | Path, model: nn.Module, given: str | Path | N
 
 def compare_retrieval(late: nn.Module, early: nn.Module, sets: EvalSets, ks: tuple[int, ...]) -> dict:
     """Late, exhaustive early, and hybrid at each k, whose scores come from the exhaustive run."""
-    late_set, early_set = sets.get("retrieval", image_size(late)), sets.get("retrieval", image_size(early))
+    late_set, early_set = sets.get("retrieval", late), sets.get("retrieval", early)
     n_images, text_to_image = len(late_set.images), late_set.text_to_image
     late_result, late_scores = evaluate_late(late, late_set.images, late_set.captions, text_to_image,
                                              return_scores=True)
@@ -87,7 +87,7 @@ def compare_vqa(late_vqa: nn.Module | None, early_vqa: nn.Module | None, sets: E
             result[f"{name}_image_zeroed"] = run_vqa(model, sets, zero_images=True)
     if result:
         any_model = late_vqa if late_vqa is not None else early_vqa
-        d = sets.get("vqa", image_size(any_model))
+        d = sets.get("vqa", any_model)
         result["question_only"] = evaluate_question_only(*training_questions, d.questions,
                                                          d.answers, d.answer_types, d.question_families)
     return result
@@ -95,7 +95,7 @@ def compare_vqa(late_vqa: nn.Module | None, early_vqa: nn.Module | None, sets: E
 
 def compare_compositional(late: nn.Module, early: nn.Module, sets: EvalSets, training_captions: list[str]) -> dict:
     result = {"late": run_compositional(late, sets), "early": run_compositional(early, sets)}
-    d = sets.get("compositional", image_size(late))
+    d = sets.get("compositional", late)
     result["text_only"] = evaluate_text_only(training_captions, d.captions, d.negatives,
                                              d.negative_types)
     return result
@@ -114,8 +114,8 @@ def compare_heldout(late: nn.Module, early: nn.Module, vqa_models: list[nn.Modul
 
 def compare_cost(late: nn.Module, early: nn.Module, sets: EvalSets, ks: tuple[int, ...],
                  latency_queries: int, throughput_batch: int) -> dict:
-    late_set = sets.get("retrieval", image_size(late))
-    early_set = sets.get("retrieval", image_size(early))
+    late_set = sets.get("retrieval", late)
+    early_set = sets.get("retrieval", early)
     queries = late_set.captions[:latency_queries]
     return {
         "late": model_cost(late, throughput_batch),
@@ -128,7 +128,7 @@ def compare_cost(late: nn.Module, early: nn.Module, sets: EvalSets, ks: tuple[in
 
 def compare_zeroshot(late: nn.Module, early: nn.Module, sets: EvalSets) -> dict:
     result = {"late": run_zeroshot(late, sets), "early": run_zeroshot(early, sets)}
-    classes = sets.get("zeroshot", image_size(late))
+    classes = sets.get("zeroshot", late)
     result["chance"] = chance_classification_metrics(len(classes.classnames))
     return result
 
@@ -164,7 +164,7 @@ def compare(late_ckpt: str | Path, early_ckpt: str | Path, data_dir: str | Path,
     vqa_models = [(loaded.get(p) or load_model(p)) if p else None for p in vqa_paths]
     training_questions, training_captions = data.training_questions(data_dir), data.training_captions(data_dir)
     sets = EvalSets(data_dir, split, max_retrieval_images)
-    n_images = len(sets.get("retrieval", image_size(late)).images)
+    n_images = len(sets.get("retrieval", late).images)
     hybrid_ks = tuple(k for k in sorted(set(hybrid_ks) | {HEADLINE_K}) if k < n_images)
     log.info("compare: zero-shot")
     zeroshot = compare_zeroshot(late, early, sets)

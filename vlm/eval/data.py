@@ -61,9 +61,10 @@ def is_shapes_world(path: str | Path) -> bool:
     return Path(path).is_dir() and detect_format(path) == "shapes"
 
 
-def open_eval_source(path: str | Path, task: str, split: str | None, image_size: int | None = None):
-    """A shapes-world folder is opened at `split` for `task`; any other path is opened as it is."""
-    transform = eval_transform(image_size) if image_size else None
+def open_eval_source(path: str | Path, task: str, split: str | None, image_size=None):
+    """A shapes-world folder is opened at `split` for `task`; any other path is opened as it is.
+    `image_size`: a square size (CLIP's eval transform) or a model's own transform (`model_transform`)."""
+    transform = eval_transform(image_size) if isinstance(image_size, int) else image_size
     if is_shapes_world(path):
         return open_source(path, split=split or "val", transform=transform, task=task)
     return open_source(path, split=split, transform=transform)

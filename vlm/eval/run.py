@@ -12,26 +12,30 @@ from vlm.eval.compositional import evaluate_compositional
 from vlm.eval.retrieval import evaluate_early, evaluate_hybrid, evaluate_late
 from vlm.eval.vqa import evaluate_vqa
 from vlm.eval.zeroshot import evaluate_zero_shot
-from vlm.models import image_size, load_model
+from vlm.models import load_model
 from vlm.models.checkpoint import resolve_checkpoint
+from vlm.models.preprocess import model_transform
 
 
 class EvalSets:
-    """Loads each evaluation set once per image size (the two families may use different resolutions)."""
+    """Loads each evaluation set once per preprocessing (the two families may differ: size, mean/std, ViLT's)."""
 
     def __init__(self, path: str | Path, split: str | None = None, max_retrieval_images: int | None = None):
         self.path, self.split, self.max_retrieval_images = Path(path), split, max_retrieval_images
-        self._cache: dict[tuple[str, int], object] = {}
+        self._cache: dict[tuple[str, str], object] = {}
 
-    def get(self, task: str, size: int):
-        if (task, size) not in self._cache:
+    def get(self, task: str, model: nn.Module):
+        """The set of `task` as `model` sees it: through its own preprocessing (`model_transform`)."""
+        transform = model_transform(model)
+        key = (task, repr(transform))
+        if key not in self._cache:
             loader = {"retrieval": data.load_retrieval, "vqa": data.load_vqa,
                       "zeroshot": data.load_classification, "compositional": data.load_compositional}[task]
-            loaded = loader(self.path, size, self.split)
+            loaded = loader(self.path, transform, self.split)
             if task == "retrieval" and self.max_retrieval_images:
                 loaded = first_images(loaded, self.max_retrieval_images)
-            self._cache[task, size] = loaded
-        return self._cache[task, size]
+            self._cache[key] = loaded
+        return self._cache[key]
 
 
 def first_images(dataset: data.RetrievalSet, n: int) -> data.RetrievalSet:
@@ -49,19 +53,19 @@ def _with_data_info(result: dict, dataset) -> dict:
 
 @torch.no_grad()
 def run_zeroshot(model: nn.Module, sets: EvalSets) -> dict:
-    d = sets.get("zeroshot", image_size(model))
+    d = sets.get("zeroshot", model)
     return _with_data_info(evaluate_zero_shot(model, d.images, d.labels, d.classnames, d.templates), d)
 
 
 @torch.no_grad()
 def run_retrieval(model: nn.Module, sets: EvalSets, rerank_from: nn.Module | None = None, k: int = 16) -> dict:
     """Late or exhaustive early retrieval; with `rerank_from` (a late model), hybrid re-ranking of its top k."""
-    d = sets.get("retrieval", image_size(model))
+    d = sets.get("retrieval", model)
     if rerank_from is not None:
         if model.config.arch != "early_fusion" or rerank_from.config.arch != "dual_encoder":
             raise ValueError("hybrid retrieval re-ranks a late-fusion model's candidates with an early-fusion "
                              "model: --checkpoint must be early fusion and --rerank-from late fusion")
-        late_d = sets.get("retrieval", image_size(rerank_from))
+        late_d = sets.get("retrieval", rerank_from)
         result = evaluate_hybrid(rerank_from, model, late_d.images, d.images, d.captions, d.text_to_image, k)
     elif model.config.arch == "dual_encoder":
         result = evaluate_late(model, d.images, d.captions, d.text_to_image)
@@ -74,7 +78,7 @@ def run_retrieval(model: nn.Module, sets: EvalSets, rerank_from: nn.Module | Non
 def run_vqa(model: nn.Module, sets: EvalSets, zero_images: bool = False) -> dict:
     """`zero_images`: the blind baseline of the same model and head, every image replaced by zeros
     (the dataset's mean colour after normalisation), so what it scores comes from the question alone."""
-    d = sets.get("vqa", image_size(model))
+    d = sets.get("vqa", model)
     images = torch.zeros_like(d.images) if zero_images else d.images
     return _with_data_info(evaluate_vqa(model, images, d.questions, d.answers, d.answer_types,
                                         d.question_families), d)
@@ -82,7 +86,7 @@ def run_vqa(model: nn.Module, sets: EvalSets, zero_images: bool = False) -> dict
 
 @torch.no_grad()
 def run_compositional(model: nn.Module, sets: EvalSets) -> dict:
-    d = sets.get("compositional", image_size(model))
+    d = sets.get("compositional", model)
     return _with_data_info(evaluate_compositional(model, d.images, d.captions, d.negatives, d.negative_types), d)
 
 

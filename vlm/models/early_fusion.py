@@ -100,10 +100,10 @@ class EarlyFusionModel(nn.Module):
         grid = self.config.image_size // self.config.patch_size
         spatial = self.image_pos[:, 1:].transpose(1, 2).reshape(1, W, grid, grid)
         resized = {}  # one interpolation per distinct (rows, cols)
-        for size in set(zip(rows, cols)):
+        for size in set(zip(rows, cols, strict=True)):
             pos = F.interpolate(spatial, size=size, mode="bilinear", align_corners=True)
             resized[size] = F.pad(pos, (0, w - size[1], 0, h - size[0]))
-        pos = torch.cat([resized[size] for size in zip(rows, cols)])  # (B, W, h, w)
+        pos = torch.cat([resized[size] for size in zip(rows, cols, strict=True)])  # (B, W, h, w)
         patches = x.flatten(2).transpose(1, 2) + pos.flatten(2).transpose(1, 2)  # (B, h*w, W)
         cls = (self.cls_token + self.image_pos[:, :1]).expand(B, -1, -1)
         return torch.cat([cls, patches], dim=1) + self.modality_embedding.weight[IMAGE]

@@ -128,6 +128,9 @@ def _load_transformers(source: str):
     """The transformers model and tokenizer of a folder or hub name (transformers' own loading code)."""
     import transformers
 
+    if not Path(source).is_dir() and (source.startswith(("/", ".", "~")) or source.count("/") > 1):
+        raise CheckpointError(f"{source}: no such folder (give a save_pretrained folder or a hub name)")
+    transformers.utils.logging.disable_progress_bar()
     try:
         hf_config = transformers.AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as e:
@@ -206,6 +209,7 @@ def export_vilt(model: EarlyFusionModel, out_dir: str | Path, head: str | None =
     if head is not None and not present.get(head, False):
         raise ValueError(f"{config.name} has no {head!r} head to export (it has: "
                          f"{[h for h, on in present.items() if on] or 'none'})")
+    transformers.utils.logging.disable_progress_bar()
     hf_model = getattr(transformers, HEAD_CLASSES[head])(vilt_hf_config(config, head)).eval()
     hf_model.load_state_dict(to_vilt_state_dict(model, head), strict=True)
     out_dir = Path(out_dir)

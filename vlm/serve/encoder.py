@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data_pipelines.transforms import eval_transform
-from vlm.models import DualEncoder, EarlyFusionModel, image_size, load_model
+from vlm.models import DualEncoder, EarlyFusionModel, load_model
 from vlm.models.dual_encoder import MAX_LOGIT_SCALE
-from vlm.tokenizer import Tokenizer, padding_mask
+from vlm.models.preprocess import model_transform
+from vlm.tokenizer import get_tokenizer, padding_mask
 
 
 class Encoder:
@@ -23,8 +23,8 @@ class Encoder:
 
     def __init__(self, model: DualEncoder):
         self.model = model.eval()
-        self.tokenizer = Tokenizer(model.config.context_length)
-        self.transform = eval_transform(image_size(model))
+        self.tokenizer = get_tokenizer(model)
+        self.transform = model_transform(model)
         self.dim = model.config.embed_dim
         self.name = model.config.name
 
@@ -52,8 +52,8 @@ class Reranker:
 
     def __init__(self, model: EarlyFusionModel, batch_size: int = 32):
         self.model = model.eval()
-        self.tokenizer = Tokenizer(model.config.context_length)
-        self.transform = eval_transform(image_size(model))
+        self.tokenizer = get_tokenizer(model)
+        self.transform = model_transform(model)
         self.batch_size = batch_size
 
     @torch.inference_mode()
@@ -64,7 +64,8 @@ class Reranker:
         for start in range(0, len(images), self.batch_size):
             pixels = torch.stack([self.transform(im) for im in images[start : start + self.batch_size]])
             batch_ids = ids.expand(len(pixels), -1)
-            scores.append(self.model.score(pixels, batch_ids, padding_mask(batch_ids)).float().numpy())
+            mask = padding_mask(batch_ids, self.tokenizer.pad_id)
+            scores.append(self.model.score(pixels, batch_ids, mask).float().numpy())
         return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
 

@@ -8,8 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from data_pipelines import Collator, open_source
-from data_pipelines.transforms import eval_transform, train_transform
-from vlm.tokenizer import Tokenizer
+from vlm.models.preprocess import config_transform
 from vlm.train.config import DataConfig
 
 
@@ -38,15 +37,17 @@ class ResumableBatchSampler(Sampler[list[int]]):
             epoch, first = epoch + 1, 0
 
 
-def open_split(path: str, split: str, objective: str, image_size: int, augment: bool) -> Dataset:
-    transform = train_transform(image_size) if augment else eval_transform(image_size)
+def open_split(path: str, split: str, objective: str, model_config, augment: bool) -> Dataset:
+    """`path` read through the model's own preprocessing (vlm/models/preprocess.py)."""
+    transform = config_transform(model_config, train=augment)
     task = "vqa" if objective == "vqa" else "pairs"
     return open_source(path, split=split, transform=transform, task=task)
 
 
-def make_collator(context_length: int, answers: tuple[str, ...] = (), pad_to_longest: bool = True) -> Collator:
-    """Batches with token ids (cut to the longest caption when asked) and, for VQA, soft answer targets."""
-    return Collator(Tokenizer(context_length), pad_to_longest=pad_to_longest, answer_vocab=list(answers) or None)
+def make_collator(tokenizer, answers: tuple[str, ...] = (), pad_to_longest: bool = True) -> Collator:
+    """Batches with the model's token ids (cut to the longest caption when asked) and, for VQA, soft answer
+    targets; `tokenizer` is `vlm.get_tokenizer(model)`."""
+    return Collator(tokenizer, pad_to_longest=pad_to_longest, answer_vocab=list(answers) or None)
 
 
 def make_train_loader(dataset: Dataset, collate, batch_size: int, config: DataConfig, seed: int,

@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from vlm.models.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from vlm.models.config import ModelConfig
-from vlm.models.registry import build_model, config_image_size, get_model_config, model_config_from_dict
+from vlm.models.registry import build_model, get_model_config, model_config_from_dict
+from vlm.tokenizer import get_tokenizer
 from vlm.train.config import TrainConfig
 from vlm.train.data import make_collator, make_train_loader, open_split, split_batch, to_device
 from vlm.train.distributed import DistributedEnv, all_reduce_mean, broadcast_flag, init_distributed
@@ -73,7 +74,7 @@ def val_batches(config: TrainConfig, model: nn.Module, collate) -> list[dict]:
     """The first `val_samples` items of the val split, batched once and kept for every evaluation."""
     path = config.data.val or config.data.train
     try:
-        data = open_split(path, config.data.val_split, config.objective, config_image_size(model.config), augment=False)
+        data = open_split(path, config.data.val_split, config.objective, model.config, augment=False)
     except FileNotFoundError:
         return []
     n = min(len(data), config.data.val_samples)
@@ -98,14 +99,14 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, s
 
     model_config = starting_config(config, payload or base, str(resume_path or config.model))
     train_data = train_dataset or open_split(config.data.train, config.data.train_split, config.objective,
-                                             config_image_size(model_config), config.data.augment)
+                                             model_config, config.data.augment)
     model = build_run_model(config, model_config, payload is not None, train_data, base)
     if config.freeze_towers:
         freeze_all_but_head(model)
     trainer = Trainer(model, config, env)
     if payload is not None:
         trainer.load_state(payload)
-    collate = make_collator(model.config.context_length, model.config.vqa_answers, config.data.pad_to_longest)
+    collate = make_collator(get_tokenizer(model), model.config.vqa_answers, config.data.pad_to_longest)
     batches = make_train_loader(train_data, collate, config.batch_size, config.data, config.seed,
                                 env.rank, env.world_size, start_batch=trainer.step_count)
     validation = val_batches(config, model, collate) if env.is_main else []

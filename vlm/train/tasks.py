@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlm.losses import ClipLoss, SigLipLoss, itm_loss, mask_tokens, mlm_loss, vqa_loss
-from vlm.tokenizer import EOT_ID, SOT_ID, VOCAB_SIZE
+from vlm.tokenizer import EOT_ID, PAD_ID, SOT_ID, VOCAB_SIZE, get_tokenizer
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -33,16 +33,17 @@ class ContrastiveTask(nn.Module):
         return loss, {"logit_scale": out["logit_scale"].detach()}
 
 
-def caption_similarity(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def caption_similarity(ids: torch.Tensor, mask: torch.Tensor, special_ids: tuple[int, ...] = (PAD_ID, SOT_ID, EOT_ID),
+                       vocab_size: int = VOCAB_SIZE + 1) -> torch.Tensor:
     """Cosine similarity of captions as bags of tokens, (B, B).
 
     An early-fusion model has no cheap embedding to mine negatives with; captions that share most of
     their words ("a red circle left of a blue square" / "a blue circle left of a red square") make the
     hard negatives that teach attribute binding and word order.
     """
-    bags = torch.zeros(ids.shape[0], VOCAB_SIZE + 1, device=ids.device)
+    bags = torch.zeros(ids.shape[0], vocab_size, device=ids.device)
     bags.scatter_add_(1, ids, mask.float())
-    bags[:, [0, SOT_ID, EOT_ID]] = 0
+    bags[:, list(special_ids)] = 0
     bags = F.normalize(bags, dim=-1)
     return bags @ bags.T
 
@@ -64,19 +65,21 @@ class FusionTask(nn.Module):
         self.negative_temperature = negative_temperature
         self.mlm_weight, self.mlm_probability = mlm_weight, mlm_probability
         self.seed, self.rank = seed, rank
+        self.tokenizer = get_tokenizer(model)  # its special, [MASK] and real-token ids
 
     def forward(self, batch: dict, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images, ids, mask = batch["images"], batch["text"], batch["text_mask"]
         generator = step_generator(self.seed, step, self.rank)
-        similarity = caption_similarity(ids, mask) / self.negative_temperature
+        tok = self.tokenizer
+        similarity = caption_similarity(ids, mask, (tok.pad_id, *tok.special_ids),
+                                        self.model.config.vocab_size) / self.negative_temperature
         same = same_pairs(batch["image_ids"], batch["captions"], ids.device)
         loss_itm, itm_accuracy = itm_loss(self.model, images, ids, mask, similarity, same, generator)
         metrics = {"itm_loss": loss_itm.detach(), "itm_accuracy": itm_accuracy.detach()}
         if self.mlm_weight == 0:
             return loss_itm, metrics
-        config = self.model.config
-        masked, labels = mask_tokens(ids, mask, config.mask_token_id, VOCAB_SIZE, self.mlm_probability,
-                                     special_ids=(SOT_ID, EOT_ID), generator=generator)
+        masked, labels = mask_tokens(ids, mask, tok.mask_id, tok.vocab_size, self.mlm_probability,
+                                     special_ids=tok.special_ids, generator=generator)
         hidden = self.model(images, masked, mask).text_hidden
         loss_mlm = mlm_loss(self.model.mlm_logits(hidden), labels)
         metrics["mlm_loss"] = loss_mlm.detach()
