@@ -41,6 +41,7 @@ def save_tiny_vilt(folder: Path, cls_name: str = "ViltForImageAndTextRetrieval",
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
     transformers.BertTokenizer(str(folder / "vocab.txt")).save_pretrained(str(folder))
+    transformers.ViltImageProcessor(size={"shortest_edge": 64}).save_pretrained(str(folder))
     model.save_pretrained(str(folder))
     return folder
 
