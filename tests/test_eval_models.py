@@ -104,7 +104,7 @@ TINY_OPENCLIP = dict(
 def test_zero_shot_of_an_imported_openclip_model_matches_openclip(tmp_path):
     theirs = open_clip.CLIP(**TINY_OPENCLIP).eval()
     torch.save(theirs.state_dict(), tmp_path / "tiny.pt")
-    ours = vlm.import_openclip(tmp_path / "tiny.pt").eval()
+    ours = vlm.import_openclip(tmp_path / "tiny.pt", model_cfg=TINY_OPENCLIP).eval()
     classnames, templates = ["red circle", "blue square", "green star"], ["a photo of a {}.", "a {}."]
     images = torch.randn(5, 3, 32, 32)
     logits, passes = zero_shot_logits(ours, images, classnames, templates)

@@ -27,10 +27,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("checkpoint")
     e.add_argument("out_dir")
     e.set_defaults(func=cmd_export)
-    i = sub.add_parser("import", help="OpenCLIP folder or checkpoint file -> vlm checkpoint")
-    i.add_argument("source")
+    i = sub.add_parser("import", help="OpenCLIP model (name + --pretrained), folder or file -> vlm checkpoint",
+                       description="vlm openclip import ViT-B-32 --pretrained laion2b_s34b_b79k OUT (open_clip's own "
+                                   "loader: a tag downloads, a file path works offline); vlm openclip import FOLDER "
+                                   "OUT (an export with open_clip_config.json); vlm openclip import FILE OUT --model "
+                                   "NAME_OR_JSON (a bare state dict needs its architecture).")
+    i.add_argument("source", help="with --pretrained: an OpenCLIP model name or config JSON; else a folder or file")
     i.add_argument("out")
-    i.add_argument("--quick-gelu", action="store_true", help="the weights are OpenAI's (QuickGELU activation)")
+    i.add_argument("--pretrained", help="a pretrained tag of the model (needs internet) or a local weights file")
+    i.add_argument("--model", help="a bare state dict's architecture: an OpenCLIP model name or its config JSON")
+    i.add_argument("--quick-gelu", action="store_true",
+                   help="force QuickGELU (OpenAI's weights under a GELU architecture name)")
     i.set_defaults(func=cmd_import)
 
 
@@ -67,9 +74,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from vlm.models.openclip_compat import import_openclip
+    from vlm.models.openclip_compat import import_openclip, import_openclip_pretrained
 
-    model = import_openclip(args.source, quick_gelu=args.quick_gelu)
+    if args.pretrained:
+        model = import_openclip_pretrained(args.source, args.pretrained, quick_gelu=args.quick_gelu)
+    else:
+        model = import_openclip(args.source, quick_gelu=args.quick_gelu, model=args.model)
     model.save(args.out)
     print(f"wrote {args.out}: {model.config.name}, {count_parameters(model):,} parameters")
     print(json.dumps(to_dict(model.config), indent=2))

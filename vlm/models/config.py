@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from data_pipelines.transforms import IMAGE_MEAN, IMAGE_STD
 from vlm.config import ConfigError, from_dict
 from vlm.tokenizer import VOCAB_SIZE
 
@@ -43,6 +44,11 @@ class DualEncoderConfig:
     init_logit_scale: float = math.log(1 / 0.07)
     init_logit_bias: float | None = None  # set (e.g. -10) for the SigLIP loss
     vqa_answers: tuple[str, ...] = ()  # non-empty: a VQA head over this answer vocabulary
+    # The image preprocessing the weights were trained with (OpenCLIP's preprocess_cfg); see preprocess.py.
+    image_mean: tuple[float, ...] = IMAGE_MEAN
+    image_std: tuple[float, ...] = IMAGE_STD
+    image_interpolation: str = "bicubic"  # or "bilinear"
+    image_resize_mode: str = "shortest"  # "shortest": resize + centre crop; "squash": resize to the square
 
     @property
     def context_length(self) -> int:
@@ -98,15 +104,22 @@ def model_config_from_dict(data: dict, where: str = "model config") -> ModelConf
     config = from_dict(ARCHS[arch], data, where)
     if isinstance(config, EarlyFusionConfig):
         check_early_fusion(config, where)
+    else:
+        check_choice(config, where, "image_interpolation", ("bicubic", "bilinear"))
+        check_choice(config, where, "image_resize_mode", ("shortest", "squash"))
     return config
+
+
+def check_choice(config, where: str, name: str, allowed: tuple[str, ...]) -> None:
+    if getattr(config, name) not in allowed:
+        raise ConfigError(f"{where}: field {name!r} must be one of {list(allowed)}, got {getattr(config, name)!r}")
 
 
 def check_early_fusion(config: EarlyFusionConfig, where: str) -> None:
     choices = {"layout": ("vlm", "vilt"), "match_head": ("itm", "rank", "none"),
                "tokenizer": ("openclip", "wordpiece"), "preprocess": ("clip", "vilt")}
     for name, allowed in choices.items():
-        if getattr(config, name) not in allowed:
-            raise ConfigError(f"{where}: field {name!r} must be one of {list(allowed)}, got {getattr(config, name)!r}")
+        check_choice(config, where, name, allowed)
     if config.tokenizer == "openclip" and config.vocab_size <= VOCAB_SIZE:
         raise ConfigError(f"{where}: vocab_size must exceed {VOCAB_SIZE} to leave room for the [MASK] token")
     if config.tokenizer == "wordpiece":

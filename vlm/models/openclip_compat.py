@@ -1,8 +1,11 @@
 """OpenCLIP interchange: its checkpoints are the lingua franca of CLIP weights.
 
 `export_openclip` writes the folder layout `open_clip.create_model("local-dir:DIR")` loads
-(open_clip_config.json + open_clip_pytorch_model.bin); `import_openclip` reads that folder or a bare
-OpenCLIP checkpoint file of a ViT model (ViT-B-32, ViT-B-16, ...), inferring the shape from the weights.
+(open_clip_config.json + open_clip_pytorch_model.bin); `import_openclip` reads that folder, or a bare
+OpenCLIP checkpoint file of a ViT model together with its architecture (an OpenCLIP model name such as
+ViT-B-32, or its config): the weights alone cannot tell the head count or the activation, and a guess
+would change the function silently. `import_openclip_pretrained` goes through open_clip's own
+`create_model_and_transforms(name, pretrained=tag_or_file)`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from data_pipelines.transforms import IMAGE_MEAN, IMAGE_STD  # OpenAI CLIP's normalisation, defined once
 from vlm.atomic_io import atomic_write
 from vlm.models.checkpoint import CheckpointError, model_from_weights
 from vlm.models.config import DualEncoderConfig, ImageTowerConfig, TextTowerConfig
@@ -91,10 +93,11 @@ def export_openclip(model: DualEncoder, out_dir: str | Path) -> Path:
     if not isinstance(model, DualEncoder):
         raise TypeError("only late-fusion models (DualEncoder) have an OpenCLIP layout")
     out_dir = Path(out_dir)
+    c = model.config
     config = {
-        "model_cfg": openclip_model_config(model.config),
-        "preprocess_cfg": {"mean": list(IMAGE_MEAN), "std": list(IMAGE_STD), "interpolation": "bicubic",
-                           "resize_mode": "shortest"},
+        "model_cfg": openclip_model_config(c),
+        "preprocess_cfg": {"mean": list(c.image_mean), "std": list(c.image_std),
+                           "interpolation": c.image_interpolation, "resize_mode": c.image_resize_mode},
     }
     with atomic_write(out_dir / WEIGHTS_NAME) as f:
         torch.save(to_openclip_state_dict(model), f)
@@ -119,35 +122,45 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {re.sub(r"^module\.", "", k): v for k, v in sd.items()}
 
 
-def infer_config(sd: dict[str, torch.Tensor], name: str = "openclip-import", quick_gelu: bool = False,
-                 where: str = "state dict") -> DualEncoderConfig:
-    """The DualEncoderConfig of an OpenCLIP ViT state dict, read off its tensor shapes."""
+def check_openclip_vit(sd: dict[str, torch.Tensor], where: str) -> None:
     if "visual.conv1.weight" not in sd or "token_embedding.weight" not in sd:
         raise CheckpointError(f"{where}: not an OpenCLIP ViT checkpoint (no visual.conv1 / token_embedding)")
 
-    def depth(prefix: str) -> int:
-        return len({k.split(".")[len(prefix.split(".")) - 1] for k in sd if k.startswith(prefix)})
 
-    width = sd["visual.conv1.weight"].shape[0]
-    patch = sd["visual.conv1.weight"].shape[-1]
-    grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-    text_width = sd["ln_final.weight"].shape[0]
-    return DualEncoderConfig(
-        name=name,
-        embed_dim=sd["text_projection"].shape[1],
-        quick_gelu=quick_gelu,
-        image=ImageTowerConfig(image_size=grid * patch, patch_size=patch, width=width,
-                               depth=depth("visual.transformer.resblocks."), heads=width // 64,
-                               mlp_ratio=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width),
-        text=TextTowerConfig(context_length=sd["positional_embedding"].shape[0],
-                             vocab_size=sd["token_embedding.weight"].shape[0], width=text_width,
-                             depth=depth("transformer.resblocks."), heads=text_width // 64,
-                             mlp_ratio=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / text_width),
-        init_logit_bias=float(sd["logit_bias"]) if "logit_bias" in sd else None,
-    )
+def architecture_config(model: str | Path) -> dict:
+    """OpenCLIP's model config of a model name in its registry (ViT-B-32, ...) or of a config JSON file."""
+    if str(model).endswith(".json"):
+        path = Path(model)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such OpenCLIP model config file")
+        return _read_model_cfg(path)
+    import open_clip
+
+    cfg = open_clip.get_model_config(str(model))
+    if cfg is None:
+        raise CheckpointError(f"unknown OpenCLIP model {str(model)!r}: give a name open_clip.list_models() has "
+                              "(e.g. ViT-B-32, ViT-B-32-quickgelu) or the path of its config JSON")
+    return cfg
 
 
-def config_from_openclip(model_cfg: dict, name: str) -> DualEncoderConfig:
+def preprocess_fields(preprocess_cfg: dict | None, name: str) -> dict:
+    """DualEncoderConfig fields from OpenCLIP's preprocess_cfg (its defaults where a key is absent)."""
+    cfg = preprocess_cfg or {}
+    fields = {"image_interpolation": cfg.get("interpolation", "bicubic"),
+              "image_resize_mode": cfg.get("resize_mode", "shortest")}
+    if "mean" in cfg:
+        fields["image_mean"] = tuple(float(x) for x in cfg["mean"])
+    if "std" in cfg:
+        fields["image_std"] = tuple(float(x) for x in cfg["std"])
+    if fields["image_interpolation"] not in ("bicubic", "bilinear") or \
+            fields["image_resize_mode"] not in ("shortest", "squash"):
+        raise CheckpointError(f"{name}: OpenCLIP preprocessing {fields['image_interpolation']!r} / "
+                              f"{fields['image_resize_mode']!r} is not supported (bicubic or bilinear; shortest or "
+                              "squash)")
+    return fields
+
+
+def config_from_openclip(model_cfg: dict, name: str, preprocess_cfg: dict | None = None) -> DualEncoderConfig:
     v, t = model_cfg["vision_cfg"], model_cfg["text_cfg"]
     foreign = sorted(k for k in ("timm_model_name", "hf_model_name") if v.get(k) or t.get(k))
     if foreign:
@@ -162,6 +175,7 @@ def config_from_openclip(model_cfg: dict, name: str) -> DualEncoderConfig:
         text=TextTowerConfig(context_length=t.get("context_length", 77), vocab_size=t.get("vocab_size", 49408),
                              width=t["width"], depth=t["layers"], heads=t["heads"], mlp_ratio=t.get("mlp_ratio", 4.0)),
         init_logit_bias=model_cfg.get("init_logit_bias"),
+        **preprocess_fields(preprocess_cfg, name),
     )
 
 
@@ -202,19 +216,24 @@ def _read_model_cfg(path: Path) -> dict:
     return model_cfg
 
 
-def import_openclip(path: str | Path, model_cfg: dict | None = None, quick_gelu: bool = False) -> DualEncoder:
+def import_openclip(path: str | Path, model_cfg: dict | None = None, quick_gelu: bool = False,
+                    model: str | Path | None = None) -> DualEncoder:
     """A DualEncoder from an OpenCLIP export folder or checkpoint file (.bin, .pt, .pth, .safetensors).
 
-    Without `model_cfg` (OpenCLIP's JSON config) the shape is read from the weights; `quick_gelu` must
-    then be given for OpenAI-trained weights, since an activation leaves no trace in the shapes.
+    A folder carries its config. A bare file needs its architecture: `model` (an OpenCLIP model name such
+    as "ViT-B-32", or the path of its config JSON) or `model_cfg` (that JSON, loaded); the weights cannot
+    tell the head count or the activation, so without one the import is refused rather than guessed.
+    `quick_gelu` forces QuickGELU, as open_clip's `force_quick_gelu` (OpenAI's weights under a GELU name).
     """
     path = Path(path)
     name = path.stem if path.is_file() else path.name
+    preprocess_cfg = None
     if path.is_dir():
         config_path = path / CONFIG_NAME
         if not config_path.is_file():
             raise CheckpointError(f"{path}: no {CONFIG_NAME} in this folder")
         model_cfg = _read_model_cfg(config_path)
+        preprocess_cfg = _read_preprocess_cfg(config_path)
         weights = next((path / n for n in (WEIGHTS_NAME, "open_clip_model.safetensors") if (path / n).is_file()), None)
         if weights is None:
             raise CheckpointError(f"{path}: no {WEIGHTS_NAME} or open_clip_model.safetensors in this folder")
@@ -222,8 +241,52 @@ def import_openclip(path: str | Path, model_cfg: dict | None = None, quick_gelu:
     elif not path.is_file():
         raise CheckpointError(f"{path}: no such file or folder")
     sd = _read_state_dict(path)
+    if model_cfg is None:
+        check_openclip_vit(sd, str(path))
+    if model_cfg is None and model is None:
+        width = sd["visual.conv1.weight"].shape[0]
+        raise CheckpointError(
+            f"{path}: a bare OpenCLIP state dict does not record its head count or activation (a guess such as "
+            f"heads = width // 64 = {width // 64} changes every embedding when wrong): pass its OpenCLIP model name "
+            "(--model ViT-B-32) or its model config JSON (--model FILE.json)")
+    if model_cfg is None:
+        model_cfg = architecture_config(model)
+    if quick_gelu:
+        model_cfg = {**model_cfg, "quick_gelu": True}
     try:
-        config = config_from_openclip(model_cfg, name) if model_cfg else infer_config(sd, name, quick_gelu, str(path))
-    except KeyError as e:  # a timm or Hugging Face tower, or a state dict with parts missing
+        config = config_from_openclip(model_cfg, name, preprocess_cfg)
+    except KeyError as e:  # a timm or Hugging Face tower, or a config with parts missing
         raise CheckpointError(f"{path}: not a standard OpenCLIP ViT model (no {e.args[0]!r})") from None
     return from_openclip_state_dict(sd, config, str(path))
+
+
+def _read_preprocess_cfg(path: Path) -> dict | None:
+    data = json.loads(path.read_text())
+    return data.get("preprocess_cfg") if isinstance(data, dict) else None
+
+
+def import_openclip_pretrained(model: str | Path, pretrained: str, quick_gelu: bool = False) -> DualEncoder:
+    """open_clip's own `create_model_and_transforms(model, pretrained=...)`, as a DualEncoder with the same
+    weights and image preprocessing. `pretrained` is a local file, or a tag (e.g. laion2b_s34b_b79k) that
+    open_clip downloads (internet needed). A tag trained with QuickGELU under a GELU architecture (or the
+    reverse), which open_clip only warns about, is refused: every embedding would be off."""
+    import open_clip
+
+    model_cfg = architecture_config(model)
+    name = str(model)
+    if name.endswith(".json"):  # open_clip builds models by registry name: register the file
+        open_clip.add_model_config(name)
+        name = Path(name).stem
+    uses_quick_gelu = bool(model_cfg.get("quick_gelu", False)) or quick_gelu
+    tag_cfg = {} if Path(pretrained).is_file() else open_clip.get_pretrained_cfg(name, pretrained)
+    if tag_cfg and bool(tag_cfg.get("quick_gelu", False)) != uses_quick_gelu:
+        fix = f"{name}-quickgelu (or --quick-gelu)" if tag_cfg.get("quick_gelu") else name.removesuffix("-quickgelu")
+        raise CheckpointError(f"{name} with pretrained {pretrained!r}: the weights were trained with "
+                              f"{'QuickGELU' if tag_cfg.get('quick_gelu') else 'GELU'} but the architecture uses "
+                              f"{'QuickGELU' if uses_quick_gelu else 'GELU'}; use {fix}")
+    try:
+        theirs, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, force_quick_gelu=quick_gelu)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise CheckpointError(f"{name} with pretrained {pretrained!r}: {str(e).splitlines()[0]}") from None
+    config = config_from_openclip({**model_cfg, "quick_gelu": uses_quick_gelu}, name, theirs.visual.preprocess_cfg)
+    return from_openclip_state_dict(theirs.state_dict(), config, f"{name} ({pretrained})")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from PIL import Image
+from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -83,12 +84,18 @@ def config_transform(config, train: bool = False) -> ImageTransform | ViltImageT
     ViLT fine-tunes on its evaluation preprocessing)."""
     if getattr(config, "preprocess", "clip") == "vilt":
         return ViltImageTransform(config.image_size)
-    size = config.image.image_size if hasattr(config, "image") else config.image_size
-    mean = getattr(config, "image_mean", None)
-    std = getattr(config, "image_std", None)
+    if not hasattr(config, "image"):  # early fusion with CLIP-style preprocessing (vlm's own models)
+        return train_transform(config.image_size) if train else eval_transform(config.image_size)
+    size = config.image.image_size
     transform = train_transform(size) if train else eval_transform(size)
-    if mean and std:
-        transform.transforms[-1] = ToNormalizedTensor(mean, std)
+    if not train:  # OpenCLIP's inference preprocessing, as its image_transform builds it
+        interpolation = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
+        mode = interpolation[config.image_interpolation]
+        if config.image_resize_mode == "squash":
+            transform.transforms[:2] = [T.Resize((size, size), interpolation=mode)]
+        else:
+            transform.transforms[:2] = [T.Resize(size, interpolation=mode), T.CenterCrop(size)]
+    transform.transforms[-1] = ToNormalizedTensor(config.image_mean, config.image_std)
     return transform
 
 
