@@ -77,3 +77,24 @@ def test_vlm_train_fine_tunes_from_an_imported_vilt(world, tmp_path, objective, 
     assert tuned.config.layout == "vilt" and tuned.config.vocab == vlm.load(base).config.vocab
     moved = [k for k, v in vlm.load(base).state_dict().items() if not torch.equal(v, tuned.state_dict()[k])]
     assert moved  # the pretrained weights were the start and training changed them
+
+
+def test_vlm_models_pretrained_lists_both_families_with_commands_vlm_accepts(capsys):
+    import shlex
+
+    from vlm.cli import build_parser
+    from vlm.models.pretrained import PRETRAINED
+
+    assert main(["models", "--pretrained"]) == 0
+    out = capsys.readouterr().out
+    assert "dandelin/vilt-b32-finetuned-vqa" in out and "laion2b_s34b_b79k" in out and "71.26" in out
+    for entry in PRETRAINED:
+        assert entry.command in out
+        args = build_parser().parse_args(shlex.split(entry.command)[1:])  # a command the user can paste
+        assert args.func.__name__ == "cmd_import"
+
+
+def test_vlm_info_on_an_imported_vilt_abbreviates_its_vocabulary(world, capsys):
+    assert main(["info", str(world["root"] / "retrieval.pt")]) == 0
+    out = capsys.readouterr().out
+    assert '"vocab": "<41 WordPiece tokens>"' in out and '"layout": "vilt"' in out

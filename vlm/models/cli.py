@@ -15,6 +15,8 @@ from vlm.models.registry import count_parameters, create_model, get_model_config
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("models", help="list the named model configs with their parameter counts")
+    p.add_argument("--pretrained", action="store_true",
+                   help="list the published weights each family imports, their published figures and the command")
     p.set_defaults(func=cmd_models)
 
     p = subparsers.add_parser("info", help="print a checkpoint's config, size and training state")
@@ -42,6 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    if getattr(args, "pretrained", False):
+        from vlm.models.pretrained import pretrained_table
+
+        print(pretrained_table())
+        return 0
     print(f"{'name':<16}{'arch':<14}{'parameters':>14}")
     for name in list_models():
         config = get_model_config(name)
@@ -59,8 +66,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"parameters: {n_params:,}")
     if "step" in payload:
         print(f"training step: {payload['step']}")
+    config = dict(payload["config"])
+    if len(config.get("vocab") or ()) > 20:  # a WordPiece vocabulary: tens of thousands of lines
+        config["vocab"] = f"<{len(config['vocab'])} WordPiece tokens>"
     print("config:")
-    print(json.dumps(payload["config"], indent=2))
+    print(json.dumps(config, indent=2))
     return 0
 
 
