@@ -200,3 +200,10 @@ def test_a_pretrained_tag_trained_with_quickgelu_under_a_gelu_name_is_refused():
     """OpenAI's ViT-B-32 weights need QuickGELU: open_clip only warns; vlm refuses before any download."""
     with pytest.raises(CheckpointError, match=r"QuickGELU.*ViT-B-32-quickgelu"):
         import_openclip_pretrained("ViT-B-32", "openai")
+
+
+def test_the_default_normalisation_of_a_model_config_is_the_data_pipelines_one():
+    from data_pipelines.transforms import IMAGE_MEAN, IMAGE_STD
+
+    config = vlm.get_model_config("clip-tiny")
+    assert (config.image_mean, config.image_std) == (IMAGE_MEAN, IMAGE_STD)

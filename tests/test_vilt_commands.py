@@ -98,3 +98,9 @@ def test_vlm_info_on_an_imported_vilt_abbreviates_its_vocabulary(world, capsys):
     assert main(["info", str(world["root"] / "retrieval.pt")]) == 0
     out = capsys.readouterr().out
     assert '"vocab": "<41 WordPiece tokens>"' in out and '"layout": "vilt"' in out
+
+
+def test_retrieval_with_a_vilt_that_has_no_matching_head_is_one_line_naming_the_missing_head(world, capsys):
+    assert main(["eval", "retrieval", "--checkpoint", str(world["root"] / "vqa.pt"), "--data", world["data"]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no image-text matching head" in err

@@ -5,9 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from data_pipelines.transforms import IMAGE_MEAN, IMAGE_STD
 from vlm.config import ConfigError, from_dict
 from vlm.tokenizer import VOCAB_SIZE
+
+# OpenAI CLIP's normalisation, the default of OpenCLIP's ViT models (equal to data_pipelines.transforms'
+# IMAGE_MEAN / IMAGE_STD, written out so that reading a config imports no image library; a test checks).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,8 @@ class DualEncoderConfig:
     init_logit_bias: float | None = None  # set (e.g. -10) for the SigLIP loss
     vqa_answers: tuple[str, ...] = ()  # non-empty: a VQA head over this answer vocabulary
     # The image preprocessing the weights were trained with (OpenCLIP's preprocess_cfg); see preprocess.py.
-    image_mean: tuple[float, ...] = IMAGE_MEAN
-    image_std: tuple[float, ...] = IMAGE_STD
+    image_mean: tuple[float, ...] = CLIP_MEAN
+    image_std: tuple[float, ...] = CLIP_STD
     image_interpolation: str = "bicubic"  # or "bilinear"
     image_resize_mode: str = "shortest"  # "shortest": resize + centre crop; "squash": resize to the square
 

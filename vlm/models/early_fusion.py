@@ -187,7 +187,7 @@ class EarlyFusionModel(nn.Module):
 
     def _match_logits(self, pooled: torch.Tensor) -> torch.Tensor:
         if self.itm_head is None:
-            raise RuntimeError(f"{self.config.name} has no image-text matching head (match_head: none); "
+            raise ValueError(f"{self.config.name} has no image-text matching head (match_head: none); "
                                "import a retrieval checkpoint (ViltForImageAndTextRetrieval) to score pairs")
         logits = self.itm_head(pooled)
         if logits.shape[-1] == 1:  # ViLT's rank_output: [0, s] makes 2-way softmax CE the sigmoid loss of s
@@ -213,7 +213,7 @@ class EarlyFusionModel(nn.Module):
 
     def mlm_logits(self, text_hidden: torch.Tensor) -> torch.Tensor:
         if self.mlm_head is None:
-            raise RuntimeError(f"{self.config.name} has no MLM head (mlm_head: false)")
+            raise ValueError(f"{self.config.name} has no MLM head (mlm_head: false; train with mlm_weight=0)")
         return self.mlm_head(text_hidden, self.token_embedding.weight)  # (..., vocab)
 
     def vqa_logits(self, images: torch.Tensor, questions: torch.Tensor, text_mask: torch.Tensor | None = None,
