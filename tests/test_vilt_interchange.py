@@ -132,7 +132,8 @@ def test_imported_vilt_tokenizes_as_its_bert_tokenizer(tmp_path):
     folder = save_tiny_vilt(tmp_path / "hf")
     model = import_vilt(folder)
     theirs = transformers.AutoTokenizer.from_pretrained(str(folder))
-    texts = ["What color is the Circle?", "two large blue squares, left of a star", "unknown words here"]
+    texts = ["What color is the Circle?", "two large blue squares, left of a star", "unknown words here",
+             "a red circle above a blue square left of a green star below a yellow hexagon right of two stars"]
     expected = theirs(texts, padding="max_length", max_length=16, truncation=True, return_tensors="pt")["input_ids"]
     assert torch.equal(vlm.get_tokenizer(model)(texts), expected)
 

@@ -52,7 +52,7 @@ class ViltImageTransform:
         self.shorter = shorter
         self.canvas = vilt_canvas_size(shorter)
         self.image_size = self.canvas
-        self.decode_size = shorter
+        self.decode_size = None  # full JPEG decodes (no libjpeg draft scaling), as transformers reads images
 
     def unpadded(self, image: Image.Image) -> torch.Tensor:
         """(3, h, w): exactly what ViltImageProcessor gives for this one image."""
