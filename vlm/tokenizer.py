@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
-import torch
-from open_clip.tokenizer import SimpleTokenizer
+if TYPE_CHECKING:
+    import torch
 
 PAD_ID = 0  # open_clip pads with 0 after the end-of-text token
 VOCAB_SIZE = 49408  # BPE merges + bytes + <start_of_text> + <end_of_text>
@@ -20,6 +21,8 @@ class Tokenizer:
     """
 
     def __init__(self, context_length: int = 77):
+        from open_clip.tokenizer import SimpleTokenizer  # open_clip imports torchvision: seconds, so only here
+
         self.context_length = context_length
         self._bpe = SimpleTokenizer(context_length=context_length)
 

@@ -38,10 +38,12 @@ class ResumableBatchSampler(Sampler[list[int]]):
             epoch, first = epoch + 1, 0
 
 
-def open_split(path: str, split: str, objective: str, image_size: int, augment: bool) -> Dataset:
+def open_split(path: str, split: str, objective: str, image_size: int, augment: bool,
+               options: dict | None = None) -> Dataset:
+    """`options`: a pairs file's columns (`DataConfig.train_source_options()`)."""
     transform = train_transform(image_size) if augment else eval_transform(image_size)
     task = "vqa" if objective == "vqa" else "pairs"
-    return open_source(path, split=split, transform=transform, task=task)
+    return open_source(path, split=split, transform=transform, task=task, **(options or {}))
 
 
 def make_collator(context_length: int, answers: tuple[str, ...] = (), pad_to_longest: bool = True) -> Collator:

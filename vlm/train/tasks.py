@@ -71,7 +71,7 @@ class FusionTask(nn.Module):
         similarity = caption_similarity(ids, mask) / self.negative_temperature
         same = same_pairs(batch["image_ids"], batch["captions"], ids.device)
         loss_itm, itm_accuracy = itm_loss(self.model, images, ids, mask, similarity, same, generator)
-        metrics = {"itm_loss": loss_itm.detach(), "itm_accuracy": itm_accuracy.detach()}
+        metrics = {"itm_loss": loss_itm.detach(), "itm_accuracy": 100 * itm_accuracy.detach()}  # percent, as in val/
         if self.mlm_weight == 0:
             return loss_itm, metrics
         config = self.model.config
