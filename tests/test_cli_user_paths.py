@@ -16,6 +16,8 @@ import vlm
 from data_pipelines.shapes import generate_shapes_world
 from vlm.cli import main
 from vlm.models.checkpoint import CheckpointError
+from vlm.train import load_train_config
+from vlm.train.data import open_split
 
 OPENCLIP_COLUMNS = ["--csv-img-key", "filepath", "--csv-caption-key", "title"]  # OpenCLIP's own flag names
 
@@ -80,10 +82,8 @@ def test_recipe_separator_and_columns_reach_the_reader(tmp_path):
     generate_shapes_world(tmp_path / "w", train=4, val=0, test=0, heldout=0, image_size=32)
     rows = (tmp_path / "w" / "pairs_train.csv").read_text().replace(",", ";").replace("image;caption", "img;text")
     (tmp_path / "w" / "pairs.csv").write_text(rows)
-    config = vlm.train.load_train_config(None, ["data.image_column=img", "data.caption_column=text",
-                                                "data.separator=;"], base={"model": "clip-tiny"})
-    from vlm.train.data import open_split
-
+    config = load_train_config(None, ["data.image_column=img", "data.caption_column=text", "data.separator=;"],
+                               base={"model": "clip-tiny"})
     data = open_split(str(tmp_path / "w" / "pairs.csv"), "train", "clip", 32, False, config.data.train_source_options())
     assert len(data) == 12 and data.records[0].caption
 

@@ -11,11 +11,18 @@ from collections.abc import Callable
 
 
 def lazy_attributes(namespace: dict, exports: dict[str, str]) -> Callable[[str], object]:
-    """A module `__getattr__` for `exports`, {name: "module" or "module:attribute"}; sets `__all__` too."""
+    """A module `__getattr__` for `exports`, {name: "module" or "module:attribute"}, and for the package's
+    submodules; sets `__all__` too."""
     namespace["__all__"] = sorted(exports)
 
     def __getattr__(name: str) -> object:
-        if name not in exports:
+        if name not in exports:  # `import vlm; vlm.models.image_size(...)`: a subpackage, imported on first use
+            submodule = f"{namespace['__name__']}.{name}"
+            try:
+                return importlib.import_module(submodule)
+            except ModuleNotFoundError as e:
+                if e.name != submodule:
+                    raise
             raise AttributeError(f"module {namespace['__name__']!r} has no attribute {name!r}")
         module, _, attribute = exports[name].partition(":")
         value = getattr(importlib.import_module(module), attribute or name)
