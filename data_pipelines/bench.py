@@ -11,17 +11,16 @@ import csv
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
-from data_pipelines.collate import Collator
 from data_pipelines.images import decode_image
 from data_pipelines.shapes import generate_shapes_world
-from data_pipelines.shards import ShardDataset, write_shards
-from data_pipelines.sources import open_source
-from data_pipelines.transforms import train_transform
+
+if TYPE_CHECKING:  # torch loads when the benchmark runs, not when `vlm` builds its parser
+    from data_pipelines.collate import Collator
 
 
 def make_photo_like_jpegs(out_dir: Path, n: int, size: tuple[int, int] = (320, 256), seed: int = 0) -> Path:
@@ -41,6 +40,8 @@ def make_photo_like_jpegs(out_dir: Path, n: int, size: tuple[int, int] = (320, 2
 
 def time_loader(dataset, collator: Collator, workers: int, batch_size: int) -> dict:
     """One pass over `dataset` after a warm-up batch; samples/s total and per worker process."""
+    import torch
+
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collator,
                                          persistent_workers=False)
     it = iter(loader)
@@ -72,6 +73,10 @@ def stage_breakdown(dataset, collator: Collator, n: int = 200) -> dict:
 def bench_data(workers: tuple[int, ...] = (0, 1, 2), batch_size: int = 64, scenes: int = 1000,
                jpegs: int = 1000, context_length: int = 32, work_dir: str | Path | None = None) -> list[dict]:
     """Run both workloads for every worker count; returns one result row per (workload, workers)."""
+    from data_pipelines.collate import Collator
+    from data_pipelines.shards import ShardDataset, write_shards
+    from data_pipelines.sources import open_source
+    from data_pipelines.transforms import train_transform
     from vlm.tokenizer import Tokenizer
 
     collator = Collator(Tokenizer(context_length))

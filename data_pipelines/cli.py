@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from data_pipelines.options import add_source_arguments, source_options
 from data_pipelines.shapes import ShapesConfig
 
 
@@ -28,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True, help="output folder for 00000.tar, 00001.tar, ...")
     s.add_argument("--shard-size", type=int, default=10_000, help="samples per shard")
     s.add_argument("--split", default=None, help="Karpathy or shapes-world split")
-    _add_column_options(s)
+    add_source_arguments(s)
     s.set_defaults(func=cmd_shard)
 
     s = sub.add_parser("inspect", help="format, counts, examples, caption lengths and problems of a dataset")
@@ -36,21 +37,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--split", default=None)
     s.add_argument("--task", default=None, help="shapes-world view: pairs, vqa, classify, compositional")
     s.add_argument("--samples", type=int, default=3, help="examples to print")
-    s.add_argument("--check-images", type=int, default=200, help="images to decode as a check (0: all)")
+    s.add_argument("--check-images", type=int, default=200,
+                   help="images to decode as a check, spread over the dataset (0: all); the report says how many")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
-    _add_column_options(s)
+    add_source_arguments(s)
     s.set_defaults(func=cmd_inspect)
 
 
-def _add_column_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--image-column", default=None, help="CSV/TSV/JSONL image column (default: image)")
-    p.add_argument("--caption-column", default=None, help="CSV/TSV/JSONL caption column (default: caption)")
-    p.add_argument("--image-root", default=None, help="folder image paths are relative to (default: the file's)")
-
-
 def _options(args: argparse.Namespace) -> dict:
-    names = ("image_column", "caption_column", "image_root", "task")
-    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    return {**source_options(args), **({"task": args.task} if getattr(args, "task", None) else {})}
 
 
 def cmd_shapes(args: argparse.Namespace) -> int:

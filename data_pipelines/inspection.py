@@ -29,19 +29,25 @@ def inspect_source(path: str | Path, split: str | None = None, samples: int = 3,
     source = open_source(path, split=split, max_bad_fraction=1.0, **options)
     if isinstance(source, RecordDataset):
         items = source.records
-        _check_images(source, check_images)
-    else:
-        items = [s for s in itertools.islice(source, limit) if s.image is not None]
+        checked = _check_images(source, check_images)
+    else:  # shards: every streamed image is decoded, up to `limit` samples
+        streamed = list(itertools.islice(source, limit))
+        items = [s for s in streamed if s.image is not None]
+        checked = {"decoded": len(streamed), "of": None if len(streamed) == limit else len(streamed),
+                   "sampled": len(streamed) == limit}
     report = {"format": source.format, "path": str(path), "split": split, "items": len(items),
-              "images": len({s.image_id for s in items})}
+              "images": len({s.image_id for s in items}), "images_checked": checked}
     report.update(_content_counts(items, source))
     report["examples"] = [_describe(s) for s in items[:samples]]
     report["problems"] = {"skipped": dict(source.stats.skipped), "examples": source.stats.examples}
     return report
 
 
-def _check_images(source: RecordDataset, n: int) -> None:
-    """Decode `n` images spread evenly over the source; failures land in `source.stats`."""
+def _check_images(source: RecordDataset, n: int) -> dict:
+    """Decode `n` images spread evenly over the source; failures land in `source.stats`.
+
+    Returns how many distinct images were decoded, of how many, and whether that was a sample: a corrupt
+    image outside the sample is not found, and the report must say so."""
     records = source.records
     step = 1 if n <= 0 or n >= len(records) else len(records) / n
     indices = sorted({int(i * step) for i in range(len(records) if step == 1 else n)})
@@ -56,6 +62,8 @@ def _check_images(source: RecordDataset, n: int) -> None:
                 failures[image] = e
         if failures[image] is not None:  # counted per record, as before
             source.stats.skip(failures[image].reason, failures[image].detail, count_seen=False)
+    total = len({r.image for r in records})
+    return {"decoded": len(failures), "of": total, "sampled": len(failures) < total}
 
 
 def _content_counts(items: list[Sample], source) -> dict:
@@ -124,10 +132,21 @@ def format_report(report: dict, indent: str = "") -> str:
         lines.append(f"{indent}caption tokens: {c['tokens_with_sot_eot']}")
     lines.append(f"{indent}examples:")
     lines += [f"{indent}  {example}" for example in report["examples"]]
+    lines.append(f"{indent}{_checked_line(report['images_checked'])}")
     problems = report["problems"]
     if problems["skipped"]:
         lines.append(f"{indent}problems: {problems['skipped']}")
         lines += [f"{indent}  {e}" for e in problems["examples"]]
     else:
-        lines.append(f"{indent}problems: none found")
+        sampled = report["images_checked"]["sampled"]
+        lines.append(f"{indent}problems: none found" + (" in the images decoded" if sampled else ""))
     return "\n".join(lines)
+
+
+def _checked_line(checked: dict) -> str:
+    if not checked["sampled"]:
+        return f"images decoded: all {checked['decoded']}"
+    if checked["of"] is None:  # shards, streamed up to the limit
+        return f"images decoded: the first {checked['decoded']} streamed (a sample: the rest was not read)"
+    return (f"images decoded: a sample of {checked['decoded']} of {checked['of']}, spread over the dataset "
+            "(--check-images 0 decodes all)")

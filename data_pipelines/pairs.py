@@ -52,7 +52,7 @@ def _csv_rows(path: Path, sep: str, image_column: str, caption_column: str, id_c
                                ("id_column", id_column)):
             if column is not None and column not in columns:
                 raise ValueError(f"{path}: no column {column!r} (columns: {', '.join(columns) or 'none'}); "
-                                 f"pass {option}=... to name it")
+                                 f"{_how_to_name(option)}")
         for row in reader:
             yield row, f"{path.name} line {reader.line_num}"
 
@@ -74,8 +74,14 @@ def _jsonl_rows(path: Path, image_column: str, caption_column: str, id_column: s
                                 ("id_column", id_column)):
                 if key is not None and key not in row:
                     raise ValueError(f"{path} line {line_no}: no field {key!r} (fields: {', '.join(row)}); "
-                                     f"pass {option}=... to name it")
+                                     f"{_how_to_name(option)}")
             yield row, where
+
+
+def _how_to_name(option: str) -> str:
+    if option == "id_column":
+        return "pass id_column=... to name it"
+    return f"name it with {option}=... (recipe: data.{option}, command line: --{option.replace('_', '-')})"
 
 
 def _records(rows: Iterator[tuple[dict, str]], base: Path, image_column: str, caption_column: str,

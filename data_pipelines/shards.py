@@ -182,6 +182,10 @@ def write_shards(source, out_dir: str | Path, shard_size: int = 10_000,
     if not records:
         raise ValueError(f"{source!r}: no captions to write")
     stats = SkipStats(source=str(out_dir), max_bad_fraction=source.stats.max_bad_fraction)
+    # What the source's index already dropped (a missing file, an empty caption) counts too, with what fails here.
+    stats.skipped.update(source.stats.skipped)
+    stats.seen += source.stats.n_skipped
+    stats.examples += source.stats.examples[:5]
     with ShardWriter(out_dir, shard_size) as writer:
         for record in records:
             try:

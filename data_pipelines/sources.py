@@ -7,9 +7,11 @@ from pathlib import Path
 
 from data_pipelines.coco import open_coco_captions, open_karpathy, read_json
 from data_pipelines.imagefolder import open_imagefolder
+from data_pipelines.options import COLUMN_OPTIONS
 from data_pipelines.pairs import open_pairs
 from data_pipelines.shards import ShardDataset
 from data_pipelines.vqa import open_vqa
+from vlm.errors import UserError
 
 SHAPES_TASKS = ("pairs", "vqa", "classify", "compositional")
 
@@ -57,11 +59,16 @@ def open_source(path: str | Path, split: str | None = None, transform: Callable 
     folder `task` picks the view: "pairs" (default), "vqa", "classify" or "compositional". Any other source
     is one view already (the file decides), so `task` is ignored there.
     Other options go to the format's reader (`image_column`, `caption_column`, `sep`, `image_root`,
-    `annotations_path`, `shuffle`, `max_bad_fraction`, `max_pixels`, ...).
+    `annotations_path`, `shuffle`, `max_bad_fraction`, `max_pixels`, ...); an option given as None is the
+    reader's default. Column options (see `data_pipelines.options.pairs_options`) given for a source that
+    is not a pairs file are refused by name.
     """
     json_file = Path(path).suffix.lower() == ".json" and Path(path).is_file()
     data = read_json(Path(path)) if json_file else None  # parsed once, for detection and for the reader
     fmt = _json_format(Path(path), data) if json_file else detect_format(path)
+    options = {k: v for k, v in options.items() if v is not None}  # None: the reader's default
+    if fmt not in ("shapes", "csv", "tsv", "jsonl"):
+        _refuse_pairs_options(path, fmt, options, has_image_root=fmt not in ("webdataset", "imagefolder"))
     if fmt == "shapes":
         return open_shapes(path, split, transform, task or "pairs", **options)
     if fmt == "webdataset":
@@ -75,6 +82,14 @@ def open_source(path: str | Path, split: str | None = None, transform: Callable 
     if fmt == "karpathy":
         return open_karpathy(path, split, transform, data=data, **options)
     return open_vqa(path, transform=transform, data=data, **options)
+
+
+def _refuse_pairs_options(path: str | Path, what: str, options: dict, has_image_root: bool = True) -> None:
+    """Column names mean something only to a pairs file; elsewhere they would fail deep in a reader."""
+    refused = [k for k in COLUMN_OPTIONS if k in options]
+    refused += [] if has_image_root or "image_root" not in options else ["image_root"]
+    if refused:
+        raise UserError(f"{path}: {', '.join(refused)} applies only to a CSV/TSV/JSONL pairs file; this is {what}")
 
 
 def shapes_splits(root: str | Path) -> list[str]:
@@ -91,6 +106,8 @@ def open_shapes(root: str | Path, split: str | None, transform: Callable | None 
         raise ValueError(f"{root} is a shapes-world folder: pass split= one of {', '.join(splits)} (got {split!r})")
     if task == "pairs":
         return open_pairs(root / f"pairs_{split}.csv", transform, **options)
+    if task in ("vqa", "classify"):
+        _refuse_pairs_options(root, f"a shapes world's {task} view", options, has_image_root=task == "vqa")
     if task == "vqa":
         return open_vqa(root / f"vqa_{split}_questions.json", transform=transform, **options)
     if task == "classify":

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+import torch
 
 import vlm
 from vlm.cli import main
 from vlm.models.checkpoint import model_payload, save_checkpoint
+from vlm.models.parameter_count import config_parameter_count
 
 
 def test_vlm_models_lists_all_seven_names_with_their_family_and_size(capsys):
@@ -17,6 +21,19 @@ def test_vlm_models_lists_all_seven_names_with_their_family_and_size(capsys):
     assert rows["clip-base32"] == ["dual_encoder", "151,277,313"]  # OpenCLIP ViT-B-32's count
     assert rows["fusion-tiny"][0] == "early_fusion"
     assert rows["clip-tiny"][1] == f"{vlm.count_parameters(vlm.create_model('clip-tiny')):,}"
+
+
+@pytest.mark.parametrize("name", vlm.list_models())
+@pytest.mark.parametrize("variant", ["plain", "vqa head", "logit bias"])
+def test_worked_out_parameter_counts_match_the_built_models(name, variant):
+    """`vlm models` counts from the config (building needs timm, seconds to import): it must match the model."""
+    config = vlm.get_model_config(name)
+    if variant == "vqa head":
+        config = dataclasses.replace(config, vqa_answers=("yes", "no", "2"))
+    if variant == "logit bias" and config.arch == "dual_encoder":
+        config = dataclasses.replace(config, init_logit_bias=-10.0)
+    with torch.device("meta"):  # shapes only: no memory, no random init for the ViT-B sizes
+        assert config_parameter_count(config) == vlm.count_parameters(vlm.create_model(config))
 
 
 def test_vlm_info_shows_a_checkpoints_size_config_and_training_step(tmp_path, clip_tiny, capsys):

@@ -24,6 +24,11 @@ def test_shapes_then_inspect_then_shard(tmp_path, capsys):
     assert main(["data", "inspect", str(out / "pairs_train.csv")]) == 0
     text = capsys.readouterr().out
     assert "format: csv" in text and "items: 60  images: 20" in text and "problems: none found" in text
+    assert "images decoded: all 20" in text
+
+    assert main(["data", "inspect", str(out / "pairs_train.csv"), "--check-images", "5"]) == 0
+    text = capsys.readouterr().out
+    assert "images decoded: a sample of 5 of 20" in text and "problems: none found in the images decoded" in text
 
     assert main(["data", "shard", str(out), "--split", "train", "--out", str(tmp_path / "shards"),
                  "--shard-size", "25"]) == 0
@@ -39,6 +44,16 @@ def test_inspect_reports_problems_instead_of_failing(tmp_path, capsys):
     assert main(["data", "inspect", str(tmp_path / "pairs.csv")]) == 0
     text = capsys.readouterr().out
     assert "problems: {'missing image': 1, 'corrupt image': 1}" in text and "missing.png" in text
+
+
+def test_shard_counts_the_missing_image_with_the_corrupt_one(tmp_path, capsys):
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    rows = [f"ok.png;caption {i}" for i in range(198)] + ["bad.png;corrupt", "missing.png;gone"]
+    (tmp_path / "pairs.csv").write_text("image;caption\n" + "\n".join(rows) + "\n")  # 2 bad of 200: at the 1% limit
+    argv = ["data", "shard", str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "s"), "--separator", ";"]
+    assert main(argv) == 0
+    assert "skipped 2 of 200 samples (corrupt image: 1, missing image: 1)" in capsys.readouterr().out
 
 
 def test_missing_column_is_one_line_and_exit_status_2(tmp_path, capsys):

@@ -1,22 +1,14 @@
 """vlm: train, evaluate and serve late-fusion (CLIP) and early-fusion (ViLT) vision-language models."""
 
-from vlm.models import (
-    CheckpointError,
-    DualEncoder,
-    EarlyFusionModel,
-    count_parameters,
-    create_model,
-    get_model_config,
-    list_models,
-)
-from vlm.models import load_model as load
-from vlm.models.openclip_compat import export_openclip, import_openclip
-from vlm.models.preprocess import model_transform
-from vlm.models.vilt_compat import export_vilt, import_vilt
-from vlm.tokenizer import Tokenizer, get_tokenizer
+from vlm.lazy import lazy_attributes
 
-__all__ = [
-    "CheckpointError", "DualEncoder", "EarlyFusionModel", "Tokenizer", "count_parameters", "create_model",
-    "export_openclip", "export_vilt", "get_model_config", "get_tokenizer", "import_openclip", "import_vilt",
-    "list_models", "load", "model_transform",
-]
+__getattr__ = lazy_attributes(globals(), {
+    "CheckpointError": "vlm.models.checkpoint", "DualEncoder": "vlm.models.dual_encoder",
+    "EarlyFusionModel": "vlm.models.early_fusion", "Tokenizer": "vlm.tokenizer", "UserError": "vlm.errors",
+    "count_parameters": "vlm.models.registry", "create_model": "vlm.models.registry",
+    "export_openclip": "vlm.models.openclip_compat", "get_model_config": "vlm.models.registry",
+    "get_tokenizer": "vlm.tokenizer", "import_openclip": "vlm.models.openclip_compat",
+    "list_models": "vlm.models.registry", "load": "vlm.models.checkpoint:load_model",
+    "export_vilt": "vlm.models.vilt_compat", "import_vilt": "vlm.models.vilt_compat",
+    "model_transform": "vlm.models.preprocess",
+})

@@ -1,16 +1,18 @@
 """The `vlm` command. Each stage registers its own subcommands; this file only dispatches.
 
-Every subcommand is a thin layer over a library function the tests call too.
+Every subcommand is a thin layer over a library function the tests call too. Registering a subcommand
+imports nothing heavy (torch, timm, open_clip, fastapi load inside the command that runs), so `vlm --help`
+answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-from vlm.config import ConfigError
-from vlm.models.checkpoint import CheckpointError
+from vlm.errors import UserError
 
 # Modules with a `register(subparsers)` function, in the order of the data flow.
 COMMAND_MODULES = [
@@ -22,22 +24,44 @@ COMMAND_MODULES = [
     "vlm.serve.cli",
     "vlm.bench_cli",
 ]
+# A user's mistake: one line and exit status 2. UserError is raised where vlm detects a mistake; ValueError and
+# the missing-path errors are what the readers raise for bad files and values. Anything else is a bug and keeps
+# its traceback (as does everything under --debug or VLM_DEBUG=1).
+USER_ERRORS = (UserError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlm", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", default=debug_from_env(),
+                        help="show the full traceback of an error (also: VLM_DEBUG=1)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    name_commands(parser)
     return parser
+
+
+def name_commands(parser: argparse.ArgumentParser) -> None:
+    """Each (sub)command stores its own name (`vlm eval retrieval`) for its error messages."""
+    for action in parser._actions:  # argparse keeps its subparsers only there
+        for sub in (action.choices or {}).values() if isinstance(action, argparse._SubParsersAction) else ():
+            sub.set_defaults(command_name=sub.prog)
+            name_commands(sub)
+
+
+def debug_from_env() -> bool:
+    return os.environ.get("VLM_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:  # bad input: one line, status 2
-        print(f"vlm {args.command}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the message held
+        print(f"{args.command_name}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -15,10 +15,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from vlm.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override that cannot be turned into its dataclass."""
 
 

@@ -4,9 +4,10 @@ in the package) or BERT's WordPiece (ViLT; the vocabulary is stored in the model
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
-import torch
-from open_clip.tokenizer import SimpleTokenizer
+if TYPE_CHECKING:
+    import torch
 
 PAD_ID = 0  # open_clip pads with 0 after the end-of-text token
 VOCAB_SIZE = 49408  # BPE merges + bytes + <start_of_text> + <end_of_text>
@@ -26,6 +27,8 @@ class Tokenizer:
     vocab_size = VOCAB_SIZE  # real tokens, the candidates for MLM's random replacement
 
     def __init__(self, context_length: int = 77):
+        from open_clip.tokenizer import SimpleTokenizer  # open_clip imports torchvision: seconds, so only here
+
         self.context_length = context_length
         self._bpe = SimpleTokenizer(context_length=context_length)
 

@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from data_pipelines.options import add_source_arguments, source_options
 from vlm.atomic_io import atomic_write
 
 
@@ -22,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         t.add_argument("--data", required=True, help="a shapes-world folder, or a dataset file/folder")
         t.add_argument("--split", default=None, help="split of a shapes-world folder (default: val)")
         t.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
+        if task in ("retrieval", "compositional"):  # the evaluations that read pairs files
+            add_source_arguments(t)
         if task == "retrieval":
             t.add_argument("--rerank-from", default=None, metavar="LATE_CKPT",
                            help="hybrid: rank with this late-fusion model, re-score its top k with --checkpoint")
@@ -39,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also run VQA and compositional on this split when it exists ('' to skip)")
     p.add_argument("--late-vqa", default=None, help="late-fusion VQA model (default: the run's `-vqa` sibling)")
     p.add_argument("--early-vqa", default=None, help="early-fusion VQA model (default: the run's `-vqa` sibling)")
-    p.add_argument("--k", type=int, nargs="+", default=None, help="hybrid re-ranking depths (default 1 4 16 64)")
+    p.add_argument("--k", type=int, nargs="+", default=None,
+                   help="hybrid re-ranking depths (default 1 4 16 64); the headline is k=16, else the largest given")
     p.add_argument("--max-retrieval-images", type=int, default=200,
                    help="retrieval on the first N images (exhaustive early fusion is quadratic); 0: all")
     p.add_argument("--latency-queries", type=int, default=20, help="text queries timed for the p50/p99 latency")
@@ -50,8 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from vlm.eval.run import evaluate
 
+    options = source_options(args) if hasattr(args, "image_column") else None
     result = evaluate(args.task, args.checkpoint, args.data, args.split,
-                      getattr(args, "rerank_from", None), getattr(args, "k", 16))
+                      getattr(args, "rerank_from", None), getattr(args, "k", 16), options=options)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json is not None:

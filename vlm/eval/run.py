@@ -20,8 +20,10 @@ from vlm.models.preprocess import model_transform
 class EvalSets:
     """Loads each evaluation set once per preprocessing (the two families may differ: size, mean/std, ViLT's)."""
 
-    def __init__(self, path: str | Path, split: str | None = None, max_retrieval_images: int | None = None):
+    def __init__(self, path: str | Path, split: str | None = None, max_retrieval_images: int | None = None,
+                 options: dict | None = None):
         self.path, self.split, self.max_retrieval_images = Path(path), split, max_retrieval_images
+        self.options = options or {}  # a pairs file's columns, for retrieval and compositional
         self._cache: dict[tuple[str, str], object] = {}
 
     def get(self, task: str, model: nn.Module):
@@ -31,7 +33,7 @@ class EvalSets:
         if key not in self._cache:
             loader = {"retrieval": data.load_retrieval, "vqa": data.load_vqa,
                       "zeroshot": data.load_classification, "compositional": data.load_compositional}[task]
-            loaded = loader(self.path, transform, self.split)
+            loaded = loader(self.path, transform, self.split, self.options)
             if task == "retrieval" and self.max_retrieval_images:
                 loaded = first_images(loaded, self.max_retrieval_images)
             self._cache[key] = loaded
@@ -94,16 +96,18 @@ TASKS = {"zeroshot": run_zeroshot, "retrieval": run_retrieval, "vqa": run_vqa, "
 
 
 def evaluate(task: str, checkpoint: str | Path, data_path: str | Path, split: str | None = None,
-             rerank_from: str | Path | None = None, k: int = 16) -> dict:
-    """`vlm eval TASK`: one checkpoint on one dataset (a shapes-world folder at `split`, or a file/folder)."""
+             rerank_from: str | Path | None = None, k: int = 16, options: dict | None = None) -> dict:
+    """`vlm eval TASK`: one checkpoint on one dataset (a shapes-world folder at `split`, or a file/folder).
+
+    `options`: a pairs file's columns (`data_pipelines.options.pairs_options`)."""
     if task not in TASKS:
         raise ValueError(f"unknown evaluation {task!r}; one of {', '.join(TASKS)}")
     model = load_model(checkpoint)
-    sets = EvalSets(data_path, split)
+    sets = EvalSets(data_path, split, options=options)
     if task == "retrieval":
         late = load_model(rerank_from) if rerank_from else None
         result = run_retrieval(model, sets, late, k)
     else:
         result = TASKS[task](model, sets)
     return {"task": task, "checkpoint": str(resolve_checkpoint(checkpoint)), "model": model.config.name,
-            "arch": model.config.arch, "data": str(data_path), "split": split, **result}
+            "arch": model.config.arch, "data": str(data_path), "split": data.eval_split(data_path, split), **result}

@@ -13,6 +13,7 @@ from torch import nn
 
 from vlm.atomic_io import atomic_write
 from vlm.config import ConfigError, to_dict
+from vlm.errors import UserError
 from vlm.models.config import ModelConfig, model_config_from_dict
 
 FORMAT = "vlm-checkpoint"
@@ -20,7 +21,7 @@ CHECKPOINT_NAME = "checkpoint.pt"  # the file in a run folder
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A file that is not a readable vlm checkpoint."""
 
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-
-import torch
 
 from vlm.config import to_dict
-from vlm.models.checkpoint import read_checkpoint
-from vlm.models.registry import count_parameters, create_model, get_model_config, list_models
+from vlm.errors import UserError
+from vlm.models.registry import count_parameters, get_model_config, list_models
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,17 +46,21 @@ def cmd_models(args: argparse.Namespace) -> int:
 
         print(pretrained_table())
         return 0
+
+    from vlm.models.parameter_count import config_parameter_count  # worked out: building needs timm (seconds)
+
     print(f"{'name':<16}{'arch':<14}{'parameters':>14}")
     for name in list_models():
         config = get_model_config(name)
-        with torch.device("meta"):  # shapes only: no memory, no random init for the ViT-B sizes
-            n_params = count_parameters(create_model(config))
+        n_params = config_parameter_count(config)
         print(f"{name:<16}{config.arch:<14}{n_params:>14,}")
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    path = Path(args.checkpoint)
+    from vlm.models.checkpoint import read_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(args.checkpoint)  # a run folder's size is its checkpoint's
     payload = read_checkpoint(path)
     n_params = sum(t.numel() for t in payload["model"].values())
     print(f"checkpoint: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
@@ -78,7 +79,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from vlm.models.checkpoint import load_model
     from vlm.models.openclip_compat import export_openclip
 
-    out = export_openclip(load_model(args.checkpoint), args.out_dir)
+    model = load_model(args.checkpoint)
+    if model.config.arch != "dual_encoder":
+        raise UserError(f"{args.checkpoint}: is a {model.config.arch} model; only late-fusion (dual_encoder) "
+                        "models have an OpenCLIP layout")
+    out = export_openclip(model, args.out_dir)
     print(f"wrote {out}: load with open_clip.create_model('local-dir:{out}')")
     return 0
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from vlm.config import ConfigError, apply_overrides, read_yaml
 from vlm.models.config import DualEncoderConfig, EarlyFusionConfig, ModelConfig, model_config_from_dict
+
+if TYPE_CHECKING:
+    from torch import nn
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
 

@@ -1,10 +1,10 @@
 """Image-text retrieval service: an index folder (SQLite + faiss or Milvus) and a FastAPI server over it."""
 
-from vlm.serve.backends import FaissBackend, FaissConfig, MilvusBackend, VectorBackend
-from vlm.serve.index import Hit, IndexConfig, IndexFolderError, ItemIndex
-from vlm.serve.store import Item, ItemStore
+from vlm.lazy import lazy_attributes
 
-__all__ = [
-    "FaissBackend", "FaissConfig", "Hit", "IndexConfig", "IndexFolderError", "Item", "ItemIndex", "ItemStore",
-    "MilvusBackend", "VectorBackend",
-]
+__getattr__ = lazy_attributes(globals(), {
+    "FaissBackend": "vlm.serve.backends", "FaissConfig": "vlm.serve.backends", "Hit": "vlm.serve.index",
+    "IndexConfig": "vlm.serve.index", "IndexFolderError": "vlm.serve.index", "Item": "vlm.serve.store",
+    "ItemIndex": "vlm.serve.index", "ItemStore": "vlm.serve.store", "MilvusBackend": "vlm.serve.backends",
+    "VectorBackend": "vlm.serve.backends",
+})

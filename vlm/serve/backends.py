@@ -10,6 +10,7 @@ Vectors are L2-normalised, so inner product is cosine similarity. Ids are int64 
 
 from __future__ import annotations
 
+import logging
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -175,12 +176,26 @@ class FaissBackend(VectorBackend):
             f.write(data.tobytes())
 
 
+class _DropLiteTimestampWarning(logging.Filter):
+    """milvus-lite answers a query iterator without a server timestamp, and pymilvus then warns on every
+    iteration ("failed to get mvccTs ..., use client-side ts instead") before doing the right thing: one
+    process writes the file, so the client's clock is the order of writes. Nothing for a user to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "failed to get mvccTs" not in record.getMessage()
+
+
+_DROP_LITE_TIMESTAMP_WARNING = _DropLiteTimestampWarning()
+
+
 class MilvusBackend(VectorBackend):
     """One Milvus collection (id INT64 primary key, vector FLOAT_VECTOR, IP metric)."""
 
     def __init__(self, uri: str, collection: str, dim: int):
         from pymilvus import DataType, MilvusClient
 
+        if "://" not in uri:  # a milvus-lite file; a server's timestamps are worth the warning
+            logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(_DROP_LITE_TIMESTAMP_WARNING)
         self.uri, self.collection, self.dim = uri, collection, dim
         self.client = MilvusClient(uri=uri)
         if not self.client.has_collection(collection):

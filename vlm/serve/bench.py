@@ -16,17 +16,17 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 import numpy as np
 
 from vlm.atomic_io import atomic_write
 from vlm.serve.backends import FaissBackend
-from vlm.serve.encoder import Encoder, load_encoder
 from vlm.serve.index import IndexConfig, ItemIndex
-from vlm.serve.process import ServerProcess
-from vlm.serve.service import set_threads
 from vlm.serve.store import Item
+
+if TYPE_CHECKING:  # torch, fastapi and httpx load when the benchmark runs, not when `vlm` builds its parser
+    from vlm.serve.encoder import Encoder
 
 
 def register_bench(subparsers: argparse._SubParsersAction) -> None:
@@ -100,6 +100,8 @@ def bench_encoder(encoder: Encoder, texts: list[str]) -> dict:
 
 
 def bench_http(url: str, texts: list[str], concurrency: int) -> dict:
+    import httpx
+
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -129,6 +131,10 @@ def bench_http(url: str, texts: list[str], concurrency: int) -> dict:
 
 
 def run_bench(checkpoint: str | None, sizes: list[int], concurrency: list[int], n_queries: int, out: Path) -> dict:
+    from vlm.serve.encoder import load_encoder
+    from vlm.serve.process import ServerProcess
+    from vlm.serve.service import set_threads
+
     set_threads(1, 1)  # as `vlm serve` runs by default
     work = Path(tempfile.mkdtemp(prefix="vlm-bench-serve-"))
     if checkpoint is None:

@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -37,13 +37,15 @@ class BuildOptions:
     milvus_uri: str = ""
     overwrite: bool = False
     progress: bool = True
+    source: dict = field(default_factory=dict)  # a pairs file's columns (data_pipelines.options.pairs_options)
 
 
-def open_collection(data: str | Path, split: str | None = None):
+def open_collection(data: str | Path, split: str | None = None, options: dict | None = None):
     """A pairs source of any supported format, or a folder of images.
 
     A folder with an image directly in it is a plain folder, searched recursively; one with images only in
     subfolders is an ImageFolder (`DIR/<class>/<image>`, one level deep), as `open_source` reads it.
+    `options` name a pairs file's columns.
     """
     root = Path(data)
     if root.is_dir() and detect_format(root) == "imagefolder" and any(
@@ -52,7 +54,7 @@ def open_collection(data: str | Path, split: str | None = None):
                       for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS)
         records, stats = validate_records(candidates, str(root), check_files=False)
         return RecordDataset(records, stats, "folder")
-    return open_source(data, split)
+    return open_source(data, split, **(options or {}))
 
 
 def unique_images(dataset) -> Iterator[tuple[Sample, list[str], str | None]]:
@@ -82,7 +84,7 @@ def build_index(checkpoint: str | Path, data: str | Path, out: str | Path,
     if (out / CONFIG_NAME).exists() and not options.overwrite:
         raise ValueError(f"{out}: an index is already there (pass --overwrite to replace it)")
     encoder = load_encoder(checkpoint)
-    dataset = open_collection(data, options.split)
+    dataset = open_collection(data, options.split, options.source)
     staging = out.with_name(out.name + ".partial")
     index = ItemIndex(staging, IndexConfig(dim=encoder.dim, backend=options.backend, model=encoder.name,
                                            faiss=options.faiss, milvus_uri=options.milvus_uri))

@@ -7,9 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from vlm.models.checkpoint import resolve_checkpoint
-from vlm.serve.backends import FaissConfig
-from vlm.serve.service import ServeConfig
+from data_pipelines.options import add_source_arguments, source_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,10 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--backend", choices=["faiss", "milvus"], default="faiss")
     b.add_argument("--milvus-uri", default="", help="Milvus server URI (default: a milvus-lite file in the index)")
-    b.add_argument("--exact-max", type=int, default=FaissConfig.exact_max,
-                   help="faiss: exact search up to this many items, approximate above")
-    b.add_argument("--approximate", choices=["hnsw", "ivf"], default=FaissConfig.approximate)
+    b.add_argument("--exact-max", type=int, help="faiss: exact search up to this many items, approximate above "
+                   "(default: 1,000,000)")
+    b.add_argument("--approximate", choices=["hnsw", "ivf"], help="faiss: the structure above --exact-max "
+                   "(default: hnsw)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
+    add_source_arguments(b)
     b.set_defaults(func=cmd_build)
     i = sub.add_parser("info", help="print an index folder's size, model and search structure")
     i.add_argument("directory")
@@ -42,24 +42,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--api-key", default=os.environ.get("VLM_API_KEY"),
                    help="require this key (Bearer or X-API-Key); default: $VLM_API_KEY, none if unset")
     s.add_argument("--index-name", default="", help="name in /indices-list (default: the folder name)")
-    s.add_argument("--max-body-bytes", type=int, default=ServeConfig.max_body_bytes)
-    s.add_argument("--max-image-pixels", type=int, default=ServeConfig.max_image_pixels)
-    s.add_argument("--max-k", type=int, default=ServeConfig.max_k)
-    s.add_argument("--max-batch", type=int, default=ServeConfig.max_batch)
-    s.add_argument("--torch-threads", type=int, default=ServeConfig.torch_threads,
-                   help="threads per forward pass (raise for big batches on a dedicated machine)")
-    s.add_argument("--search-threads", type=int, default=ServeConfig.search_threads, help="faiss OpenMP threads")
+    s.add_argument("--max-body-bytes", type=int)
+    s.add_argument("--max-image-pixels", type=int)
+    s.add_argument("--max-k", type=int)
+    s.add_argument("--max-batch", type=int)
+    s.add_argument("--torch-threads", type=int,
+                   help="threads per forward pass (default 1; raise for big batches on a dedicated machine)")
+    s.add_argument("--search-threads", type=int, help="faiss OpenMP threads (default 1)")
     s.add_argument("--allow-image-urls", action="store_true", help="let clients ask the server to fetch image_url")
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=cmd_serve)
 
 
+def given(args: argparse.Namespace, *names: str) -> dict:
+    """The options among `names` given on the command line; the config dataclass keeps its own defaults."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
 def cmd_build(args: argparse.Namespace) -> int:
+    from vlm.serve.backends import FaissConfig
     from vlm.serve.build import BuildOptions, build_index
 
     options = BuildOptions(split=args.split, batch_size=args.batch_size, backend=args.backend,
-                           faiss=FaissConfig(exact_max=args.exact_max, approximate=args.approximate),
-                           milvus_uri=args.milvus_uri, overwrite=args.overwrite)
+                           faiss=FaissConfig(**given(args, "exact_max", "approximate")),
+                           milvus_uri=args.milvus_uri, overwrite=args.overwrite, source=source_options(args))
     build_index(args.checkpoint, args.data, args.out, options)
     return 0
 
@@ -74,8 +80,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from vlm.models.checkpoint import resolve_checkpoint
     from vlm.serve.app import create_app
     from vlm.serve.index import CONFIG_NAME
+    from vlm.serve.service import ServeConfig
 
     for path in (args.checkpoint, args.rerank_checkpoint):
         if path and not resolve_checkpoint(path).is_file():
@@ -84,8 +92,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.index}: not an index folder (build one with `vlm index build`)")
     config = ServeConfig(checkpoint=args.checkpoint, index=args.index, rerank_checkpoint=args.rerank_checkpoint,
                          api_key=args.api_key or None, index_name=args.index_name,
-                         max_body_bytes=args.max_body_bytes, max_image_pixels=args.max_image_pixels,
-                         max_k=args.max_k, max_batch=args.max_batch, allow_image_urls=args.allow_image_urls,
-                         torch_threads=args.torch_threads, search_threads=args.search_threads)
+                         allow_image_urls=args.allow_image_urls,
+                         **given(args, "max_body_bytes", "max_image_pixels", "max_k", "max_batch", "torch_threads",
+                                 "search_threads"))
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -1,7 +1,8 @@
 """Training for both families: `train(config, out_dir)`, the same under torchrun."""
 
-from vlm.train.config import DataConfig, TrainConfig, load_train_config
-from vlm.train.run import train
-from vlm.train.trainer import Trainer, TrainingError
+from vlm.lazy import lazy_attributes
 
-__all__ = ["DataConfig", "TrainConfig", "Trainer", "TrainingError", "load_train_config", "train"]
+__getattr__ = lazy_attributes(globals(), {
+    "DataConfig": "vlm.train.config", "TrainConfig": "vlm.train.config", "Trainer": "vlm.train.trainer",
+    "TrainingError": "vlm.train.trainer", "load_train_config": "vlm.train.config", "train": "vlm.train.run",
+})

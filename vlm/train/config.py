@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_pipelines.options import pairs_options
 from vlm.config import ConfigError, apply_overrides, from_dict, read_yaml
 
 OBJECTIVES = ("clip", "siglip", "fusion", "vqa")
@@ -14,12 +15,27 @@ OBJECTIVES = ("clip", "siglip", "fusion", "vqa")
 class DataConfig:
     train: str = "data/shapes"  # a pairs file, a shard pattern, or a shapes-world folder
     train_split: str = "train"
-    val: str | None = None  # defaults to `train` when that is a folder with a val split
+    val: str | None = None  # unset: `train`'s val split (a shapes world, Karpathy JSON), else the training data itself
     val_split: str = "val"
     val_samples: int = 500  # evaluation is on the first N val items, so it stays cheap
     num_workers: int = 2
     augment: bool = False
     pad_to_longest: bool = True  # shorter text tensors on CPU; set false for static shapes (torch.compile, CUDA graphs)
+    # Pairs files (CSV/TSV/JSONL): column names and separator, as `vlm eval --image-column ...` takes them.
+    # OpenCLIP-style TSV: image_column: filepath, caption_column: title. None: image, caption, tab for .tsv.
+    image_column: str | None = None
+    caption_column: str | None = None
+    separator: str | None = None
+    val_image_column: str | None = None  # the same for `val`; None: as for `train`
+    val_caption_column: str | None = None
+    val_separator: str | None = None
+
+    def train_source_options(self) -> dict:
+        return pairs_options(self.image_column, self.caption_column, self.separator)
+
+    def val_source_options(self) -> dict:
+        return pairs_options(self.val_image_column or self.image_column, self.val_caption_column or self.caption_column,
+                             self.val_separator or self.separator)
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,13 @@ class ResumableBatchSampler(Sampler[list[int]]):
             epoch, first = epoch + 1, 0
 
 
-def open_split(path: str, split: str, objective: str, model_config, augment: bool) -> Dataset:
-    """`path` read through the model's own preprocessing (vlm/models/preprocess.py)."""
+def open_split(path: str, split: str, objective: str, model_config, augment: bool,
+               options: dict | None = None) -> Dataset:
+    """`path` read through the model's own preprocessing (vlm/models/preprocess.py); `options`: a pairs file's
+    columns (`DataConfig.train_source_options()`)."""
     transform = config_transform(model_config, train=augment)
     task = "vqa" if objective == "vqa" else "pairs"
-    return open_source(path, split=split, transform=transform, task=task)
+    return open_source(path, split=split, transform=transform, task=task, **(options or {}))
 
 
 def make_collator(tokenizer, answers: tuple[str, ...] = (), pad_to_longest: bool = True) -> Collator:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from data_pipelines.sources import detect_format
 from vlm.models.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from vlm.models.config import ModelConfig
 from vlm.models.registry import build_model, get_model_config, model_config_from_dict
@@ -74,12 +76,21 @@ def val_batches(config: TrainConfig, model: nn.Module, collate) -> list[dict]:
     """The first `val_samples` items of the val split, batched once and kept for every evaluation."""
     path = config.data.val or config.data.train
     try:
-        data = open_split(path, config.data.val_split, config.objective, model.config, augment=False)
+        data = open_split(path, config.data.val_split, config.objective, model.config, augment=False,
+                          options=config.data.val_source_options())
     except FileNotFoundError:
         return []
     n = min(len(data), config.data.val_samples)
     samples = [data[i] for i in range(n)]
     return [collate(samples[i : i + config.batch_size]) for i in range(0, n, config.batch_size)]
+
+
+def validation_prefix(config: TrainConfig) -> str:
+    """`val/`, or `train_as_val/` when `data.val` is unset and the training source has no separate val split
+    (a pairs file, shards, COCO): validation then runs on training items, and the metric names say so."""
+    if config.data.val is None and detect_format(config.data.train) not in ("shapes", "karpathy"):
+        return "train_as_val/"
+    return "val/"
 
 
 def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, stop_at_step: int | None = None,
@@ -99,7 +110,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, s
 
     model_config = starting_config(config, payload or base, str(resume_path or config.model))
     train_data = train_dataset or open_split(config.data.train, config.data.train_split, config.objective,
-                                             model_config, config.data.augment)
+                                             model_config, config.data.augment, config.data.train_source_options())
     model = build_run_model(config, model_config, payload is not None, train_data, base)
     if config.freeze_towers:
         freeze_all_but_head(model)
@@ -110,6 +121,10 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, s
     batches = make_train_loader(train_data, collate, config.batch_size, config.data, config.seed,
                                 env.rank, env.world_size, start_batch=trainer.step_count)
     validation = val_batches(config, model, collate) if env.is_main else []
+    if validation and validation_prefix(config) == "train_as_val/":
+        print(f"validation: data.val is unset and {config.data.train} has no val split, so validation runs on the "
+              f"first {config.data.val_samples} training items (metrics train_as_val/...); set data.val to a "
+              "held-out file", file=sys.stderr)
     if env.is_main:
         write_run_config(out_dir, config, model)
     run_loop(trainer, batches, validation, config, out_dir, env, stop_at_step or config.steps)
@@ -122,9 +137,10 @@ def run_loop(trainer: Trainer, batches, validation: list[dict], config: TrainCon
              env: DistributedEnv, last_step: int) -> None:
     log = MetricsLog(out_dir, env.is_main)
     checkpoint = out_dir / CHECKPOINT_NAME
-    bar = tqdm(total=last_step, initial=trainer.step_count, disable=not env.is_main, dynamic_ncols=True,
+    bar = tqdm(total=config.steps, initial=trainer.step_count, disable=not env.is_main, dynamic_ncols=True,
                desc=f"{config.objective} {trainer.model.config.name}")
     pairs, started = 0, time.perf_counter()
+    prefix = validation_prefix(config) if validation else "val/"
     with StopSignal() as stop:
         for batch in itertools.takewhile(lambda _: trainer.step_count < last_step, batches):
             batch = to_device(batch, env.device)
@@ -140,7 +156,7 @@ def run_loop(trainer: Trainer, batches, validation: list[dict], config: TrainCon
                 log.write(step, values)
                 bar.set_postfix(loss=f"{values['loss']:.3f}", pairs_s=f"{values['pairs_per_s']:.0f}")
             if validation and (step % config.eval_every == 0 or step == last_step):
-                log.write(step, {f"val/{k}": v for k, v in validate(trainer.model, config.objective,
+                log.write(step, {f"{prefix}{k}": v for k, v in validate(trainer.model, config.objective,
                                                                     validation, env.device).items()})
             stopping = broadcast_flag(stop.requested, env.device)
             if env.is_main and (step % config.save_every == 0 or step == last_step or stopping):

@@ -75,7 +75,7 @@ class FusionTask(nn.Module):
                                         self.model.config.vocab_size) / self.negative_temperature
         same = same_pairs(batch["image_ids"], batch["captions"], ids.device)
         loss_itm, itm_accuracy = itm_loss(self.model, images, ids, mask, similarity, same, generator)
-        metrics = {"itm_loss": loss_itm.detach(), "itm_accuracy": itm_accuracy.detach()}
+        metrics = {"itm_loss": loss_itm.detach(), "itm_accuracy": 100 * itm_accuracy.detach()}  # percent, as in val/
         if self.mlm_weight == 0:
             return loss_itm, metrics
         masked, labels = mask_tokens(ids, mask, tok.mask_id, tok.vocab_size, self.mlm_probability,

@@ -56,7 +56,7 @@ def validate_itm(model: nn.Module, batches: list[dict], device: torch.device) ->
         negative = model.score(batch["images"], ids[shifted], mask[shifted]) <= 0
         correct += int(positive.sum()) + int(negative[mismatched.to(negative.device)].sum())
         total += len(ids) + int(mismatched.sum())
-    return {"itm_accuracy": correct / max(total, 1)}
+    return {"itm_accuracy": 100 * correct / max(total, 1)}  # percent, like every other accuracy
 
 
 def validate_vqa(model: nn.Module, batches: list[dict], device: torch.device) -> dict[str, float]:
