@@ -16,7 +16,7 @@ from vlm.models.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from vlm.models.config import ModelConfig
 from vlm.models.registry import build_model, config_image_size, get_model_config, model_config_from_dict
 from vlm.train.config import TrainConfig
-from vlm.train.data import make_collator, make_train_loader, open_split, split_batch, to_device
+from vlm.train.data import TrainBatches, first_samples, make_collator, open_split, split_batch, to_device
 from vlm.train.distributed import DistributedEnv, all_reduce_mean, broadcast_flag, init_distributed
 from vlm.train.plots import plot_metrics
 from vlm.train.trainer import (
@@ -70,15 +70,16 @@ def freeze_all_but_head(model: nn.Module) -> None:
 
 
 def val_batches(config: TrainConfig, model: nn.Module, collate) -> list[dict]:
-    """The first `val_samples` items of the val split, batched once and kept for every evaluation."""
+    """The first `val_samples` items of the val split (of a stream: the first it gives), batched once and
+    kept for every evaluation. Bad images among them are left out."""
     path = config.data.val or config.data.train
     try:
         data = open_split(path, config.data.val_split, config.objective, config_image_size(model.config), augment=False)
     except FileNotFoundError:
         return []
-    n = min(len(data), config.data.val_samples)
-    samples = [data[i] for i in range(n)]
-    return [collate(samples[i : i + config.batch_size]) for i in range(0, n, config.batch_size)]
+    samples = first_samples(data, config.data.val_samples)
+    batches = [collate(samples[i : i + config.batch_size]) for i in range(0, len(samples), config.batch_size)]
+    return [batch for batch in batches if batch["image_ids"]]
 
 
 def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, stop_at_step: int | None = None,
@@ -106,18 +107,20 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, s
     if payload is not None:
         trainer.load_state(payload)
     collate = make_collator(model.config.context_length, model.config.vqa_answers, config.data.pad_to_longest)
-    batches = make_train_loader(train_data, collate, config.batch_size, config.data, config.seed,
-                                env.rank, env.world_size, start_batch=trainer.step_count)
+    # A checkpoint from before the data state was kept: its step is the sampler's batch number.
+    batches = TrainBatches(train_data, collate, config.batch_size, config.data, config.seed, env,
+                           state=(payload or {}).get("data"), start_batch=trainer.step_count)
     validation = val_batches(config, model, collate) if env.is_main else []
     if env.is_main:
         write_run_config(out_dir, config, model)
     run_loop(trainer, batches, validation, config, out_dir, env, stop_at_step or config.steps)
     if env.is_main:
         plot_metrics(out_dir / "metrics.jsonl", out_dir / "loss.png")
+        print(f"data: {batches.summary()}")
     return out_dir / CHECKPOINT_NAME
 
 
-def run_loop(trainer: Trainer, batches, validation: list[dict], config: TrainConfig, out_dir: Path,
+def run_loop(trainer: Trainer, batches: TrainBatches, validation: list[dict], config: TrainConfig, out_dir: Path,
              env: DistributedEnv, last_step: int) -> None:
     log = MetricsLog(out_dir, env.is_main)
     checkpoint = out_dir / CHECKPOINT_NAME
@@ -132,21 +135,32 @@ def run_loop(trainer: Trainer, batches, validation: list[dict], config: TrainCon
             step = trainer.step_count
             if env.device.type == "cpu" or step % config.log_every == 0:
                 check_finite(trainer, out_dir)  # a host sync: every step on CPU, at log steps on GPU
+            stopping = broadcast_flag(stop.requested, env.device)
+            saving = step % config.save_every == 0 or step == last_step or stopping
+            if step % config.log_every == 0 or step == last_step or saving:
+                batches.sync()  # every rank learns the bad samples the others found
             if step % config.log_every == 0 or step == last_step:
                 values = {k: float(all_reduce_mean(v)) for k, v in metrics.items()}
                 values.update(lr=trainer.scheduler.get_last_lr()[0],
-                              pairs_per_s=pairs / (time.perf_counter() - started))
+                              pairs_per_s=pairs / (time.perf_counter() - started), **skip_metrics(batches))
                 log.write(step, values)
                 bar.set_postfix(loss=f"{values['loss']:.3f}", pairs_s=f"{values['pairs_per_s']:.0f}")
             if validation and (step % config.eval_every == 0 or step == last_step):
                 log.write(step, {f"val/{k}": v for k, v in validate(trainer.model, config.objective,
                                                                     validation, env.device).items()})
-            stopping = broadcast_flag(stop.requested, env.device)
-            if env.is_main and (step % config.save_every == 0 or step == last_step or stopping):
-                trainer.save(checkpoint)
+            data_state = batches.state() if saving else None  # gathered from every rank
+            if env.is_main and saving:
+                trainer.save(checkpoint, data_state)
             bar.update(1)
             if stopping:
                 bar.write(f"stopped at step {step}: checkpoint saved to {checkpoint}; continue with --resume auto")
                 break
     bar.close()
     log.close()
+
+
+def skip_metrics(batches: TrainBatches) -> dict[str, float]:
+    """Samples skipped as bad so far (each once), by reason, and their fraction of the samples seen."""
+    stats = batches.stats
+    return {"data/bad_fraction": stats.bad_fraction,
+            **{f"data/skipped/{reason}": n for reason, n in sorted(stats.skipped.items())}}
