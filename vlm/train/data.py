@@ -55,6 +55,16 @@ def open_split(path: str, split: str, objective: str, image_size: int, augment: 
     return open_source(path, split=split, transform=transform, task=task, **options)
 
 
+def check_fits_objective(dataset: Dataset, objective: str, path: str) -> None:
+    """Say before the first step when a source lacks what the objective trains on (an ImageFolder's labels
+    are not captions)."""
+    records = getattr(dataset, "records", None)
+    need = "question" if objective == "vqa" else "caption"
+    if records and getattr(records[0], need) is None:
+        hint = " (an ImageFolder is for `vlm eval zeroshot`)" if getattr(dataset, "format", "") == "imagefolder" else ""
+        raise ValueError(f"{path}: its items have no {need}, which objective {objective!r} trains on{hint}")
+
+
 def first_samples(dataset: Dataset, n: int) -> list:
     """The first `n` items (fewer if the source is shorter), by index or, for a stream, by iterating it."""
     if isinstance(dataset, IterableDataset):

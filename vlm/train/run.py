@@ -16,7 +16,15 @@ from vlm.models.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from vlm.models.config import ModelConfig
 from vlm.models.registry import build_model, config_image_size, get_model_config, model_config_from_dict
 from vlm.train.config import TrainConfig
-from vlm.train.data import TrainBatches, first_samples, make_collator, open_split, split_batch, to_device
+from vlm.train.data import (
+    TrainBatches,
+    check_fits_objective,
+    first_samples,
+    make_collator,
+    open_split,
+    split_batch,
+    to_device,
+)
 from vlm.train.distributed import DistributedEnv, all_reduce_mean, broadcast_flag, init_distributed
 from vlm.train.plots import plot_metrics
 from vlm.train.trainer import (
@@ -100,6 +108,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, s
     model_config = starting_config(config, payload or base, str(resume_path or config.model))
     train_data = train_dataset or open_split(config.data.train, config.data.train_split, config.objective,
                                              config_image_size(model_config), config.data.augment)
+    if train_dataset is None:
+        check_fits_objective(train_data, config.objective, config.data.train)
     model = build_run_model(config, model_config, payload is not None, train_data, base)
     if config.freeze_towers:
         freeze_all_but_head(model)

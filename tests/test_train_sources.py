@@ -1,0 +1,167 @@
+"""`vlm train` on every source data_pipelines reads, as a user points it at their own files (issue 16)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from vlm.cli import main
+from vlm.models.checkpoint import read_checkpoint
+
+N_TRAIN, N_VAL = 16, 8  # batch 8: 2 batches an epoch, so 5 steps are more than two epochs
+COLOURS = ["red", "green", "blue", "yellow"]
+
+
+def jpeg(colour: str, seed: int) -> bytes:
+    base = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200), "yellow": (200, 200, 30)}[colour]
+    rng = random.Random(seed)
+    image = Image.new("RGB", (16, 16), tuple(min(255, c + rng.randint(0, 40)) for c in base))
+    out = io.BytesIO()
+    image.save(out, format="JPEG")
+    return out.getvalue()
+
+
+def items(n: int, offset: int = 0) -> list[dict]:
+    """n image-caption items, their JPEGs in memory."""
+    return [{"key": f"{offset + i:09d}", "file": f"img/{offset + i:03d}.jpg", "colour": COLOURS[i % 4],
+             "caption": f"a {COLOURS[i % 4]} square", "bytes": jpeg(COLOURS[i % 4], offset + i)} for i in range(n)]
+
+
+def write_images(root: Path, rows: list[dict]) -> None:
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        (root / row["file"]).write_bytes(row["bytes"])
+
+
+def write_pairs(path: Path, rows: list[dict]) -> Path:
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps({"image": r["file"], "caption": r["caption"]}) + "\n" for r in rows))
+        return path
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t" if path.suffix == ".tsv" else ",")
+        writer.writerow(["image", "caption"])
+        writer.writerows([r["file"], r["caption"]] for r in rows)
+    return path
+
+
+def write_coco(path: Path, rows: list[dict]) -> Path:
+    images = [{"id": i, "file_name": r["file"]} for i, r in enumerate(rows)]
+    annotations = [{"id": i, "image_id": i, "caption": r["caption"]} for i, r in enumerate(rows)]
+    path.write_text(json.dumps({"images": images, "annotations": annotations}))
+    return path
+
+
+def write_karpathy(path: Path, train: list[dict], val: list[dict]) -> Path:
+    images = [{"filename": r["file"], "imgid": i, "split": split, "sentences": [{"raw": r["caption"]}]}
+              for split, rows in (("train", train), ("val", val)) for i, r in enumerate(rows)]
+    path.write_text(json.dumps({"images": images, "dataset": "coco"}))
+    return path
+
+
+def write_vqa(root: Path, name: str, rows: list[dict], first_id: int) -> Path:
+    questions, annotations = [], []
+    for i, r in enumerate(rows):
+        qid = first_id + i
+        questions.append({"question_id": qid, "image_id": qid, "question": "what colour is it?", "image": r["file"]})
+        annotations.append({"question_id": qid, "answer_type": "other", "multiple_choice_answer": r["colour"],
+                            "answers": [{"answer": r["colour"]} for _ in range(10)]})
+    (root / f"{name}_annotations.json").write_text(json.dumps({"annotations": annotations}))
+    path = root / f"{name}_questions.json"
+    path.write_text(json.dumps({"questions": questions}))
+    return path
+
+
+def write_wds_shards(root: Path, rows: list[dict], per_shard: int) -> str:
+    """With webdataset's own ShardWriter, in img2dataset's layout (jpg, txt, json per key)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with wds.ShardWriter(str(root / "%05d.tar"), maxcount=per_shard, verbose=0) as sink:
+        for r in rows:
+            sink.write({"__key__": r["key"], "jpg": r["bytes"], "txt": r["caption"],
+                        "json": {"key": r["key"], "caption": r["caption"], "status": "success"}})
+    last = (len(rows) - 1) // per_shard
+    return str(root / f"{{00000..{last:05d}}}.tar")
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> dict[str, tuple[str, str, str]]:
+    """format -> (objective, train path, val path), all over the same tiny images."""
+    root = tmp_path_factory.mktemp("sources")
+    train, val = items(N_TRAIN), items(N_VAL, offset=N_TRAIN)
+    write_images(root, train + val)
+    found = {ext: ("clip", str(write_pairs(root / f"train.{ext}", train)), str(write_pairs(root / f"val.{ext}", val)))
+             for ext in ("csv", "tsv", "jsonl")}
+    found["coco"] = ("clip", str(write_coco(root / "captions_train.json", train)),
+                     str(write_coco(root / "captions_val.json", val)))
+    karpathy = str(write_karpathy(root / "dataset_coco.json", train, val))
+    found["karpathy"] = ("clip", karpathy, karpathy)
+    found["vqav2"] = ("vqa", str(write_vqa(root, "train", train, 1000)), str(write_vqa(root, "val", val, 2000)))
+    found["webdataset"] = ("clip", write_wds_shards(root / "shards", train, per_shard=8),
+                           write_wds_shards(root / "val_shards", val, per_shard=8))
+    assert main(["data", "shard", found["csv"][1], "--out", str(root / "vlm_shards"), "--shard-size", "8"]) == 0
+    found["vlm-shards"] = ("clip", str(root / "vlm_shards"), found["webdataset"][2])
+    return found
+
+
+def train_argv(out: Path, objective: str, train: str, val: str | None, *extra: str) -> list[str]:
+    sets = {"model": "clip-tiny", "data.train": train, "steps": 5, "batch_size": 8, "warmup_steps": 2,
+            "log_every": 5, "eval_every": 5, "save_every": 100, "data.num_workers": 0, "data.val_samples": 8}
+    if objective == "vqa":
+        sets.update(objective="vqa", vqa_max_answers=8)
+    if val is not None:
+        sets["data.val"] = val
+    argv = ["train", "--config", "configs/train/clip.yaml", "--out", str(out)]
+    for key, value in sets.items():
+        argv += ["--set", f"{key}={value}"]
+    return argv + list(extra)
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("with_val", [False, True], ids=["no-val", "val"])
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "coco", "karpathy", "vqav2", "webdataset", "vlm-shards"])
+def test_trains_two_epochs_on_every_source(sources, tmp_path, fmt, with_val):
+    objective, train, val = sources[fmt]
+    out = tmp_path / "run"
+    assert main(train_argv(out, objective, train, val if with_val else None)) == 0
+    payload = read_checkpoint(out)
+    assert payload["step"] == 5
+    assert payload["data"]["batches"] == 5  # 5 batches of 8 out of 16 items: into the third epoch
+    if fmt in ("webdataset", "vlm-shards"):
+        assert payload["data"]["stream"][0]["epoch"] == 2
+    headline = "val/vqa_accuracy" if objective == "vqa" else "val/image_retrieval_recall@1"
+    assert any(headline in row for row in metrics(out))
+
+
+def test_an_imagefolder_is_refused_for_training_with_one_line(tmp_path, capsys):
+    for i, colour in enumerate(COLOURS):
+        (tmp_path / "classes" / colour).mkdir(parents=True)
+        (tmp_path / "classes" / colour / f"{i}.jpg").write_bytes(jpeg(colour, i))
+    assert main(train_argv(tmp_path / "run", "clip", str(tmp_path / "classes"), None)) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "classes: its items have no caption" in error and "vlm eval zeroshot" in error
+
+
+def test_a_shard_run_stopped_and_resumed_gets_the_same_weights(sources, tmp_path):
+    """Two workers read the two shards; the stop falls inside the second epoch, after a batch of worker 0."""
+    _, train, _ = sources["webdataset"]
+    argv = lambda out, *extra: train_argv(out, "clip", train, None, "--set", "data.num_workers=2",  # noqa: E731
+                                          "--set", "steps=6", *extra)
+    assert main(argv(tmp_path / "straight")) == 0
+    assert main(argv(tmp_path / "resumed", "--stop-at", "3")) == 0
+    stream = read_checkpoint(tmp_path / "resumed")["data"]["stream"][0]
+    assert stream == {"epoch": 1, "consumed": [8, 0], "last": 0}  # one batch (worker 0's) into the second epoch
+    assert main(argv(tmp_path / "resumed", "--resume", "auto")) == 0
+    straight, resumed = read_checkpoint(tmp_path / "straight"), read_checkpoint(tmp_path / "resumed")
+    assert resumed["step"] == 6
+    for key, value in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, atol=1e-6, rtol=0, msg=key)
