@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,94 @@ def test_a_shard_run_stopped_and_resumed_gets_the_same_weights(tmp_path):
     assert resumed["step"] == 6
     for key, value in straight["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, atol=1e-6, rtol=0, msg=key)
+
+
+# --- bad samples: counted once each, remembered across workers, epochs and resumes ---------------------------
+
+def write_bad_pairs(root: Path, good: int, corrupt: list[int], missing: list[int] = ()) -> Path:
+    """`good` images plus corrupt JPEGs and missing files at the given row positions of pairs.csv."""
+    rows = items(good)
+    write_images(root, rows)
+    for i in sorted([*corrupt, *missing]):
+        name = f"img/corrupt{i}.jpg" if i in corrupt else f"img/missing{i}.jpg"
+        rows.insert(i, {"file": name, "caption": "a broken square"})
+        if i in corrupt:
+            (root / name).write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    return write_pairs(root / "pairs.csv", rows)
+
+
+def bad_run_argv(out: Path, pairs: Path, steps: int, batch_size: int, workers: int, *extra: str) -> list[str]:
+    return train_argv(out, "clip", str(pairs), None, "--set", f"steps={steps}", "--set", f"batch_size={batch_size}",
+                      "--set", f"data.num_workers={workers}", "--set", "log_every=10", "--set", f"eval_every={steps}",
+                      *extra)
+
+
+@pytest.fixture
+def corrupt_decodes(tmp_path, monkeypatch) -> Path:
+    """A file that gets one line (the decoding process's id) per attempt to decode a corrupt image.
+    DataLoader workers are forked, so they inherit the patch."""
+    import os
+
+    import data_pipelines.records as records
+
+    log, decode = tmp_path / "corrupt_decodes.log", records.decode_image
+
+    def counting_decode(source, *args, **kwargs):
+        if Path(str(source)).name.startswith("corrupt"):
+            with open(log, "a") as f:
+                f.write(f"{os.getpid()}\n")
+        return decode(source, *args, **kwargs)
+
+    monkeypatch.setattr(records, "decode_image", counting_decode)
+    return log
+
+
+def test_202_rows_with_one_corrupt_and_one_missing_train_40_steps_and_report_2_bad(tmp_path, capsys,
+                                                                                  corrupt_decodes):
+    """The issue's case: 0.99% bad over 6+ epochs used to die in epoch 2 (bad counted per visit, in a worker)."""
+    pairs = write_bad_pairs(tmp_path, good=200, corrupt=[100], missing=[150])
+    assert main(bad_run_argv(tmp_path / "run", pairs, steps=40, batch_size=32, workers=2)) == 0
+    assert "pairs.csv: skipped 2 of 202 samples (corrupt image: 1, missing image: 1)" in capsys.readouterr().out
+    payload = read_checkpoint(tmp_path / "run")
+    assert payload["step"] == 40 and payload["data"]["batches"] >= 40
+    assert payload["data"]["bad_samples"]["skipped"] == {"corrupt image": 1, "missing image": 1}
+    last = [row for row in metrics(tmp_path / "run") if "data/bad_fraction" in row][-1]
+    assert last["data/skipped/corrupt image"] == 1 and last["data/skipped/missing image"] == 1
+    assert last["data/bad_fraction"] == pytest.approx(2 / 202)
+    pids = corrupt_decodes.read_text().split()
+    assert pids and len(pids) == len(set(pids))  # decoded at most once by each worker over 6+ epochs
+
+
+def test_half_a_percent_corrupt_trains_ten_epochs(tmp_path):
+    pairs = write_bad_pairs(tmp_path, good=199, corrupt=[60])  # 4 batches of 50 an epoch
+    assert main(bad_run_argv(tmp_path / "run", pairs, steps=40, batch_size=50, workers=0)) == 0
+    assert read_checkpoint(tmp_path / "run")["data"]["bad_samples"]["skipped"] == {"corrupt image": 1}
+
+
+def test_five_percent_corrupt_stops_with_one_line_naming_the_file_and_the_rows(tmp_path, capsys):
+    pairs = write_bad_pairs(tmp_path, good=190, corrupt=list(range(20, 200, 18)))
+    assert main(bad_run_argv(tmp_path / "run", pairs, steps=40, batch_size=32, workers=2)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Caught" not in err and "worker" not in err
+    error = err.strip().splitlines()[-1]
+    assert error.startswith("vlm train: error: ") and f"{pairs}: " in error
+    assert "samples are bad (corrupt image:" in error and "max_bad_fraction=0.01" in error
+    rows = re.findall(r"pairs\.csv line (\d+): \S+/img/corrupt(\d+)\.jpg", error)  # the first ones found
+    assert rows and all(int(line) == int(row) + 2 for line, row in rows)  # header + 1-based lines
+
+
+def test_a_run_resumed_in_epoch_3_reports_the_bad_counts_of_an_uninterrupted_run(tmp_path, capsys,
+                                                                                corrupt_decodes):
+    pairs = write_bad_pairs(tmp_path, good=200, corrupt=[30], missing=[150])  # 6 batches of 32 an epoch
+    argv = lambda out, *extra: bad_run_argv(out, pairs, 20, 32, 0, *extra)  # noqa: E731
+    assert main(argv(tmp_path / "straight")) == 0
+    assert main(argv(tmp_path / "resumed", "--stop-at", "14")) == 0  # batch 14: the third epoch
+    stopped = read_checkpoint(tmp_path / "resumed")["data"]["bad_samples"]
+    assert stopped["skipped"] == {"corrupt image": 1, "missing image": 1} and len(stopped["bad"]) == 1
+    decodes_before_resume = len(corrupt_decodes.read_text().split())
+    capsys.readouterr()
+    assert main(argv(tmp_path / "resumed", "--resume", "auto")) == 0
+    assert "skipped 2 of 202 samples (corrupt image: 1, missing image: 1)" in capsys.readouterr().out
+    straight, resumed = (read_checkpoint(tmp_path / run)["data"]["bad_samples"] for run in ("straight", "resumed"))
+    assert resumed == straight
+    assert len(corrupt_decodes.read_text().split()) == decodes_before_resume  # the resumed run knew it was bad

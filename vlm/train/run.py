@@ -137,36 +137,38 @@ def run_loop(trainer: Trainer, batches: TrainBatches, validation: list[dict], co
     bar = tqdm(total=last_step, initial=trainer.step_count, disable=not env.is_main, dynamic_ncols=True,
                desc=f"{config.objective} {trainer.model.config.name}")
     pairs, started = 0, time.perf_counter()
-    with StopSignal() as stop:
-        for batch in itertools.takewhile(lambda _: trainer.step_count < last_step, batches):
-            batch = to_device(batch, env.device)
-            metrics = trainer.step(split_batch(batch, config.grad_accum))
-            pairs += len(batch["images"]) * env.world_size
-            step = trainer.step_count
-            if env.device.type == "cpu" or step % config.log_every == 0:
-                check_finite(trainer, out_dir)  # a host sync: every step on CPU, at log steps on GPU
-            stopping = broadcast_flag(stop.requested, env.device)
-            saving = step % config.save_every == 0 or step == last_step or stopping
-            if step % config.log_every == 0 or step == last_step or saving:
-                batches.sync()  # every rank learns the bad samples the others found
-            if step % config.log_every == 0 or step == last_step:
-                values = {k: float(all_reduce_mean(v)) for k, v in metrics.items()}
-                values.update(lr=trainer.scheduler.get_last_lr()[0],
-                              pairs_per_s=pairs / (time.perf_counter() - started), **skip_metrics(batches))
-                log.write(step, values)
-                bar.set_postfix(loss=f"{values['loss']:.3f}", pairs_s=f"{values['pairs_per_s']:.0f}")
-            if validation and (step % config.eval_every == 0 or step == last_step):
-                log.write(step, {f"val/{k}": v for k, v in validate(trainer.model, config.objective,
-                                                                    validation, env.device).items()})
-            data_state = batches.state() if saving else None  # gathered from every rank
-            if env.is_main and saving:
-                trainer.save(checkpoint, data_state)
-            bar.update(1)
-            if stopping:
-                bar.write(f"stopped at step {step}: checkpoint saved to {checkpoint}; continue with --resume auto")
-                break
-    bar.close()
-    log.close()
+    try:
+        with StopSignal() as stop:
+            for batch in itertools.takewhile(lambda _: trainer.step_count < last_step, batches):
+                batch = to_device(batch, env.device)
+                metrics = trainer.step(split_batch(batch, config.grad_accum))
+                pairs += len(batch["images"]) * env.world_size
+                step = trainer.step_count
+                if env.device.type == "cpu" or step % config.log_every == 0:
+                    check_finite(trainer, out_dir)  # a host sync: every step on CPU, at log steps on GPU
+                stopping = broadcast_flag(stop.requested, env.device)
+                saving = step % config.save_every == 0 or step == last_step or stopping
+                if step % config.log_every == 0 or step == last_step or saving:
+                    batches.sync()  # every rank learns the bad samples the others found
+                if step % config.log_every == 0 or step == last_step:
+                    values = {k: float(all_reduce_mean(v)) for k, v in metrics.items()}
+                    values.update(lr=trainer.scheduler.get_last_lr()[0],
+                                  pairs_per_s=pairs / (time.perf_counter() - started), **skip_metrics(batches))
+                    log.write(step, values)
+                    bar.set_postfix(loss=f"{values['loss']:.3f}", pairs_s=f"{values['pairs_per_s']:.0f}")
+                if validation and (step % config.eval_every == 0 or step == last_step):
+                    log.write(step, {f"val/{k}": v for k, v in validate(trainer.model, config.objective,
+                                                                        validation, env.device).items()})
+                data_state = batches.state() if saving else None  # gathered from every rank
+                if env.is_main and saving:
+                    trainer.save(checkpoint, data_state)
+                bar.update(1)
+                if stopping:
+                    bar.write(f"stopped at step {step}: checkpoint saved to {checkpoint}; continue with --resume auto")
+                    break
+    finally:  # a data error must not print on the progress bar's line
+        bar.close()
+        log.close()
 
 
 def skip_metrics(batches: TrainBatches) -> dict[str, float]:
