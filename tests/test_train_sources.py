@@ -14,6 +14,8 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from data_pipelines import TooManyBadSamples
+from data_pipelines.worker_errors import reraise_worker_errors
 from vlm.cli import main
 from vlm.models.checkpoint import read_checkpoint
 
@@ -259,3 +261,19 @@ def test_a_run_resumed_in_epoch_3_reports_the_bad_counts_of_an_uninterrupted_run
     straight, resumed = (read_checkpoint(tmp_path / run)["data"]["bad_samples"] for run in ("straight", "resumed"))
     assert resumed == straight
     assert len(corrupt_decodes.read_text().split()) == decodes_before_resume  # the resumed run knew it was bad
+
+
+class RaisesInWorker(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        raise TooManyBadSamples("pairs.csv: 3 of 202 samples are bad (corrupt image: 3)")
+
+
+def test_an_error_in_a_dataloader_worker_reaches_the_caller_as_the_worker_raised_it():
+    loader = torch.utils.data.DataLoader(RaisesInWorker(), batch_size=2, num_workers=1)
+    with pytest.raises(TooManyBadSamples) as caught:
+        list(reraise_worker_errors(loader))
+    assert str(caught.value) == "pairs.csv: 3 of 202 samples are bad (corrupt image: 3)"
+    assert "Caught TooManyBadSamples in DataLoader worker process 0" in str(caught.value.__cause__)  # for --debug
