@@ -277,3 +277,36 @@ def test_an_error_in_a_dataloader_worker_reaches_the_caller_as_the_worker_raised
         list(reraise_worker_errors(loader))
     assert str(caught.value) == "pairs.csv: 3 of 202 samples are bad (corrupt image: 3)"
     assert "Caught TooManyBadSamples in DataLoader worker process 0" in str(caught.value.__cause__)  # for --debug
+
+
+@pytest.mark.slow
+def test_torchrun_over_shards_shares_bad_samples_and_resumes_each_rank_where_it_was(tmp_path):
+    """Two ranks, one worker each, four shards (two a rank); one corrupt image, found by the rank that reads it,
+    which leaves that rank's batch one short (the other ranks trim theirs to match)."""
+    import os
+    import subprocess
+    import sys
+
+    rows = items(32)
+    rows[13]["bytes"] = b"\xff\xd8\xff\xe0 this is not a jpeg"
+    train = write_wds_shards(tmp_path / "shards", rows, per_shard=8)
+
+    def torchrun(out: Path, *extra: str) -> None:
+        argv = train_argv(out, "clip", train, None, "--set", "data.num_workers=1", "--set", "steps=6",
+                          "--set", "log_every=1", *extra)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "vlm.cli", *argv]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=Path(__file__).parents[1])
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    torchrun(tmp_path / "straight")
+    torchrun(tmp_path / "resumed", "--stop-at", "3")
+    stopped = read_checkpoint(tmp_path / "resumed")["data"]
+    assert [place["epoch"] for place in stopped["stream"]] == [1, 1]  # each rank's own place in its shards
+    torchrun(tmp_path / "resumed", "--resume", "auto")
+    straight, resumed = read_checkpoint(tmp_path / "straight"), read_checkpoint(tmp_path / "resumed")
+    assert straight["data"]["bad_samples"]["skipped"] == {"corrupt image": 1}  # once, in rank 0's file
+    assert resumed["data"]["bad_samples"] == straight["data"]["bad_samples"]
+    for key, value in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, atol=1e-5, rtol=0, msg=key)

@@ -17,7 +17,7 @@ from data_pipelines.transforms import eval_transform, train_transform
 from data_pipelines.worker_errors import reraise_worker_errors
 from vlm.tokenizer import Tokenizer
 from vlm.train.config import DataConfig
-from vlm.train.distributed import DistributedEnv, all_gather_objects
+from vlm.train.distributed import DistributedEnv, all_gather_objects, all_reduce_min
 from vlm.train.stream import ShardStream
 
 
@@ -120,8 +120,12 @@ class TrainBatches:
         for batch in reraise_worker_errors(self.loader):
             self.batches += 1
             self._account(batch)
-            if batch["image_ids"]:
-                yield batch
+            batch.pop("bad", None), batch.pop("skip_examples", None)  # counted; the rest is per kept sample
+            # Under torchrun every rank steps on the same number of samples (the contrastive loss gathers
+            # equal shapes): a batch that lost bad samples on one rank trims the others to its size.
+            n = all_reduce_min(len(batch["image_ids"]), self.env.device)
+            if n:
+                yield trim_batch(batch, n)
 
     def _account(self, batch: dict) -> None:
         """Count the batch's bad samples once each; the first pass also counts what a stream has shown."""
@@ -162,6 +166,15 @@ class TrainBatches:
 
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def trim_batch(batch: dict, n: int) -> dict:
+    """The first `n` samples of a batch (tensors and per-sample lists cut alike)."""
+    size = len(batch["image_ids"])
+    if n == size:
+        return batch
+    cut = lambda v: v[:n] if (torch.is_tensor(v) or isinstance(v, list)) and len(v) == size else v  # noqa: E731
+    return {k: cut(v) for k, v in batch.items()}
 
 
 def split_batch(batch: dict, parts: int) -> list[dict]:

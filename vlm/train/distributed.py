@@ -68,3 +68,12 @@ def all_gather_objects(value) -> list:
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def all_reduce_min(value: int, device: torch.device) -> int:
+    """The smallest `value` over the ranks (itself without a process group)."""
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
