@@ -91,7 +91,7 @@ class TrainBatches:
 
     def __init__(self, dataset: Dataset, collate, batch_size: int, config: DataConfig, seed: int,
                  env: DistributedEnv, state: dict | None = None, start_batch: int = 0):
-        self.dataset, self.env = dataset, env
+        self.env = env
         own = getattr(dataset, "stats", None)
         self.stats = copy.deepcopy(own) if isinstance(own, SkipStats) else SkipStats(source="training data")
         self.indexed = isinstance(own, SkipStats) and not isinstance(dataset, IterableDataset)  # all rows counted
@@ -133,8 +133,9 @@ class TrainBatches:
         count_seen = first_pass and not self.indexed
         seen_before = self.stats.seen
         new = self.stats.add_batch(batch, count_seen=count_seen)
-        seen, bad = self._unsynced
-        self._unsynced = (seen + self.stats.seen - seen_before, bad + new)
+        if self.env.is_distributed:  # for the next sync
+            seen, bad = self._unsynced
+            self._unsynced = (seen + self.stats.seen - seen_before, bad + new)
         at_epoch_end = self.stream is None and self.batches % self.sampler.batches_per_epoch == 0
         if at_epoch_end and not self.env.is_distributed:
             self.stats.check(final=True)  # the count only grows: a small set over the limit stops here too
