@@ -229,8 +229,8 @@ def test_202_rows_with_one_corrupt_and_one_missing_train_40_steps_and_report_2_b
 
 
 def test_half_a_percent_corrupt_trains_ten_epochs(tmp_path):
-    pairs = write_bad_pairs(tmp_path, good=199, corrupt=[60])  # 4 batches of 50 an epoch
-    assert main(bad_run_argv(tmp_path / "run", pairs, steps=40, batch_size=50, workers=0)) == 0
+    pairs = write_bad_pairs(tmp_path, good=199, corrupt=[60])  # 2 batches of 100 an epoch
+    assert main(bad_run_argv(tmp_path / "run", pairs, steps=20, batch_size=100, workers=0)) == 0
     assert read_checkpoint(tmp_path / "run")["data"]["bad_samples"]["skipped"] == {"corrupt image": 1}
 
 
@@ -248,10 +248,10 @@ def test_five_percent_corrupt_stops_with_one_line_naming_the_file_and_the_rows(t
 
 def test_a_run_resumed_in_epoch_3_reports_the_bad_counts_of_an_uninterrupted_run(tmp_path, capsys,
                                                                                 corrupt_decodes):
-    pairs = write_bad_pairs(tmp_path, good=200, corrupt=[30], missing=[150])  # 6 batches of 32 an epoch
-    argv = lambda out, *extra: bad_run_argv(out, pairs, 20, 32, 0, *extra)  # noqa: E731
+    pairs = write_bad_pairs(tmp_path, good=200, corrupt=[30], missing=[150])  # 3 batches of 64 an epoch
+    argv = lambda out, *extra: bad_run_argv(out, pairs, 10, 64, 0, *extra)  # noqa: E731
     assert main(argv(tmp_path / "straight")) == 0
-    assert main(argv(tmp_path / "resumed", "--stop-at", "14")) == 0  # batch 14: the third epoch
+    assert main(argv(tmp_path / "resumed", "--stop-at", "8")) == 0  # batch 8: the third epoch
     stopped = read_checkpoint(tmp_path / "resumed")["data"]["bad_samples"]
     assert stopped["skipped"] == {"corrupt image": 1, "missing image": 1} and len(stopped["bad"]) == 1
     decodes_before_resume = len(corrupt_decodes.read_text().split())
