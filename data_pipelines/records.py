@@ -45,12 +45,13 @@ class RecordDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
+        where = self.rows[index] if self.rows else str(record.image)
         if index in self.stats.bad:  # found bad before, in this process or (passed in) another one
-            return skipped_sample(record, index, self.stats.bad[index], f"{record.image}: skipped as bad")
+            return skipped_sample(record, index, self.stats.bad[index], f"{where}: skipped, found bad before")
         try:
             image = decode_image(record.image, self.max_pixels, min_size=getattr(self.transform, "decode_size", None))
         except BadImage as e:
-            detail = f"{self.rows[index]}: {e.detail}" if self.rows else e.detail
+            detail = f"{where}: {e.detail}" if self.rows else e.detail
             self.stats.mark_bad(index, e.reason, detail)
             self.stats.check(final=False)  # this process's share; the trainer counts every worker's (stats.bad)
             return skipped_sample(record, index, e.reason, detail)
