@@ -60,8 +60,8 @@ def open_coco_captions(
             yield Sample(resolve_image_path(base, files[image_id]), str(image_id), caption=caption.strip(),
                          meta=meta), f"{path.name} {where}"
 
-    records, stats = validate_records(candidates(), str(path), max_bad_fraction, check_files, need_caption=True)
-    return RecordDataset(records, stats, "coco", transform, max_pixels)
+    records, rows, stats = validate_records(candidates(), str(path), max_bad_fraction, check_files, need_caption=True)
+    return RecordDataset(records, stats, "coco", transform, max_pixels, rows=rows)
 
 
 def open_karpathy(
@@ -98,6 +98,6 @@ def open_karpathy(
                 yield Sample(resolve_image_path(base, relative), image_id, caption=caption.strip(),
                              meta=meta), f"{path.name} {where}"
 
-    records, stats = validate_records(candidates(), f"{path} split={split}", max_bad_fraction, check_files,
+    records, rows, stats = validate_records(candidates(), f"{path} split={split}", max_bad_fraction, check_files,
                                       need_caption=True)
-    return RecordDataset(records, stats, "karpathy", transform, max_pixels)
+    return RecordDataset(records, stats, "karpathy", transform, max_pixels, rows=rows)

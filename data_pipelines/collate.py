@@ -1,7 +1,8 @@
 """Samples -> a batch of tensors. Runs in DataLoader workers, so tokenisation happens there too.
 
-Samples whose image failed to decode (`image is None`) are dropped here and counted in `batch["skipped"]`,
-the one place a map-style dataset can leave a sample out; `SkipStats.add_batch` sums those in the trainer.
+Samples whose image failed to decode (`image is None`) are dropped here and listed in `batch["bad"]`, the
+one place a map-style dataset can leave a sample out; `SkipStats.add_batch` counts those, once per sample
+id, in the main process.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from vlm.tokenizer import padding_mask
 class Collator:
     """`collate_fn` for a DataLoader over any source.
 
-    Keys: `images` (B,3,H,W), `image_ids`, `skipped` {reason: n}, `skip_examples`, and when the samples have
+    Keys: `images` (B,3,H,W), `image_ids`, `skipped` {reason: n}, `skip_examples`, `bad` [(sample id, reason,
+    detail)] of the dropped samples (what `SkipStats.add_batch` counts once per id), and when the samples have
     them: `text` (B,T) long + `text_mask` (B,T) bool + `captions`; `questions` + `question_mask` +
     `question_text` + `question_ids` + `answers` + `answer_types` + `question_families` (+ `answer_targets`
     (B,A) soft scores when `answer_vocab` is given); `labels` (B,) long; `negative_text` + `negative_mask` +
@@ -41,6 +43,8 @@ class Collator:
             "image_ids": [s.image_id for s in kept],
             "skipped": dict(Counter(s.meta.get("skip_reason", "bad image") for s in dropped)),
             "skip_examples": [s.meta.get("skip_detail", s.image_id) for s in dropped],
+            "bad": [(s.meta.get("skip_id"), s.meta.get("skip_reason", "bad image"), s.meta.get("skip_detail", ""))
+                    for s in dropped],
             "images": self._stack_images(kept),
         }
         if _all_have(kept, lambda s: s.caption is not None, "caption"):

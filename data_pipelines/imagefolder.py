@@ -52,6 +52,6 @@ def open_imagefolder(
                     yield Sample(image, f"{folder}/{image.name}", label=label,
                                  meta={"classname": classnames[label]}), str(image)
 
-    records, stats = validate_records(candidates(), str(root), max_bad_fraction, check_files=False)
+    records, rows, stats = validate_records(candidates(), str(root), max_bad_fraction, check_files=False)
     info = {"classnames": classnames, "templates": templates, "folders": folders}
-    return RecordDataset(records, stats, "imagefolder", transform, max_pixels, info)
+    return RecordDataset(records, stats, "imagefolder", transform, max_pixels, info, rows=rows)

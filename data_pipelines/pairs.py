@@ -39,8 +39,8 @@ def open_pairs(
         rows = _csv_rows(path, sep, image_column, caption_column, id_column)
         fmt = "tsv" if sep == "\t" else "csv"
     candidates = _records(rows, base, image_column, caption_column, id_column)
-    records, stats = validate_records(candidates, str(path), max_bad_fraction, check_files, need_caption=True)
-    return RecordDataset(records, stats, fmt, transform, max_pixels)
+    records, rows, stats = validate_records(candidates, str(path), max_bad_fraction, check_files, need_caption=True)
+    return RecordDataset(records, stats, fmt, transform, max_pixels, rows=rows)
 
 
 def _csv_rows(path: Path, sep: str, image_column: str, caption_column: str, id_column: str | None

@@ -1,10 +1,14 @@
 """The one item type every source yields, and the bookkeeping of samples skipped as bad.
 
 Bad images cannot be skipped inside a map-style `__getitem__` (it must return something for every index),
-so an item whose image failed to decode comes back with `image=None` and `meta["skip_reason"]`; the
-Collator drops it and reports the count in `batch["skipped"]`, which `SkipStats.add_batch` accumulates in
-the main process (worker processes hold their own copies of the dataset, so its `.stats` only sees
-what was decoded in-process).
+so an item whose image failed to decode comes back with `image=None`, `meta["skip_reason"]` and
+`meta["skip_id"]` (its index, or its shard key); the Collator drops it and lists it in `batch["bad"]`, which
+`SkipStats.add_batch` accumulates in the main process (worker processes hold their own copies of the
+dataset, so its `.stats` only sees what was decoded in-process).
+
+Bad samples are counted once each, by id, however many epochs visit them: a run of many epochs over a set
+with a few bad files must not add them up until it fails. The ids found bad go back to the dataset
+(`stats.bad`), which then skips them without decoding them again.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from data_pipelines.worker_errors import reraise_worker_errors
 
 DEFAULT_MAX_BAD_FRACTION = 0.01
 # Below this many samples seen a few bad files say little about the whole set; the final check still runs.
@@ -52,6 +58,7 @@ class SkipStats:
     seen: int = 0
     skipped: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
+    bad: dict = field(default_factory=dict)  # sample id (index or shard key) -> reason, for ids found at decode time
 
     def ok(self, n: int = 1) -> None:
         self.seen += n
@@ -63,6 +70,17 @@ class SkipStats:
         self.skipped[reason] += 1
         if detail and len(self.examples) < 5:
             self.examples.append(detail)
+
+    def mark_bad(self, sample_id, reason: str, detail: str = "", count_seen: bool = False) -> bool:
+        """Count sample `sample_id` as bad unless it already was; True when it is new.
+
+        `count_seen=False` when it was already counted as seen (indexed, then failed to decode)."""
+        if sample_id is not None and sample_id in self.bad:
+            return False
+        if sample_id is not None:
+            self.bad[sample_id] = reason
+        self.skip(reason, detail, count_seen=count_seen)
+        return True
 
     @property
     def n_skipped(self) -> int:
@@ -82,17 +100,22 @@ class SkipStats:
                 f"max_bad_fraction={self.max_bad_fraction:g}; first: {'; '.join(self.examples[:3])}"
             )
 
-    def add_batch(self, batch: dict) -> None:
-        """Account for one collated batch (kept samples + the ones the Collator dropped)."""
-        dropped = batch.get("skipped", {})
-        self.seen += len(batch["image_ids"]) + sum(dropped.values())
-        self.skipped.update(dropped)
-        self.examples.extend(batch.get("skip_examples", [])[: max(0, 5 - len(self.examples))])
+    def add_batch(self, batch: dict, count_seen: bool = True) -> list[tuple]:
+        """Account for one collated batch: the kept samples (as seen, when `count_seen`) and each dropped
+        one not already known bad. `count_seen=False` when the samples were counted before (an index read
+        up front, or a stream's later epochs). Returns the (id, reason, detail) of the samples new to the count."""
+        if count_seen:
+            self.seen += len(batch["image_ids"])
+        bad = batch.get("bad")
+        if bad is None:  # a batch from a collate_fn that does not list ids: count by reason
+            bad = [(None, reason, "") for reason, n in batch.get("skipped", {}).items() for _ in range(n)]
+        new = [(i, reason, detail) for i, reason, detail in bad if self.mark_bad(i, reason, detail, count_seen)]
         self.check(final=False)
+        return new
 
     def watch(self, batches: Iterable[dict]) -> Iterator[dict]:
         """Yield the non-empty batches of a DataLoader while counting what was dropped; check at the end."""
-        for batch in batches:
+        for batch in reraise_worker_errors(batches):
             self.add_batch(batch)
             if batch["image_ids"]:
                 yield batch
@@ -105,6 +128,17 @@ class SkipStats:
 
     def as_dict(self) -> dict:
         return {"seen": self.seen, "skipped": dict(self.skipped), "examples": list(self.examples)}
+
+    def state(self) -> dict:
+        """Plain data for a checkpoint (a resumed run must not rediscover the bad samples)."""
+        return {**self.as_dict(), "bad": dict(self.bad)}
+
+    def load_state(self, state: dict) -> None:
+        self.seen = int(state["seen"])
+        self.skipped = Counter(state["skipped"])
+        self.examples = list(state["examples"])
+        self.bad.clear()  # in place: a sampler may hold this dict to leave known bad samples out
+        self.bad.update(state["bad"])
 
     def _reasons(self) -> str:
         return ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items()))

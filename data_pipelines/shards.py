@@ -5,12 +5,16 @@ are the shard number followed by the index inside the shard, as img2dataset name
 Reading goes through the `webdataset` library: shards split across ranks (torch.distributed or
 RANK/WORLD_SIZE) and DataLoader workers, shuffled per epoch. A corrupt member or shard is handed to
 `_on_error`, which counts it and lets the stream go on; it reaches the Collator as a placeholder sample.
+A sample found bad is remembered by `url:key` in `stats.bad` and not decoded again; the trainer hands the
+ids every worker found back to the dataset before each epoch. `resume_skip` / `worker_offset` let a
+resumed run continue each worker's stream at the sample it had reached (see vlm/train/stream.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import random
 import tarfile
@@ -90,9 +94,12 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.stats = SkipStats(source=str(urls), max_bad_fraction=max_bad_fraction)
         self._pending: list[Sample] = []
         self._passes = 0
+        self.resume_skip: dict[int, int] = {}  # worker slot -> items of this pass already consumed
+        self.worker_offset = 0  # DataLoader worker i reads slot (i + offset) % workers
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Pass `epoch` shuffles the same way every time (a resumed run sees the same order)."""
+        self.epoch, self._passes = epoch, 0
 
     def __iter__(self) -> Iterator[Sample]:
         import webdataset as wds
@@ -107,14 +114,32 @@ class ShardDataset(torch.utils.data.IterableDataset):
             random.Random(seed).shuffle(urls)
         pipeline = wds.WebDataset(
             urls, handler=self._on_error, shardshuffle=False, resampled=self.resampled,
-            nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker, empty_check=False,
+            nodesplitter=wds.split_by_node, workersplitter=self._split_by_worker, empty_check=False,
             seed=self.seed,
         )
         if self.shuffle:
             pipeline = pipeline.shuffle(self.shuffle_buffer, seed=seed)
+        skip = self.resume_skip.get(self.worker_slot()[0], 0)
+        for n, item in enumerate(self._items(pipeline)):
+            if n >= skip:  # items before are raw bytes: skipping them decodes nothing
+                yield item if isinstance(item, Sample) else self._to_sample(item)
+
+    def worker_slot(self) -> tuple[int, int]:
+        """(which share of the shards this DataLoader worker reads, how many shares there are)."""
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            return 0, 1
+        return (info.id + self.worker_offset) % info.num_workers, info.num_workers
+
+    def _split_by_worker(self, urls):
+        slot, slots = self.worker_slot()
+        yield from itertools.islice(urls, slot, None, slots)
+
+    def _items(self, pipeline) -> Iterator[dict | Sample]:
+        """Raw items, with a placeholder for each read error where it happened."""
         for item in pipeline:
             yield from self._drain_pending()
-            yield self._to_sample(item)
+            yield item
         yield from self._drain_pending()
 
     def __repr__(self) -> str:
@@ -132,37 +157,40 @@ class ShardDataset(torch.utils.data.IterableDataset):
         return hash((self.seed, self.epoch, loader_seed)) & 0xFFFF_FFFF
 
     def _on_error(self, exn: Exception) -> bool:
-        self._pending.append(self._placeholder("corrupt shard", "?", f"{type(exn).__name__}: {exn}"))
+        detail = f"{type(exn).__name__}: {exn}"
+        self._pending.append(self._placeholder("corrupt shard", "?", detail, sample_id=detail))
         return True  # keep streaming
 
     def _drain_pending(self) -> Iterator[Sample]:
         while self._pending:
             yield self._pending.pop(0)
 
-    def _placeholder(self, reason: str, key: str, detail: str) -> Sample:
-        self.stats.skip(reason, detail)
-        self.stats.check(final=False)  # this process's share; SkipStats.watch(loader) sees every worker's
-        return Sample(None, key, meta={"skip_reason": reason, "skip_detail": detail})
+    def _placeholder(self, reason: str, key: str, detail: str, sample_id: str) -> Sample:
+        if self.stats.mark_bad(sample_id, reason, detail, count_seen=True):
+            self.stats.check(final=False)  # this process's share; the trainer counts every worker's
+        return Sample(None, key, meta={"skip_reason": reason, "skip_detail": detail, "skip_id": sample_id})
 
     def _to_sample(self, item: dict) -> Sample:
         key, where = item["__key__"], f"{item.get('__url__', '?')}:{item['__key__']}"
+        if where in self.stats.bad:  # found bad before: not decoded again
+            return self._placeholder(self.stats.bad[where], key, f"{where}: skipped as bad", where)
         image_key = next((k for k in IMAGE_KEYS if k in item), None)
         if image_key is None:
-            return self._placeholder("missing image", key, f"{where}: no image member")
+            return self._placeholder("missing image", key, f"{where}: no image member", where)
         caption = item.get("txt", b"").decode("utf-8", errors="replace").strip()
         if not caption:
-            return self._placeholder("empty caption", key, f"{where}: empty caption")
+            return self._placeholder("empty caption", key, f"{where}: empty caption", where)
         meta = {"url": item.get("__url__")}
         if "json" in item:
             try:
                 meta.update(json.loads(item["json"]))
             except (json.JSONDecodeError, UnicodeDecodeError):
-                return self._placeholder("corrupt json", key, f"{where}: {key}.json is not valid JSON")
+                return self._placeholder("corrupt json", key, f"{where}: {key}.json is not valid JSON", where)
         try:
             image = decode_image(item[image_key], self.max_pixels, name=f"{where}.{image_key}",
                                  min_size=getattr(self.transform, "decode_size", None))
         except BadImage as e:
-            return self._placeholder(e.reason, key, e.detail)
+            return self._placeholder(e.reason, key, e.detail, where)
         self.stats.ok()
         if self.transform is not None:
             image = self.transform(image)

@@ -73,9 +73,9 @@ def open_vqa(
                 sample.meta["multiple_choice_answer"] = ann.get("multiple_choice_answer")
             yield sample, f"{questions_path.name} {where}"
 
-    records, stats = validate_records(candidates(), str(questions_path), max_bad_fraction, check_files)
+    records, rows, stats = validate_records(candidates(), str(questions_path), max_bad_fraction, check_files)
     info = {"annotations": str(annotations_path) if annotations_path else None}
-    return RecordDataset(records, stats, "vqav2", transform, max_pixels, info)
+    return RecordDataset(records, stats, "vqav2", transform, max_pixels, info, rows=rows)
 
 
 def _read_annotations(path: Path) -> dict[int, dict]:

@@ -52,8 +52,8 @@ def open_collection(data: str | Path, split: str | None = None, options: dict | 
             p.suffix.lower() in IMAGE_EXTENSIONS for p in root.iterdir()):
         candidates = ((Sample(str(p), str(p.relative_to(root))), str(p))
                       for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS)
-        records, stats = validate_records(candidates, str(root), check_files=False)
-        return RecordDataset(records, stats, "folder")
+        records, rows, stats = validate_records(candidates, str(root), check_files=False)
+        return RecordDataset(records, stats, "folder", rows=rows)
     return open_source(data, split, **(options or {}))
 
 

@@ -19,7 +19,15 @@ from vlm.models.config import ModelConfig
 from vlm.models.registry import build_model, get_model_config, model_config_from_dict
 from vlm.tokenizer import get_tokenizer
 from vlm.train.config import TrainConfig
-from vlm.train.data import make_collator, make_train_loader, open_split, split_batch, to_device
+from vlm.train.data import (
+    TrainBatches,
+    check_fits_objective,
+    first_samples,
+    make_collator,
+    open_split,
+    split_batch,
+    to_device,
+)
 from vlm.train.distributed import DistributedEnv, all_reduce_mean, broadcast_flag, init_distributed
 from vlm.train.plots import plot_metrics
 from vlm.train.trainer import (
@@ -73,16 +81,17 @@ def freeze_all_but_head(model: nn.Module) -> None:
 
 
 def val_batches(config: TrainConfig, model: nn.Module, collate) -> list[dict]:
-    """The first `val_samples` items of the val split, batched once and kept for every evaluation."""
+    """The first `val_samples` items of the val split (of a stream: the first it gives), batched once and
+    kept for every evaluation. Bad images among them are left out."""
     path = config.data.val or config.data.train
     try:
         data = open_split(path, config.data.val_split, config.objective, model.config, augment=False,
                           options=config.data.val_source_options())
     except FileNotFoundError:
         return []
-    n = min(len(data), config.data.val_samples)
-    samples = [data[i] for i in range(n)]
-    return [collate(samples[i : i + config.batch_size]) for i in range(0, n, config.batch_size)]
+    samples = first_samples(data, config.data.val_samples)
+    batches = [collate(samples[i : i + config.batch_size]) for i in range(0, len(samples), config.batch_size)]
+    return [batch for batch in batches if batch["image_ids"]]
 
 
 def validation_prefix(config: TrainConfig) -> str:
@@ -111,6 +120,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, s
     model_config = starting_config(config, payload or base, str(resume_path or config.model))
     train_data = train_dataset or open_split(config.data.train, config.data.train_split, config.objective,
                                              model_config, config.data.augment, config.data.train_source_options())
+    if train_dataset is None:
+        check_fits_objective(train_data, config.objective, config.data.train)
     model = build_run_model(config, model_config, payload is not None, train_data, base)
     if config.freeze_towers:
         freeze_all_but_head(model)
@@ -118,8 +129,9 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, s
     if payload is not None:
         trainer.load_state(payload)
     collate = make_collator(get_tokenizer(model), model.config.vqa_answers, config.data.pad_to_longest)
-    batches = make_train_loader(train_data, collate, config.batch_size, config.data, config.seed,
-                                env.rank, env.world_size, start_batch=trainer.step_count)
+    # A checkpoint from before the data state was kept: its step is the sampler's batch number.
+    batches = TrainBatches(train_data, collate, config.batch_size, config.data, config.seed, env,
+                           state=(payload or {}).get("data"), start_batch=trainer.step_count)
     validation = val_batches(config, model, collate) if env.is_main else []
     if validation and validation_prefix(config) == "train_as_val/":
         print(f"validation: data.val is unset and {config.data.train} has no val split, so validation runs on the "
@@ -130,10 +142,11 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, s
     run_loop(trainer, batches, validation, config, out_dir, env, stop_at_step or config.steps)
     if env.is_main:
         plot_metrics(out_dir / "metrics.jsonl", out_dir / "loss.png")
+        print(f"data: {batches.summary()}")
     return out_dir / CHECKPOINT_NAME
 
 
-def run_loop(trainer: Trainer, batches, validation: list[dict], config: TrainConfig, out_dir: Path,
+def run_loop(trainer: Trainer, batches: TrainBatches, validation: list[dict], config: TrainConfig, out_dir: Path,
              env: DistributedEnv, last_step: int) -> None:
     log = MetricsLog(out_dir, env.is_main)
     checkpoint = out_dir / CHECKPOINT_NAME
@@ -141,29 +154,42 @@ def run_loop(trainer: Trainer, batches, validation: list[dict], config: TrainCon
                desc=f"{config.objective} {trainer.model.config.name}")
     pairs, started = 0, time.perf_counter()
     prefix = validation_prefix(config) if validation else "val/"
-    with StopSignal() as stop:
-        for batch in itertools.takewhile(lambda _: trainer.step_count < last_step, batches):
-            batch = to_device(batch, env.device)
-            metrics = trainer.step(split_batch(batch, config.grad_accum))
-            pairs += len(batch["images"]) * env.world_size
-            step = trainer.step_count
-            if env.device.type == "cpu" or step % config.log_every == 0:
-                check_finite(trainer, out_dir)  # a host sync: every step on CPU, at log steps on GPU
-            if step % config.log_every == 0 or step == last_step:
-                values = {k: float(all_reduce_mean(v)) for k, v in metrics.items()}
-                values.update(lr=trainer.scheduler.get_last_lr()[0],
-                              pairs_per_s=pairs / (time.perf_counter() - started))
-                log.write(step, values)
-                bar.set_postfix(loss=f"{values['loss']:.3f}", pairs_s=f"{values['pairs_per_s']:.0f}")
-            if validation and (step % config.eval_every == 0 or step == last_step):
-                log.write(step, {f"{prefix}{k}": v for k, v in validate(trainer.model, config.objective,
-                                                                    validation, env.device).items()})
-            stopping = broadcast_flag(stop.requested, env.device)
-            if env.is_main and (step % config.save_every == 0 or step == last_step or stopping):
-                trainer.save(checkpoint)
-            bar.update(1)
-            if stopping:
-                bar.write(f"stopped at step {step}: checkpoint saved to {checkpoint}; continue with --resume auto")
-                break
-    bar.close()
-    log.close()
+    try:
+        with StopSignal() as stop:
+            for batch in itertools.takewhile(lambda _: trainer.step_count < last_step, batches):
+                batch = to_device(batch, env.device)
+                metrics = trainer.step(split_batch(batch, config.grad_accum))
+                pairs += len(batch["images"]) * env.world_size
+                step = trainer.step_count
+                if env.device.type == "cpu" or step % config.log_every == 0:
+                    check_finite(trainer, out_dir)  # a host sync: every step on CPU, at log steps on GPU
+                stopping = broadcast_flag(stop.requested, env.device)
+                saving = step % config.save_every == 0 or step == last_step or stopping
+                if step % config.log_every == 0 or step == last_step or saving:
+                    batches.sync()  # every rank learns the bad samples the others found
+                if step % config.log_every == 0 or step == last_step:
+                    values = {k: float(all_reduce_mean(v)) for k, v in metrics.items()}
+                    values.update(lr=trainer.scheduler.get_last_lr()[0],
+                                  pairs_per_s=pairs / (time.perf_counter() - started), **skip_metrics(batches))
+                    log.write(step, values)
+                    bar.set_postfix(loss=f"{values['loss']:.3f}", pairs_s=f"{values['pairs_per_s']:.0f}")
+                if validation and (step % config.eval_every == 0 or step == last_step):
+                    log.write(step, {f"{prefix}{k}": v for k, v in validate(trainer.model, config.objective,
+                                                                           validation, env.device).items()})
+                data_state = batches.state() if saving else None  # gathered from every rank
+                if env.is_main and saving:
+                    trainer.save(checkpoint, data_state)
+                bar.update(1)
+                if stopping:
+                    bar.write(f"stopped at step {step}: checkpoint saved to {checkpoint}; continue with --resume auto")
+                    break
+    finally:  # a data error must not print on the progress bar's line
+        bar.close()
+        log.close()
+
+
+def skip_metrics(batches: TrainBatches) -> dict[str, float]:
+    """Samples skipped as bad so far (each once), by reason, and their fraction of the samples seen."""
+    stats = batches.stats
+    return {"data/bad_fraction": stats.bad_fraction,
+            **{f"data/skipped/{reason}": n for reason, n in sorted(stats.skipped.items())}}

@@ -69,11 +69,14 @@ class Trainer:
         self.step_count += 1
         return {**totals, "grad_norm": grad_norm}
 
-    def state(self) -> dict:
+    def state(self, data_state: dict | None = None) -> dict:
+        """`data_state`: where the data stands (vlm/train/data.py TrainBatches.state), for an exact resume."""
         payload = model_payload(self.model)
         payload.update(step=self.step_count, train_config=to_dict(self.config),
                        optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                        rng={"torch": torch.get_rng_state()})
+        if data_state is not None:
+            payload["data"] = data_state
         return payload
 
     def load_state(self, payload: dict) -> None:
@@ -83,11 +86,11 @@ class Trainer:
         self.step_count = int(payload["step"])
         torch.set_rng_state(payload["rng"]["torch"])
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, data_state: dict | None = None) -> None:
         """Atomic; refuses to overwrite a good checkpoint with weights a non-finite loss may have spoiled."""
         if bool(self.nonfinite):
             raise TrainingError(f"not saving {path}: a non-finite loss was seen since the last checkpoint")
-        save_checkpoint(self.state(), path)
+        save_checkpoint(self.state(data_state), path)
 
 
 def resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
