@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from vlm.atomic_io import atomic_write
+from vlm.eval.vqa_metric import DEFAULT_VQA_METRIC, VQA_METRICS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             t.add_argument("--rerank-from", default=None, metavar="LATE_CKPT",
                            help="hybrid: rank with this late-fusion model, re-score its top k with --checkpoint")
             t.add_argument("--k", type=int, default=16, help="candidates re-scored per query (hybrid)")
+        if task == "vqa":
+            t.add_argument("--vqa-metric", choices=VQA_METRICS, default=DEFAULT_VQA_METRIC,
+                           help="revision of the official evaluator: 2021 (current) or 2016 (older papers)")
         t.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser("compare", help="late vs early fusion on every evaluation, with blind baselines "
@@ -51,7 +55,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vlm.eval.run import evaluate
 
     result = evaluate(args.task, args.checkpoint, args.data, args.split,
-                      getattr(args, "rerank_from", None), getattr(args, "k", 16))
+                      getattr(args, "rerank_from", None), getattr(args, "k", 16),
+                      getattr(args, "vqa_metric", DEFAULT_VQA_METRIC))
     text = json.dumps(result, indent=2)
     print(text)
     if args.json is not None:

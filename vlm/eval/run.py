@@ -11,6 +11,7 @@ from vlm.eval import data
 from vlm.eval.compositional import evaluate_compositional
 from vlm.eval.retrieval import evaluate_early, evaluate_hybrid, evaluate_late
 from vlm.eval.vqa import evaluate_vqa
+from vlm.eval.vqa_metric import DEFAULT_VQA_METRIC
 from vlm.eval.zeroshot import evaluate_zero_shot
 from vlm.models import image_size, load_model
 from vlm.models.checkpoint import resolve_checkpoint
@@ -71,13 +72,13 @@ def run_retrieval(model: nn.Module, sets: EvalSets, rerank_from: nn.Module | Non
 
 
 @torch.no_grad()
-def run_vqa(model: nn.Module, sets: EvalSets, zero_images: bool = False) -> dict:
+def run_vqa(model: nn.Module, sets: EvalSets, zero_images: bool = False, metric: str = DEFAULT_VQA_METRIC) -> dict:
     """`zero_images`: the blind baseline of the same model and head, every image replaced by zeros
     (the dataset's mean colour after normalisation), so what it scores comes from the question alone."""
     d = sets.get("vqa", image_size(model))
     images = torch.zeros_like(d.images) if zero_images else d.images
     return _with_data_info(evaluate_vqa(model, images, d.questions, d.answers, d.answer_types,
-                                        d.question_families), d)
+                                        d.question_families, metric), d)
 
 
 @torch.no_grad()
@@ -90,7 +91,7 @@ TASKS = {"zeroshot": run_zeroshot, "retrieval": run_retrieval, "vqa": run_vqa, "
 
 
 def evaluate(task: str, checkpoint: str | Path, data_path: str | Path, split: str | None = None,
-             rerank_from: str | Path | None = None, k: int = 16) -> dict:
+             rerank_from: str | Path | None = None, k: int = 16, vqa_metric: str = DEFAULT_VQA_METRIC) -> dict:
     """`vlm eval TASK`: one checkpoint on one dataset (a shapes-world folder at `split`, or a file/folder)."""
     if task not in TASKS:
         raise ValueError(f"unknown evaluation {task!r}; one of {', '.join(TASKS)}")
@@ -99,6 +100,8 @@ def evaluate(task: str, checkpoint: str | Path, data_path: str | Path, split: st
     if task == "retrieval":
         late = load_model(rerank_from) if rerank_from else None
         result = run_retrieval(model, sets, late, k)
+    elif task == "vqa":
+        result = run_vqa(model, sets, metric=vqa_metric)
     else:
         result = TASKS[task](model, sets)
     return {"task": task, "checkpoint": str(resolve_checkpoint(checkpoint)), "model": model.config.name,

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from vlm.eval.vqa_metric import normalize_answer, vqa_report
+from vlm.eval.vqa_metric import DEFAULT_VQA_METRIC, normalize_answer, vqa_report
 from vlm.tokenizer import get_tokenizer, padding_mask
 
 
@@ -35,10 +35,10 @@ def predict_answers(model: nn.Module, images: torch.Tensor, questions: list[str]
 
 def evaluate_vqa(model: nn.Module, images: torch.Tensor, questions: list[str], human_answers: list[list[str]],
                  answer_types: list[str | None] | None = None,
-                 question_families: list[str | None] | None = None) -> dict:
+                 question_families: list[str | None] | None = None, metric: str = DEFAULT_VQA_METRIC) -> dict:
     start = time.perf_counter()
     predictions = predict_answers(model, images, questions)
-    result = vqa_report(predictions, human_answers, answer_types, question_families)
+    result = vqa_report(predictions, human_answers, answer_types, question_families, metric)
     passes = len(questions) if model.config.arch == "early_fusion" else 0
     result.update(wall_time_s=time.perf_counter() - start, fusion_passes=passes)
     return result
