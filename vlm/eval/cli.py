@@ -10,6 +10,25 @@ from pathlib import Path
 from vlm.atomic_io import atomic_write
 from vlm.eval.vqa_metric import DEFAULT_VQA_METRIC, VQA_METRICS
 
+PREDICTION_HELP = {
+    "zeroshot": "write each image's top-5 classes and probabilities to this CSV",
+    "retrieval": "write each query's top-10 ids and scores to this JSONL",
+    "vqa": "write the answers in VQAv2's results format [{question_id, answer}] to this JSON",
+}
+
+
+def add_stream_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader processes decoding images (default: one per core, at most 8)")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per model call")
+
+
+def stream_options(args: argparse.Namespace, progress: bool = False):
+    from vlm.eval.stream import StreamOptions, default_workers
+
+    workers = default_workers() if args.workers is None else args.workers
+    return StreamOptions(batch_size=args.batch_size, workers=workers, progress=progress)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="evaluate one checkpoint: zero-shot, retrieval, VQA or compositional")
@@ -23,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         t.add_argument("--data", required=True, help="a shapes-world folder, or a dataset file/folder")
         t.add_argument("--split", default=None, help="split of a shapes-world folder (default: val)")
         t.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
+        if task != "compositional":
+            t.add_argument("--predictions", type=Path, default=None, help=PREDICTION_HELP[task])
+            add_stream_options(t)
         if task == "retrieval":
             t.add_argument("--rerank-from", default=None, metavar="LATE_CKPT",
                            help="hybrid: rank with this late-fusion model, re-score its top k with --checkpoint")
@@ -56,9 +78,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     result = evaluate(args.task, args.checkpoint, args.data, args.split,
                       getattr(args, "rerank_from", None), getattr(args, "k", 16),
-                      getattr(args, "vqa_metric", DEFAULT_VQA_METRIC))
+                      getattr(args, "vqa_metric", DEFAULT_VQA_METRIC),
+                      stream_options(args) if args.task != "compositional" else None,
+                      getattr(args, "predictions", None))
     text = json.dumps(result, indent=2)
     print(text)
+    if getattr(args, "predictions", None) is not None:
+        print(f"wrote {args.predictions}")
     if args.json is not None:
         with atomic_write(args.json, "w") as f:
             f.write(text + "\n")
