@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 from vlm.atomic_io import atomic_write
@@ -49,10 +50,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             t.add_argument("--rerank-from", default=None, metavar="LATE_CKPT",
                            help="hybrid: rank with this late-fusion model, re-score its top k with --checkpoint")
             t.add_argument("--k", type=int, default=16, help="candidates re-scored per query (hybrid)")
+        if task == "zeroshot":
+            t.add_argument("--classnames", default=None, metavar="NAMES",
+                           help='class names in class-folder order instead of the folder\'s: "imagenet" (OpenAI\'s '
+                                'ImageNet-1k names), a file with one per line, or "cat,dog,car"')
+            t.add_argument("--templates", default=None, metavar="TEMPLATES",
+                           help='prompt templates with {}: "imagenet" (OpenAI\'s 80), a file, or one template')
         if task == "vqa":
             t.add_argument("--vqa-metric", choices=VQA_METRICS, default=DEFAULT_VQA_METRIC,
                            help="revision of the official evaluator: 2021 (current) or 2016 (older papers)")
         t.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser("classify", help="zero-shot labels for images or folders: top labels and probabilities")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders (recursive)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder (either family)")
+    labels = p.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--labels", help='comma-separated labels, "cat,dog,car", or "imagenet"')
+    labels.add_argument("--labels-file", type=Path, help="a file with one label per line")
+    p.add_argument("--templates", default=None,
+                   help='prompt templates with {}: a file, one template, or "imagenet" (default "a photo of a {}.")')
+    p.add_argument("--top", type=int, default=5, help="labels per image")
+    p.add_argument("--out", type=Path, default=None, help="write a CSV: image, label, top1, p1, ... (else print)")
+    p.add_argument("--no-progress", action="store_true")
+    add_stream_options(p)
+    p.set_defaults(func=cmd_classify)
 
     p = subparsers.add_parser("compare", help="late vs early fusion on every evaluation, with blind baselines "
                                               "and cost: report.md, report.json, plots")
@@ -80,7 +101,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       getattr(args, "rerank_from", None), getattr(args, "k", 16),
                       getattr(args, "vqa_metric", DEFAULT_VQA_METRIC),
                       stream_options(args) if args.task != "compositional" else None,
-                      getattr(args, "predictions", None))
+                      getattr(args, "predictions", None), getattr(args, "classnames", None),
+                      getattr(args, "templates", None))
     text = json.dumps(result, indent=2)
     print(text)
     if getattr(args, "predictions", None) is not None:
@@ -88,6 +110,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json is not None:
         with atomic_write(args.json, "w") as f:
             f.write(text + "\n")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from vlm.eval.classify import classify
+
+    labels = args.labels if args.labels is not None else args.labels_file
+    predictions, summary = classify(args.checkpoint, args.inputs, labels, args.templates, args.out,
+                                    stream_options(args, progress=not args.no_progress), args.top)
+    if args.out is None:
+        for p in predictions:
+            print("\t".join([p["image"], *(f"{c} {prob:.3f}" for c, prob in zip(p["labels"], p["probabilities"],
+                                                                                 strict=True))]))
+    reasons = ", ".join(f"{r}: {n}" for r, n in sorted(summary["skipped_reasons"].items()))
+    skipped = f"; skipped {summary['skipped']} unreadable ({reasons})" if summary["skipped"] else "; skipped 0"
+    print(f"classified {summary['images']} images{skipped}" + (f"; wrote {args.out}" if args.out else ""),
+          file=sys.stderr)
     return 0
 
 

@@ -61,7 +61,8 @@ def _pair_set(groups: ImageGroups, kept: torch.Tensor, stats: SkipStats) -> Pair
 
 def stream_image_side(dataset, options: StreamOptions, fn) -> tuple[PairSet, list[torch.Tensor]]:
     """fn over each batch of distinct images; the pair set of what decoded and fn's outputs in order."""
-    groups, stats = distinct_images(dataset), SkipStats(source=dataset.stats.source)
+    groups = distinct_images(dataset)
+    stats = groups.skip_stats()
     positions, outputs = [], []
     for batch_positions, out in stream_images(groups, options, fn, stats):
         positions.append(batch_positions)
@@ -183,7 +184,8 @@ def score_needed_pairs(model: nn.Module, dataset, options: StreamOptions, pairs:
         scores[which] = scorer.score_pairs(local, needed[which] % n_texts)
         passes += scorer.passes
 
-    groups, stats = distinct_images(dataset), SkipStats(source=dataset.stats.source)
+    groups = distinct_images(dataset)
+    stats = groups.skip_stats()
     for positions, images in stream_images(groups, options, lambda x: x, stats):
         score_chunk(positions, images)
     return scores, passes

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from vlm.eval import data
+from vlm.eval.class_lists import resolve_classnames, resolve_templates
 from vlm.eval.compositional import evaluate_compositional
 from vlm.eval.predictions import write_class_predictions, write_retrieval_predictions, write_vqa_predictions
 from vlm.eval.retrieval import evaluate_early, evaluate_hybrid, evaluate_late
@@ -94,9 +95,14 @@ def run_compositional(model: nn.Module, sets: EvalSets) -> dict:
 TASKS = {"zeroshot": run_zeroshot, "retrieval": run_retrieval, "vqa": run_vqa, "compositional": run_compositional}
 
 
-def stream_zeroshot(model: nn.Module, path, split, options: StreamOptions) -> tuple[dict, Callable]:
+def stream_zeroshot(model: nn.Module, path, split, options: StreamOptions, classnames=None,
+                    templates=None) -> tuple[dict, Callable]:
+    """`classnames` / `templates` replace the folder's (see class_lists.py: "imagenet", a file, a list)."""
     dataset = data.open_eval_source(path, "classify", split, image_size(model))
-    classnames, templates = list(dataset.info["classnames"]), list(dataset.info["templates"])
+    classnames = resolve_classnames(classnames) if classnames else list(dataset.info["classnames"])
+    templates = resolve_templates(templates) if templates else list(dataset.info["templates"])
+    if len(classnames) != len(dataset.info["classnames"]):
+        raise ValueError(f"{path}: {len(dataset.info['classnames'])} class folders but {len(classnames)} class names")
     result, predictions = stream_zero_shot(model, dataset, classnames, templates, options)
     return result, lambda out: write_class_predictions(out, predictions, classnames)
 
@@ -126,7 +132,8 @@ def stream_vqa_task(model: nn.Module, path, split, options: StreamOptions, metri
 
 def evaluate(task: str, checkpoint: str | Path, data_path: str | Path, split: str | None = None,
              rerank_from: str | Path | None = None, k: int = 16, vqa_metric: str = DEFAULT_VQA_METRIC,
-             options: StreamOptions | None = None, predictions: str | Path | None = None) -> dict:
+             options: StreamOptions | None = None, predictions: str | Path | None = None,
+             classnames: str | list[str] | None = None, templates: str | list[str] | None = None) -> dict:
     """`vlm eval TASK`: one checkpoint on one dataset (a shapes-world folder at `split`, or a file/folder).
 
     Zero-shot, retrieval and VQA stream the images (memory independent of the set's size) and can write
@@ -137,7 +144,7 @@ def evaluate(task: str, checkpoint: str | Path, data_path: str | Path, split: st
     options = options or StreamOptions()
     write = None
     if task == "zeroshot":
-        result, write = stream_zeroshot(model, data_path, split, options)
+        result, write = stream_zeroshot(model, data_path, split, options, classnames, templates)
     elif task == "retrieval":
         late = load_model(rerank_from) if rerank_from else None
         result, write = stream_retrieval(model, data_path, split, options, late, k)

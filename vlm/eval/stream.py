@@ -64,6 +64,10 @@ class ImageGroups:
     records: list[Sample]  # every record of the source, in its order
     record_image: list[int]  # record r shows images[record_image[r]]
 
+    def skip_stats(self) -> SkipStats:
+        """A fresh count for one pass over the images, with the source's name and limit."""
+        return SkipStats(source=self.images.stats.source, max_bad_fraction=self.images.stats.max_bad_fraction)
+
     def first_records(self) -> list[int]:
         """For each distinct image, the index of its first record."""
         first = [-1] * len(self.images)

@@ -13,7 +13,6 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from data_pipelines.sample import SkipStats
 from vlm.eval.pair_scoring import embed_images, encode_images
 from vlm.eval.stream import StreamOptions, distinct_images, stream_images
 from vlm.eval.vqa_metric import DEFAULT_VQA_METRIC, normalize_answer, vqa_report
@@ -73,7 +72,8 @@ def stream_vqa(model: nn.Module, dataset, options: StreamOptions, metric: str = 
     answers = model.config.vqa_answers
     if not answers:
         raise ValueError(f"model {model.config.name!r} has no VQA head (its config has no vqa_answers)")
-    groups, stats = distinct_images(dataset), SkipStats(source=dataset.stats.source)
+    groups = distinct_images(dataset)
+    stats = groups.skip_stats()
     if any(r.answers is None for r in groups.records):
         raise ValueError(f"{stats.source}: VQA evaluation needs the annotations (human answers) next to the questions")
     start, tokenizer = time.perf_counter(), get_tokenizer(model)

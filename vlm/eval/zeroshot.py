@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_pipelines.sample import SkipStats
 from vlm.eval.pair_scoring import FusionPairScorer, encode_images, encode_texts
 from vlm.eval.stream import StreamOptions, distinct_images, stream_images
 from vlm.models.dual_encoder import MAX_LOGIT_SCALE
@@ -120,13 +119,14 @@ def class_logit_fn(model: nn.Module, classnames: list[str], templates: list[str]
 
 @torch.no_grad()
 def stream_zero_shot(model: nn.Module, dataset, classnames: list[str], templates: list[str],
-                     options: StreamOptions, top: int = 5) -> tuple[dict, list[dict]]:
+                     options: StreamOptions, top: int = 5, allow_empty: bool = False) -> tuple[dict, list[dict]]:
     """Zero-shot over a streamed image source: the metrics and, per image, its `top` classes and probabilities.
 
     Only each image's top classes are kept, so memory does not grow with the images beyond a few numbers each.
     """
     start = time.perf_counter()
-    groups, stats = distinct_images(dataset), SkipStats(source=getattr(dataset.stats, "source", "data"))
+    groups = distinct_images(dataset)
+    stats = groups.skip_stats()
     first, logit_fn = groups.first_records(), class_logit_fn(model, classnames, templates)
     predictions, tops, labels = [], [], []
     for positions, logits in stream_images(groups, options, logit_fn, stats):
@@ -138,10 +138,10 @@ def stream_zero_shot(model: nn.Module, dataset, classnames: list[str], templates
             labels.append(record.label)
             predictions.append({"image": str(record.image), "image_id": record.image_id, "label": record.label,
                                 "classes": classes[:top], "probabilities": probs[:top]})
-    if not predictions:
+    if not predictions and not allow_empty:
         raise ValueError(f"{stats.source}: no usable images to classify")
     result = {}
-    if all(label is not None for label in labels):
+    if predictions and all(label is not None for label in labels):
         result = metrics_from_top_classes(torch.cat(tops), torch.tensor(labels), len(classnames))
     result.update(images=len(predictions), classes=len(classnames), templates=len(templates),
                   wall_time_s=time.perf_counter() - start, fusion_passes=logit_fn.passes)
