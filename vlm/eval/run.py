@@ -124,9 +124,11 @@ def stream_retrieval(model: nn.Module, path, split, options: StreamOptions, rera
     return result, lambda out: write_retrieval_predictions(out, pairs.image_ids, pairs.captions, t2i, i2t)
 
 
-def stream_vqa_task(model: nn.Module, path, split, options: StreamOptions, metric: str) -> tuple[dict, Callable]:
+def stream_vqa_task(model: nn.Module, path, split, options: StreamOptions, metric: str,
+                    predictions_wanted: bool) -> tuple[dict, Callable]:
+    """Without annotations (VQAv2 test-dev) the answers can still be written for a submission."""
     dataset = data.open_eval_source(path, "vqa", split, image_size(model))
-    result, predictions = stream_vqa(model, dataset, options, metric)
+    result, predictions = stream_vqa(model, dataset, options, metric, require_answers=not predictions_wanted)
     return result, lambda out: write_vqa_predictions(out, predictions)
 
 
@@ -149,7 +151,7 @@ def evaluate(task: str, checkpoint: str | Path, data_path: str | Path, split: st
         late = load_model(rerank_from) if rerank_from else None
         result, write = stream_retrieval(model, data_path, split, options, late, k)
     elif task == "vqa":
-        result, write = stream_vqa_task(model, data_path, split, options, vqa_metric)
+        result, write = stream_vqa_task(model, data_path, split, options, vqa_metric, predictions is not None)
     else:
         if predictions is not None:
             raise ValueError("--predictions is written by zeroshot, retrieval and vqa, not compositional")

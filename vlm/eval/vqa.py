@@ -64,18 +64,21 @@ def _answer(model: nn.Module, image_side: torch.Tensor, ids: torch.Tensor) -> to
 
 @torch.no_grad()
 def stream_vqa(model: nn.Module, dataset, options: StreamOptions, metric: str = DEFAULT_VQA_METRIC,
-               batch_size: int = 128) -> tuple[dict, list[dict]]:
+               batch_size: int = 128, require_answers: bool = True) -> tuple[dict, list[dict]]:
     """VQA over a streamed source, grouped by image: each image is decoded and encoded once (late fusion
     then answers all its questions from that embedding; early fusion fuses its patch tokens with each).
 
-    Returns the report (questions in the source's order) and the predictions in VQAv2's results format."""
+    Returns the report (questions in the source's order) and the predictions in VQAv2's results format.
+    Questions without annotations (test-dev) are answered but not scored when `require_answers` is False."""
     answers = model.config.vqa_answers
     if not answers:
         raise ValueError(f"model {model.config.name!r} has no VQA head (its config has no vqa_answers)")
     groups = distinct_images(dataset)
     stats = groups.skip_stats()
-    if any(r.answers is None for r in groups.records):
-        raise ValueError(f"{stats.source}: VQA evaluation needs the annotations (human answers) next to the questions")
+    annotated = all(r.answers is not None for r in groups.records)
+    if not annotated and require_answers:
+        raise ValueError(f"{stats.source}: VQA evaluation needs the annotations (human answers) next to the questions "
+                         "(without them, only --predictions can be written: a test-dev submission)")
     start, tokenizer = time.perf_counter(), get_tokenizer(model)
     questions_of = defaultdict(list)
     for r, image in enumerate(groups.record_image):
@@ -93,8 +96,10 @@ def stream_vqa(model: nn.Module, dataset, options: StreamOptions, metric: str = 
     if not kept:
         raise ValueError(f"{stats.source}: no usable VQA questions")
     records = [groups.records[r] for r in kept]
-    result = vqa_report([predicted[r] for r in kept], [q.answers for q in records],
-                        [q.answer_type for q in records], [q.question_family for q in records], metric)
+    result = {"questions": len(kept), "vqa_accuracy": None}  # nothing to score a test-dev answer against
+    if annotated:
+        result = vqa_report([predicted[r] for r in kept], [q.answers for q in records],
+                            [q.answer_type for q in records], [q.question_family for q in records], metric)
     result.update(wall_time_s=time.perf_counter() - start,
                   fusion_passes=len(kept) if model.config.arch == "early_fusion" else 0)
     if stats.skipped:
