@@ -61,19 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            help="revision of the official evaluator: 2021 (current) or 2016 (older papers)")
         t.set_defaults(func=cmd_eval)
 
-    p = subparsers.add_parser("classify", help="zero-shot labels for images or folders: top labels and probabilities")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders (recursive)")
-    p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder (either family)")
-    labels = p.add_mutually_exclusive_group(required=True)
-    labels.add_argument("--labels", help='comma-separated labels, "cat,dog,car", or "imagenet"')
-    labels.add_argument("--labels-file", type=Path, help="a file with one label per line")
-    p.add_argument("--templates", default=None,
-                   help='prompt templates with {}: a file, one template, or "imagenet" (default "a photo of a {}.")')
-    p.add_argument("--top", type=int, default=5, help="labels per image")
-    p.add_argument("--out", type=Path, default=None, help="write a CSV: image, label, top1, p1, ... (else print)")
-    p.add_argument("--no-progress", action="store_true")
-    add_stream_options(p)
-    p.set_defaults(func=cmd_classify)
+    register_classify(subparsers)
 
     p = subparsers.add_parser("compare", help="late vs early fusion on every evaluation, with blind baselines "
                                               "and cost: report.md, report.json, plots")
@@ -92,6 +80,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-queries", type=int, default=20, help="text queries timed for the p50/p99 latency")
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(func=cmd_compare)
+
+
+def register_classify(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("classify", help="zero-shot labels for images or folders: top labels and probabilities")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders (recursive)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder (either family)")
+    labels = p.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--labels", help='comma-separated labels, "cat,dog,car", or "imagenet"')
+    labels.add_argument("--labels-file", type=Path, help="a file with one label per line")
+    p.add_argument("--templates", default=None,
+                   help='prompt templates with {}: a file, one template, or "imagenet" (default "a photo of a {}.")')
+    p.add_argument("--top", type=int, default=5, help="labels per image")
+    p.add_argument("--out", type=Path, default=None, help="write a CSV: image, label, top1, p1, ... (else print)")
+    p.add_argument("--no-progress", action="store_true")
+    add_stream_options(p)
+    p.set_defaults(func=cmd_classify)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
