@@ -210,3 +210,8 @@ def test_text_only_baseline_prefers_word_pairs_seen_in_training():
     assert lm.log_prob("a red circle") > lm.log_prob("a red square")
     result = evaluate_text_only(train, ["a red circle"], ["a blue circle"], ["attribute"])
     assert result["compositional_accuracy"] == 100.0
+
+
+def test_vqa_report_scores_with_the_chosen_revision_and_says_which():
+    assert vqa_report(["Two"], [["2"] * 10]) == {"vqa_accuracy": 0.0, "questions": 1, "vqa_metric": "2021"}
+    assert vqa_report(["Two"], [["2"] * 10], metric="2016")["vqa_accuracy"] == 100.0

@@ -79,6 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="retrieval on the first N images (exhaustive early fusion is quadratic); 0: all")
     p.add_argument("--latency-queries", type=int, default=20, help="text queries timed for the p50/p99 latency")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--vqa-metric", choices=VQA_METRICS, default=DEFAULT_VQA_METRIC,
+                   help="revision of the official VQA evaluator: 2021 (current) or 2016 (older papers)")
     p.set_defaults(func=cmd_compare)
 
 
@@ -143,7 +145,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                      early_vqa_ckpt=args.early_vqa, hybrid_ks=tuple(args.k or DEFAULT_HYBRID_KS),
                      max_retrieval_images=args.max_retrieval_images or None,
                      latency_queries=args.latency_queries, heldout_split=args.heldout_split or None,
-                     plots=not args.no_plots)
+                     plots=not args.no_plots, vqa_metric=args.vqa_metric)
     print(format_summary_table(report))
     print(f"wrote {args.out / 'report.md'} and {args.out / 'report.json'}")
     return 0

@@ -143,8 +143,9 @@ class QuestionOnlyBaseline:
 def evaluate_question_only(train_questions: list[str], train_answers: list[list[str]],
                            train_families: list[str | None] | None, questions: list[str],
                            human_answers: list[list[str]], answer_types: list[str | None] | None = None,
-                           question_families: list[str | None] | None = None) -> dict:
+                           question_families: list[str | None] | None = None,
+                           metric: str = DEFAULT_VQA_METRIC) -> dict:
     baseline = QuestionOnlyBaseline(train_questions, train_answers, train_families)
     families = question_families or [None] * len(questions)
     predictions = [baseline.predict(q, f) for q, f in zip(questions, families, strict=True)]
-    return vqa_report(predictions, human_answers, answer_types, question_families)
+    return vqa_report(predictions, human_answers, answer_types, question_families, metric)
