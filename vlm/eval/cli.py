@@ -106,7 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(args.task, args.checkpoint, args.data, args.split,
                       getattr(args, "rerank_from", None), getattr(args, "k", 16),
                       getattr(args, "vqa_metric", DEFAULT_VQA_METRIC),
-                      stream_options(args) if args.task != "compositional" else None,
+                      stream_options(args, progress=sys.stderr.isatty()) if args.task != "compositional" else None,
                       getattr(args, "predictions", None), getattr(args, "classnames", None),
                       getattr(args, "templates", None))
     text = json.dumps(result, indent=2)

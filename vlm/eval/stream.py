@@ -52,7 +52,7 @@ def image_batches(dataset, options: StreamOptions, stats: SkipStats, what: str =
     from tqdm import tqdm
 
     total = len(dataset) if hasattr(dataset, "__len__") else None
-    with tqdm(total=total, unit=" " + what, desc=what, dynamic_ncols=True) as bar:
+    with tqdm(total=total, unit=" " + what, desc=what) as bar:
         for batch in batches:
             yield batch
             bar.update(len(batch["image_ids"]) + sum(batch.get("skipped", {}).values()))
