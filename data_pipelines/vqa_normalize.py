@@ -1,11 +1,21 @@
-"""VQAv2's official answer normalisation (GT-Vision-Lab/VQA `vqaEval.py`), used both to build training targets
-and to score predictions, so a model is trained on exactly the answers it is scored against.
+r"""VQAv2's official answer normalisation (GT-Vision-Lab/VQA `vqaEval.py`, `processPunctuation` and
+`processDigitArticle`), used both to build training targets and to score predictions, so a model is trained on
+exactly the answers it is scored against. Which answers get which step is the metric's business
+(vlm/eval/vqa_metric.py).
 
-Its quirks are kept on purpose, because they are what the published numbers were made with:
+The official code is Python 2 (it has `print` statements), and its quirks are kept on purpose, because they are
+what the published numbers were made with:
 - a punctuation mark is deleted when it touches a space (or the text has a digit-comma-digit), otherwise it
-  becomes a space; a period is deleted unless a digit follows it ("2.5" keeps its point);
+  becomes a space; a period is deleted unless a digit follows it ("2.5" keeps its point), but only the first
+  32: `periodStrip.sub("", outText, re.UNICODE)` passes re.UNICODE (= 32) as `sub`'s `count`, not as a flag;
+- its patterns are compiled without re.UNICODE, so under Python 2 `\d` is [0-9] only; a Python 3 str pattern
+  would match every Unicode decimal digit ("٣", "３"), hence re.ASCII here;
+- Python 2's `unicode.lower()` maps one character to one (simple case mapping); Python 3's `str.lower()` uses the
+  full mapping ("İ" -> "i" + a combining dot) and a final sigma, so lower case is taken one character at a time.
+  Characters whose case changed between Unicode 5.2 (Python 2.7's database) and ours are not emulated;
 - number words up to ten become digits, "none" becomes "0", articles are dropped, and a fixed list of
-  apostrophe-less contractions gets its apostrophe back.
+  apostrophe-less contractions gets its apostrophe back (with the list's own oddities, "somebody'd" ->
+  "somebodyd").
 """
 
 from __future__ import annotations
@@ -16,8 +26,9 @@ PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_",
                "?", "!"]
 # The official pattern reads `(?!<=\d)`: a lookahead for the literal "<=" + digit, not a lookbehind, so in
 # effect every period is stripped unless a digit follows it. We keep that behaviour.
-PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
-COMMA_BETWEEN_DIGITS = re.compile(r"(\d)(,)(\d)")
+PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)", re.ASCII)
+PERIOD_STRIP_COUNT = 32  # re.UNICODE, passed where `sub` takes its count
+COMMA_BETWEEN_DIGITS = re.compile(r"(\d)(,)(\d)", re.ASCII)
 NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
                 "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 ARTICLES = {"a", "an", "the"}
@@ -55,17 +66,28 @@ def process_punctuation(text: str) -> str:
             out = out.replace(mark, "")
         else:
             out = out.replace(mark, " ")
-    return PERIOD_STRIP.sub("", out)
+    return PERIOD_STRIP.sub("", out, count=PERIOD_STRIP_COUNT)
+
+
+def python2_lower(text: str) -> str:
+    """Python 2's `unicode.lower()`: one character to one (see the module docstring)."""
+    if text.isascii():
+        return text.lower()
+    return "".join("i" if c == "\u0130" else c.lower() for c in text)
 
 
 def process_digit_article(text: str) -> str:
     """The official `processDigitArticle`: lower case, number words -> digits, no articles, contractions."""
-    words = [NUMBER_WORDS.get(w, w) for w in text.lower().split()]
+    words = [NUMBER_WORDS.get(w, w) for w in python2_lower(text).split()]
     words = [w for w in words if w not in ARTICLES]
     return " ".join(CONTRACTIONS.get(w, w) for w in words)
 
 
+def clean_answer(answer: str) -> str:
+    """The first step for every answer: newlines and tabs become spaces, then the ends are stripped."""
+    return answer.replace("\n", " ").replace("\t", " ").strip()
+
+
 def normalize_answer(answer: str) -> str:
-    """How the official evaluator normalises a predicted answer."""
-    answer = answer.replace("\n", " ").replace("\t", " ").strip()
-    return process_digit_article(process_punctuation(answer))
+    """Every step of the official normalisation (what the evaluator does to answers that need normalising)."""
+    return process_digit_article(process_punctuation(clean_answer(answer)))

@@ -7,13 +7,14 @@ import itertools
 import pytest
 import torch
 
+from data_pipelines.vqa_normalize import process_digit_article
 from vlm.eval.compositional import BigramCaptionModel, evaluate_text_only, two_way_accuracy
 from vlm.eval.retrieval_metric import chance_retrieval_metrics, positives_matrix, recall_at_k, retrieval_metrics
 from vlm.eval.vqa import QuestionOnlyBaseline
-from vlm.eval.vqa_metric import normalize_answer, process_punctuation, vqa_accuracy, vqa_report
+from vlm.eval.vqa_metric import VQA_METRICS, normalize_answer, process_punctuation, vqa_accuracy, vqa_report
 from vlm.eval.zeroshot import class_prompts, classification_metrics
 
-# ---- VQA: the official normalisation and accuracy ----
+# ---- VQA: the official normalisation and accuracy (GT-Vision-Lab/VQA vqaEval.py, 2021 and 2016) ----
 
 @pytest.mark.parametrize("prediction, expected", [
     ("Two", "2"), ("none", "0"), ("the dog", "dog"), ("A Dog", "dog"), ("dont", "don't"),
@@ -29,6 +30,22 @@ def test_punctuation_touching_a_space_is_deleted_otherwise_it_becomes_a_space():
     assert process_punctuation("red/blue") == "red blue"
 
 
+def test_only_the_first_32_periods_are_stripped_as_re_unicode_is_passed_as_the_count():
+    assert process_punctuation("." * 40) == "." * 8
+    assert process_punctuation("a." * 33) == "a" * 32 + "a."
+
+
+def test_digits_in_the_official_patterns_are_ascii_only_as_in_python_2():
+    assert process_punctuation("1.\uff15") == "1\uff15"  # fullwidth 5 is no digit: the period goes
+    assert process_punctuation("1.5") == "1.5"
+    assert process_punctuation("\uff11,\uff10") == "\uff11 \uff10"  # no digit-comma-digit: the comma -> space
+
+
+def test_lower_case_is_python_2_one_character_to_one():
+    assert process_digit_article("\u0130S") == "is"  # Python 3's str.lower() would give "i\u0307s"
+    assert process_digit_article("\u039f\u0394\u039f\u03a3") == "\u03bf\u03b4\u03bf\u03c3"  # no final sigma
+
+
 def test_two_of_ten_humans_score_point_six():
     humans = ["cat", "cat"] + ["dog"] * 8
     assert vqa_accuracy("cat", humans) == pytest.approx(0.6)
@@ -36,25 +53,51 @@ def test_two_of_ten_humans_score_point_six():
     assert vqa_accuracy("bird", humans) == 0.0
 
 
+@pytest.mark.parametrize("metric", VQA_METRICS)
 @pytest.mark.parametrize("matches, expected", [(0, 0.0), (1, 0.3), (2, 0.6), (3, 0.9), (4, 1.0), (10, 1.0)])
-def test_leave_one_out_accuracy_for_each_number_of_matching_humans(matches, expected):
+def test_leave_one_out_accuracy_for_each_number_of_matching_humans(matches, expected, metric):
     humans = ["2"] * matches + ["3"] * (10 - matches)
-    assert vqa_accuracy("two", humans) == pytest.approx(expected)
+    assert vqa_accuracy("2", humans, metric) == pytest.approx(expected)
 
 
-def test_predictions_are_normalised_before_matching():
-    assert vqa_accuracy("Two", ["2"] * 10) == 1.0
-    assert vqa_accuracy("the dog", ["dog"] * 10) == 1.0
-    assert vqa_accuracy("dont", ["don't"] * 10) == 1.0
+def test_current_metric_normalises_both_sides_when_the_humans_disagree():
+    # The two cases of issue 10: "none" -> "0" on both sides; ten identical "2" are compared as they are.
+    assert vqa_accuracy("none", ["none"] * 3 + ["no"] * 7) == pytest.approx(0.9)
+    assert vqa_accuracy("Two", ["2"] * 10) == 0.0
+    assert vqa_accuracy("dog", ["the dog"] * 4 + ["cat"] * 6) == 1.0  # articles go from the humans too
     assert vqa_accuracy("Yes.", ["yes"] * 3 + ["no"] * 7) == pytest.approx(0.9)
+    assert vqa_accuracy("Dont", ["don't"] * 2 + ["do"] * 8) == pytest.approx(0.6)
 
 
-def test_human_answers_get_only_the_punctuation_step_as_in_the_official_code():
-    # The official evaluator does not map number words or drop articles in the human answers.
-    assert vqa_accuracy("2", ["two"] * 10) == 0.0
-    # ... but it strips their punctuation when they disagree.
-    assert vqa_accuracy("red white", ["red, white"] * 4 + ["blue"] * 6) == 1.0
-    assert vqa_accuracy("red white", ["red, white"] * 10) == 0.0  # all agree: left as they are
+def test_current_metric_normalises_neither_side_when_the_humans_agree():
+    assert vqa_accuracy("red, white", ["red, white"] * 10) == 1.0
+    assert vqa_accuracy("red white", ["red, white"] * 10) == 0.0
+    assert vqa_accuracy("Yes", ["yes"] * 10) == 0.0
+    assert vqa_accuracy(" yes\n", ["yes"] * 10) == 1.0  # cleaning (newlines, tabs, ends) applies to all
+
+
+def test_current_metric_strips_the_human_answers_before_comparing_them():
+    # Stripped, these ten agree: no normalisation, the prediction must match exactly.
+    assert vqa_accuracy("yes", [" yes"] * 5 + ["yes"] * 5) == 1.0
+    assert vqa_accuracy("Yes", [" yes"] * 5 + ["yes"] * 5) == 0.0
+    assert vqa_accuracy("yes", [" yes"] * 2 + ["no"] * 8) == pytest.approx(0.6)
+
+
+def test_the_2016_metric_normalises_only_the_prediction_and_the_humans_punctuation():
+    assert vqa_accuracy("none", ["none"] * 3 + ["no"] * 7, "2016") == 0.0
+    assert vqa_accuracy("Two", ["2"] * 10, "2016") == 1.0
+    assert vqa_accuracy("the dog", ["dog"] * 10, "2016") == 1.0
+    assert vqa_accuracy("dont", ["don't"] * 10, "2016") == 1.0
+    assert vqa_accuracy("2", ["two"] * 10, "2016") == 0.0
+    assert vqa_accuracy("dog", ["the dog"] * 4 + ["cat"] * 6, "2016") == 0.0
+    assert vqa_accuracy("red white", ["red, white"] * 4 + ["blue"] * 6, "2016") == 1.0
+    assert vqa_accuracy("red white", ["red, white"] * 10, "2016") == 0.0  # all agree: left as they are
+    assert vqa_accuracy("yes", [" yes"] * 2 + ["no"] * 8, "2016") == 0.0  # humans are not stripped
+
+
+def test_an_unknown_vqa_metric_is_refused_by_name():
+    with pytest.raises(ValueError, match="2017"):
+        vqa_accuracy("yes", ["yes"] * 10, "2017")
 
 
 def test_vqa_report_averages_in_percent_per_answer_type_and_family():
@@ -167,3 +210,8 @@ def test_text_only_baseline_prefers_word_pairs_seen_in_training():
     assert lm.log_prob("a red circle") > lm.log_prob("a red square")
     result = evaluate_text_only(train, ["a red circle"], ["a blue circle"], ["attribute"])
     assert result["compositional_accuracy"] == 100.0
+
+
+def test_vqa_report_scores_with_the_chosen_revision_and_says_which():
+    assert vqa_report(["Two"], [["2"] * 10]) == {"vqa_accuracy": 0.0, "questions": 1, "vqa_metric": "2021"}
+    assert vqa_report(["Two"], [["2"] * 10], metric="2016")["vqa_accuracy"] == 100.0

@@ -13,11 +13,12 @@ import importlib
 BENCH_MODULES = [
     "data_pipelines.bench",  # vlm bench data
     "vlm.serve.bench",  # vlm bench serve
+    "vlm.eval.bench",  # vlm bench eval
 ]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("bench", help="throughput benchmarks (data, serve)")
+    p = subparsers.add_parser("bench", help="throughput benchmarks (data, serve, eval)")
     sub = p.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     for name in BENCH_MODULES:
         importlib.import_module(name).register_bench(sub)

@@ -5,10 +5,31 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 from data_pipelines.options import add_source_arguments, source_options
 from vlm.atomic_io import atomic_write
+from vlm.eval.vqa_metric import DEFAULT_VQA_METRIC, VQA_METRICS
+
+PREDICTION_HELP = {
+    "zeroshot": "write each image's top-5 classes and probabilities to this CSV",
+    "retrieval": "write each query's top-10 ids and scores to this JSONL",
+    "vqa": "write the answers in VQAv2's results format [{question_id, answer}] to this JSON",
+}
+
+
+def add_stream_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader processes decoding images (default: one per core, at most 8)")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per model call")
+
+
+def stream_options(args: argparse.Namespace, progress: bool = False):
+    from vlm.eval.stream import StreamOptions, default_workers
+
+    workers = default_workers() if args.workers is None else args.workers
+    return StreamOptions(batch_size=args.batch_size, workers=workers, progress=progress)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,11 +46,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         t.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
         if task in ("retrieval", "compositional"):  # the evaluations that read pairs files
             add_source_arguments(t)
+        if task != "compositional":
+            t.add_argument("--predictions", type=Path, default=None, help=PREDICTION_HELP[task])
+            add_stream_options(t)
         if task == "retrieval":
             t.add_argument("--rerank-from", default=None, metavar="LATE_CKPT",
                            help="hybrid: rank with this late-fusion model, re-score its top k with --checkpoint")
             t.add_argument("--k", type=int, default=16, help="candidates re-scored per query (hybrid)")
+        if task == "zeroshot":
+            t.add_argument("--classnames", default=None, metavar="NAMES",
+                           help='class names in class-folder order instead of the folder\'s: "imagenet" (OpenAI\'s '
+                                'ImageNet-1k names), a file with one per line, or "cat,dog,car"')
+            t.add_argument("--templates", default=None, metavar="TEMPLATES",
+                           help='prompt templates with {}: "imagenet" (OpenAI\'s 80), a file, or one template')
+        if task == "vqa":
+            t.add_argument("--vqa-metric", choices=VQA_METRICS, default=DEFAULT_VQA_METRIC,
+                           help="revision of the official evaluator: 2021 (current) or 2016 (older papers)")
         t.set_defaults(func=cmd_eval)
+
+    register_classify(subparsers)
 
     p = subparsers.add_parser("compare", help="late vs early fusion on every evaluation, with blind baselines "
                                               "and cost: report.md, report.json, plots")
@@ -48,7 +83,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="retrieval on the first N images (exhaustive early fusion is quadratic); 0: all")
     p.add_argument("--latency-queries", type=int, default=20, help="text queries timed for the p50/p99 latency")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--vqa-metric", choices=VQA_METRICS, default=DEFAULT_VQA_METRIC,
+                   help="revision of the official VQA evaluator: 2021 (current) or 2016 (older papers)")
     p.set_defaults(func=cmd_compare)
+
+
+def register_classify(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("classify", help="zero-shot labels for images or folders: top labels and probabilities")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders (recursive)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder (either family)")
+    labels = p.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--labels", help='comma-separated labels, "cat,dog,car", or "imagenet"')
+    labels.add_argument("--labels-file", type=Path, help="a file with one label per line")
+    p.add_argument("--templates", default=None,
+                   help='prompt templates with {}: a file, one template, or "imagenet" (default "a photo of a {}.")')
+    p.add_argument("--top", type=int, default=5, help="labels per image")
+    p.add_argument("--out", type=Path, default=None, help="write a CSV: image, label, top1, p1, ... (else print)")
+    p.add_argument("--no-progress", action="store_true")
+    add_stream_options(p)
+    p.set_defaults(func=cmd_classify)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -56,12 +109,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     options = source_options(args) if hasattr(args, "image_column") else None
     result = evaluate(args.task, args.checkpoint, args.data, args.split,
-                      getattr(args, "rerank_from", None), getattr(args, "k", 16), options=options)
+                      getattr(args, "rerank_from", None), getattr(args, "k", 16),
+                      getattr(args, "vqa_metric", DEFAULT_VQA_METRIC),
+                      stream_options(args, progress=sys.stderr.isatty()) if args.task != "compositional" else None,
+                      getattr(args, "predictions", None), getattr(args, "classnames", None),
+                      getattr(args, "templates", None), source_options=options)
     text = json.dumps(result, indent=2)
     print(text)
+    if getattr(args, "predictions", None) is not None:
+        print(f"wrote {args.predictions}")
     if args.json is not None:
         with atomic_write(args.json, "w") as f:
             f.write(text + "\n")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from vlm.eval.classify import classify
+
+    labels = args.labels if args.labels is not None else args.labels_file
+    predictions, summary = classify(args.checkpoint, args.inputs, labels, args.templates, args.out,
+                                    stream_options(args, progress=not args.no_progress), args.top)
+    if args.out is None:
+        for p in predictions:
+            print("\t".join([p["image"], *(f"{c} {prob:.3f}" for c, prob in zip(p["labels"], p["probabilities"],
+                                                                                 strict=True))]))
+    reasons = ", ".join(f"{r}: {n}" for r, n in sorted(summary["skipped_reasons"].items()))
+    skipped = f"; skipped {summary['skipped']} unreadable ({reasons})" if summary["skipped"] else "; skipped 0"
+    print(f"classified {summary['images']} images{skipped}" + (f"; wrote {args.out}" if args.out else ""),
+          file=sys.stderr)
     return 0
 
 
@@ -74,7 +150,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                      early_vqa_ckpt=args.early_vqa, hybrid_ks=tuple(args.k or DEFAULT_HYBRID_KS),
                      max_retrieval_images=args.max_retrieval_images or None,
                      latency_queries=args.latency_queries, heldout_split=args.heldout_split or None,
-                     plots=not args.no_plots)
+                     plots=not args.no_plots, vqa_metric=args.vqa_metric)
     print(format_summary_table(report))
     print(f"wrote {args.out / 'report.md'} and {args.out / 'report.json'}")
     return 0

@@ -23,6 +23,7 @@ from vlm.eval.retrieval import evaluate_early, evaluate_late, hybrid_from_exhaus
 from vlm.eval.retrieval_metric import chance_retrieval_metrics
 from vlm.eval.run import EvalSets, run_compositional, run_vqa, run_zeroshot
 from vlm.eval.vqa import evaluate_question_only
+from vlm.eval.vqa_metric import DEFAULT_VQA_METRIC
 from vlm.eval.zeroshot import chance_classification_metrics
 from vlm.models import load_model
 from vlm.models.checkpoint import CHECKPOINT_NAME, resolve_checkpoint
@@ -84,17 +85,17 @@ def hybrid_vs_early(retrieval: dict, k: int | None = HEADLINE_K) -> dict | None:
 
 
 def compare_vqa(late_vqa: nn.Module | None, early_vqa: nn.Module | None, sets: EvalSets,
-                training_questions: tuple[list, list, list]) -> dict:
+                training_questions: tuple[list, list, list], metric: str = DEFAULT_VQA_METRIC) -> dict:
     result = {}
     for name, model in (("late", late_vqa), ("early", early_vqa)):
         if model is not None:
-            result[name] = run_vqa(model, sets)
-            result[f"{name}_image_zeroed"] = run_vqa(model, sets, zero_images=True)
+            result[name] = run_vqa(model, sets, metric=metric)
+            result[f"{name}_image_zeroed"] = run_vqa(model, sets, zero_images=True, metric=metric)
     if result:
         any_model = late_vqa if late_vqa is not None else early_vqa
         d = sets.get("vqa", any_model)
         result["question_only"] = evaluate_question_only(*training_questions, d.questions,
-                                                         d.answers, d.answer_types, d.question_families)
+                                                         d.answers, d.answer_types, d.question_families, metric)
     return result
 
 
@@ -108,12 +109,12 @@ def compare_compositional(late: nn.Module, early: nn.Module, sets: EvalSets, tra
 
 def compare_heldout(late: nn.Module, early: nn.Module, vqa_models: list[nn.Module | None], data_dir: Path,
                     split: str, training_questions: tuple[list, list, list],
-                    training_captions: list[str]) -> dict | None:
+                    training_captions: list[str], vqa_metric: str = DEFAULT_VQA_METRIC) -> dict | None:
     """VQA and compositional accuracy on the split of unseen colour-shape combinations, if there is one."""
     if not (data_dir / f"compositional_{split}.jsonl").is_file():
         return None
     sets = EvalSets(data_dir, split)
-    return {"split": split, "vqa": compare_vqa(*vqa_models, sets, training_questions),
+    return {"split": split, "vqa": compare_vqa(*vqa_models, sets, training_questions, vqa_metric),
             "compositional": compare_compositional(late, early, sets, training_captions)}
 
 
@@ -150,7 +151,8 @@ def compare(late_ckpt: str | Path, early_ckpt: str | Path, data_dir: str | Path,
             split: str = "val", late_vqa_ckpt: str | Path | None = None,
             early_vqa_ckpt: str | Path | None = None, hybrid_ks: tuple[int, ...] = DEFAULT_HYBRID_KS,
             max_retrieval_images: int | None = DEFAULT_MAX_RETRIEVAL_IMAGES, latency_queries: int = 20,
-            throughput_batch: int = 64, heldout_split: str | None = "heldout", plots: bool = True) -> dict:
+            throughput_batch: int = 64, heldout_split: str | None = "heldout", plots: bool = True,
+            vqa_metric: str = DEFAULT_VQA_METRIC) -> dict:
     """Evaluate both families (and the blind baselines) on a shapes-world folder; write report.{json,md} + PNGs.
 
     `late_ckpt` / `early_ckpt` are checkpoint files or run folders. VQA uses `*_vqa_ckpt`, else the model
@@ -176,11 +178,11 @@ def compare(late_ckpt: str | Path, early_ckpt: str | Path, data_dir: str | Path,
     log.info("compare: retrieval")
     retrieval = compare_retrieval(late, early, sets, hybrid_ks)
     log.info("compare: VQA")
-    vqa = compare_vqa(*vqa_models, sets, training_questions)
+    vqa = compare_vqa(*vqa_models, sets, training_questions, vqa_metric)
     log.info("compare: compositional")
     compositional = compare_compositional(late, early, sets, training_captions)
     heldout = (compare_heldout(late, early, vqa_models, data_dir, heldout_split, training_questions,
-                               training_captions) if heldout_split else None)
+                               training_captions, vqa_metric) if heldout_split else None)
     log.info("compare: cost")
     cost = compare_cost(late, early, sets, hybrid_ks, latency_queries, throughput_batch)
     report = {
@@ -188,7 +190,8 @@ def compare(late_ckpt: str | Path, early_ckpt: str | Path, data_dir: str | Path,
                   "early_checkpoint": str(resolve_checkpoint(early_ckpt)), "early_model": early.config.name,
                   "late_vqa_checkpoint": str(vqa_paths[0]) if vqa_paths[0] else None,
                   "early_vqa_checkpoint": str(vqa_paths[1]) if vqa_paths[1] else None,
-                  "data": str(data_dir), "split": split, "max_retrieval_images": max_retrieval_images},
+                  "data": str(data_dir), "split": split, "max_retrieval_images": max_retrieval_images,
+                  "vqa_metric": vqa_metric},
         "zeroshot": zeroshot, "retrieval": retrieval,
         "hybrid_vs_early": hybrid_vs_early(retrieval, headline_k(hybrid_ks)),
         "vqa": vqa, "compositional": compositional, "heldout": heldout, "cost": cost,

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from vlm.eval import data
+from vlm.eval.class_lists import resolve_classnames, resolve_templates
 from vlm.eval.compositional import evaluate_compositional
+from vlm.eval.predictions import write_class_predictions, write_retrieval_predictions, write_vqa_predictions
 from vlm.eval.retrieval import evaluate_early, evaluate_hybrid, evaluate_late
-from vlm.eval.vqa import evaluate_vqa
-from vlm.eval.zeroshot import evaluate_zero_shot
+from vlm.eval.retrieval_stream import stream_early, stream_hybrid, stream_late
+from vlm.eval.stream import StreamOptions
+from vlm.eval.vqa import evaluate_vqa, stream_vqa
+from vlm.eval.vqa_metric import DEFAULT_VQA_METRIC
+from vlm.eval.zeroshot import evaluate_zero_shot, stream_zero_shot
 from vlm.models import load_model
 from vlm.models.checkpoint import resolve_checkpoint
 from vlm.models.preprocess import model_transform
@@ -77,13 +83,13 @@ def run_retrieval(model: nn.Module, sets: EvalSets, rerank_from: nn.Module | Non
 
 
 @torch.no_grad()
-def run_vqa(model: nn.Module, sets: EvalSets, zero_images: bool = False) -> dict:
+def run_vqa(model: nn.Module, sets: EvalSets, zero_images: bool = False, metric: str = DEFAULT_VQA_METRIC) -> dict:
     """`zero_images`: the blind baseline of the same model and head, every image replaced by zeros
     (the dataset's mean colour after normalisation), so what it scores comes from the question alone."""
     d = sets.get("vqa", model)
     images = torch.zeros_like(d.images) if zero_images else d.images
     return _with_data_info(evaluate_vqa(model, images, d.questions, d.answers, d.answer_types,
-                                        d.question_families), d)
+                                        d.question_families, metric), d)
 
 
 @torch.no_grad()
@@ -95,19 +101,70 @@ def run_compositional(model: nn.Module, sets: EvalSets) -> dict:
 TASKS = {"zeroshot": run_zeroshot, "retrieval": run_retrieval, "vqa": run_vqa, "compositional": run_compositional}
 
 
+def stream_zeroshot(model: nn.Module, path, split, options: StreamOptions, classnames=None,
+                    templates=None) -> tuple[dict, Callable]:
+    """`classnames` / `templates` replace the folder's (see class_lists.py: "imagenet", a file, a list)."""
+    dataset = data.open_eval_source(path, "classify", split, model_transform(model))
+    classnames = resolve_classnames(classnames) if classnames else list(dataset.info["classnames"])
+    templates = resolve_templates(templates) if templates else list(dataset.info["templates"])
+    if len(classnames) != len(dataset.info["classnames"]):
+        raise ValueError(f"{path}: {len(dataset.info['classnames'])} class folders but {len(classnames)} class names")
+    result, predictions = stream_zero_shot(model, dataset, classnames, templates, options)
+    return result, lambda out: write_class_predictions(out, predictions, classnames)
+
+
+def stream_retrieval(model: nn.Module, path, split, options: StreamOptions, rerank_from: nn.Module | None,
+                     k: int, source_options: dict | None = None) -> tuple[dict, Callable]:
+    """Late or exhaustive early retrieval; with `rerank_from` (a late model), hybrid re-ranking of its top k."""
+    dataset = data.open_eval_source(path, "pairs", split, model_transform(model), source_options)
+    if rerank_from is not None:
+        if model.config.arch != "early_fusion" or rerank_from.config.arch != "dual_encoder":
+            raise ValueError("hybrid retrieval re-ranks a late-fusion model's candidates with an early-fusion "
+                             "model: --checkpoint must be early fusion and --rerank-from late fusion")
+        late_dataset = data.open_eval_source(path, "pairs", split, model_transform(rerank_from), source_options)
+        result, pairs, t2i, i2t = stream_hybrid(rerank_from, model, late_dataset, dataset, options, k)
+    elif model.config.arch == "dual_encoder":
+        result, pairs, t2i, i2t = stream_late(model, dataset, options)
+    else:
+        result, pairs, t2i, i2t = stream_early(model, dataset, options)
+    return result, lambda out: write_retrieval_predictions(out, pairs.image_ids, pairs.captions, t2i, i2t)
+
+
+def stream_vqa_task(model: nn.Module, path, split, options: StreamOptions, metric: str,
+                    predictions_wanted: bool) -> tuple[dict, Callable]:
+    """Without annotations (VQAv2 test-dev) the answers can still be written for a submission."""
+    dataset = data.open_eval_source(path, "vqa", split, model_transform(model))
+    result, predictions = stream_vqa(model, dataset, options, metric, require_answers=not predictions_wanted)
+    return result, lambda out: write_vqa_predictions(out, predictions)
+
+
 def evaluate(task: str, checkpoint: str | Path, data_path: str | Path, split: str | None = None,
-             rerank_from: str | Path | None = None, k: int = 16, options: dict | None = None) -> dict:
+             rerank_from: str | Path | None = None, k: int = 16, vqa_metric: str = DEFAULT_VQA_METRIC,
+             options: StreamOptions | None = None, predictions: str | Path | None = None,
+             classnames: str | list[str] | None = None, templates: str | list[str] | None = None,
+             source_options: dict | None = None) -> dict:
     """`vlm eval TASK`: one checkpoint on one dataset (a shapes-world folder at `split`, or a file/folder).
 
-    `options`: a pairs file's columns (`data_pipelines.options.pairs_options`)."""
+    Zero-shot, retrieval and VQA stream the images (memory independent of the set's size) and can write
+    their predictions (`predictions`: a path); the compositional test reads its set into memory.
+    `source_options`: a pairs file's columns (`data_pipelines.options.pairs_options`)."""
     if task not in TASKS:
         raise ValueError(f"unknown evaluation {task!r}; one of {', '.join(TASKS)}")
     model = load_model(checkpoint)
-    sets = EvalSets(data_path, split, options=options)
-    if task == "retrieval":
+    options = options or StreamOptions()
+    write = None
+    if task == "zeroshot":
+        result, write = stream_zeroshot(model, data_path, split, options, classnames, templates)
+    elif task == "retrieval":
         late = load_model(rerank_from) if rerank_from else None
-        result = run_retrieval(model, sets, late, k)
+        result, write = stream_retrieval(model, data_path, split, options, late, k, source_options)
+    elif task == "vqa":
+        result, write = stream_vqa_task(model, data_path, split, options, vqa_metric, predictions is not None)
     else:
-        result = TASKS[task](model, sets)
+        if predictions is not None:
+            raise ValueError("--predictions is written by zeroshot, retrieval and vqa, not compositional")
+        result = run_compositional(model, EvalSets(data_path, split, options=source_options))
+    if predictions is not None:
+        write(predictions)
     return {"task": task, "checkpoint": str(resolve_checkpoint(checkpoint)), "model": model.config.name,
             "arch": model.config.arch, "data": str(data_path), "split": data.eval_split(data_path, split), **result}

@@ -1,0 +1,65 @@
+"""`vlm classify`: zero-shot labels for any images, with either family, streamed.
+
+The same scoring as `vlm eval zeroshot` (`zeroshot.class_logit_fn`): late fusion compares each image with the
+mean prompt embedding of each label, early fusion averages its ITM log-odds over the label's prompts. Images
+that cannot be read are skipped and counted, never fatal: a folder of user photos has a few.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from data_pipelines.images import IMAGE_EXTENSIONS
+from data_pipelines.records import RecordDataset
+from data_pipelines.sample import Sample, SkipStats
+from vlm.eval.class_lists import DEFAULT_TEMPLATES, resolve_classnames, resolve_templates
+from vlm.eval.predictions import write_class_predictions
+from vlm.eval.stream import StreamOptions
+from vlm.eval.zeroshot import stream_zero_shot
+from vlm.models import load_model
+from vlm.models.preprocess import model_transform
+
+
+def image_files(inputs: list[str | Path]) -> list[Path]:
+    """The image files named, and those under the folders named (recursively, sorted)."""
+    files = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise ValueError(f"{item}: no such image file or folder")
+    if not files:
+        raise ValueError(f"no image files in {', '.join(map(str, inputs))}")
+    return files
+
+
+def image_dataset(files: list[Path], transform) -> RecordDataset:
+    """Image-only records that never fail the run: a bad file is counted (max_bad_fraction 1).
+    `transform`: the model's own preprocessing (`model_transform`)."""
+    stats = SkipStats(source="classify", max_bad_fraction=1.0)
+    records = [Sample(path, str(path)) for path in files]
+    return RecordDataset(records, stats, "images", transform)
+
+
+def classify(checkpoint: str | Path, inputs: list[str | Path], labels: list[str],
+             templates: list[str] = DEFAULT_TEMPLATES, out: str | Path | None = None,
+             options: StreamOptions | None = None, top: int = 5) -> tuple[list[dict], dict]:
+    """Per image the `top` labels and probabilities (best first); writes the CSV to `out` when given.
+
+    Returns the predictions and a summary (`images`, `skipped`, `skipped_reasons`)."""
+    labels, templates = resolve_classnames(labels), resolve_templates(templates)
+    if len(set(labels)) != len(labels):
+        raise ValueError("--labels has a label twice")
+    model = load_model(checkpoint)
+    dataset = image_dataset(image_files(inputs), model_transform(model))
+    result, predictions = stream_zero_shot(model, dataset, labels, templates, options or StreamOptions(),
+                                           min(top, len(labels)), allow_empty=True)
+    for p in predictions:
+        p["labels"] = [labels[c] for c in p["classes"]]
+    if out is not None:
+        write_class_predictions(out, predictions, labels)
+    skipped = result.get("skipped_samples", {})
+    summary = {"images": len(predictions), "skipped": sum(skipped.values()), "skipped_reasons": skipped}
+    return predictions, summary
