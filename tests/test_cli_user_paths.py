@@ -84,7 +84,9 @@ def test_recipe_separator_and_columns_reach_the_reader(tmp_path):
     (tmp_path / "w" / "pairs.csv").write_text(rows)
     config = load_train_config(None, ["data.image_column=img", "data.caption_column=text", "data.separator=;"],
                                base={"model": "clip-tiny"})
-    data = open_split(str(tmp_path / "w" / "pairs.csv"), "train", "clip", 32, False, config.data.train_source_options())
+    model_config = vlm.get_model_config("clip-tiny")
+    data = open_split(str(tmp_path / "w" / "pairs.csv"), "train", "clip", model_config, False,
+                      config.data.train_source_options())
     assert len(data) == 12 and data.records[0].caption
 
 

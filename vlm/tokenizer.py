@@ -60,6 +60,8 @@ class WordPieceTokenizer:
         self._wp.enable_padding(pad_id=self.pad_id, pad_token="[PAD]", length=context_length)
 
     def __call__(self, texts: str | list[str]) -> torch.Tensor:
+        import torch  # imported where used: `vlm --help` loads this module without torch
+
         if isinstance(texts, str):
             texts = [texts]
         if not texts:
