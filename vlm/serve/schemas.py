@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from vlm.serve.index import IndexFolderError, read_config
 
 MAX_ID = 2**63 - 1  # SQLite's INTEGER is signed 64-bit; a larger id is refused before the query
+FLOAT32_MAX = 3.4028234663852886e38
 MAX_TEXT_CHARS = 10_000  # the tokenizer keeps the first context_length tokens anyway
 MAX_LABEL_CHARS = 1_000
 MAX_METADATA_BYTES = 64 * 1024
@@ -56,7 +57,7 @@ def _metadata(value: dict) -> dict:
 
 Text = Annotated[str, AfterValidator(_utf8), Field(max_length=MAX_TEXT_CHARS)]
 Label = Annotated[str, AfterValidator(_utf8), Field(min_length=1, max_length=MAX_LABEL_CHARS)]
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]  # vectors are float32
 ItemId = Annotated[int, Field(ge=1, le=MAX_ID)]
 Metadata = Annotated[dict[str, Any], AfterValidator(_metadata)]
 

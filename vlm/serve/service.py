@@ -189,14 +189,17 @@ class Service:
             raise ApiError(400, "bad_rerank_k", f"rerank_k must be between 1 and {self.config.max_rerank_k}")
 
     def query_vector(self, embedding: list[float]) -> np.ndarray:
-        vector = np.asarray(embedding, dtype=np.float32)
+        try:
+            vector = np.asarray(embedding, dtype=np.float64)  # float64: the norm of float32-sized values fits
+        except (TypeError, ValueError):
+            vector = np.zeros(0)
         if vector.ndim != 1 or vector.shape[0] != self.index.config.dim:
             raise ApiError(400, "bad_embedding", f"embedding must be a list of {self.index.config.dim} numbers, "
                            f"got shape {list(vector.shape)}")
         norm = float(np.linalg.norm(vector))
         if not np.isfinite(norm) or norm == 0:
             raise ApiError(400, "bad_embedding", "embedding must be finite and non-zero")
-        return vector / norm
+        return (vector / norm).astype(np.float32)
 
     async def search(self, vector: np.ndarray, k: int, modality: str = "image") -> list[Hit]:
         self.require_ready()
