@@ -8,10 +8,9 @@ sizes, modes and formats (and keeps some random bytes), so they reach decoding, 
 import base64
 import io
 
+import schemathesis
 from hypothesis import strategies as st
 from PIL import Image
-
-import schemathesis
 
 FORMATS = {"PNG": ("RGB", "RGBA", "L", "1", "P", "I;16", "LA"), "JPEG": ("RGB", "L", "CMYK"), "GIF": ("P", "L"),
            "BMP": ("RGB", "L", "1", "P"), "WEBP": ("RGB", "RGBA")}

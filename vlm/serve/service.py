@@ -237,6 +237,9 @@ def raise_storage_error(e: BaseException, directory: Path) -> None:
     if isinstance(e, OSError) and e.errno in FULL_ERRNOS or isinstance(e, sqlite3.Error) and "full" in message:
         raise ApiError(507, "storage_full", f"{directory}: no space to store the item ({e}); "
                        "nothing was added") from e
+    # SQLite reports a write cut short by a file-size limit (EFBIG) as SQLITE_IOERR_WRITE
+    raise ApiError(503, "storage_error", f"{directory}: could not write the index folder ({e}); "
+                   "the change was not made") from e
 
 
 def set_threads(torch_threads: int, search_threads: int) -> None:
