@@ -116,7 +116,7 @@ def image_base64(service: Service, item: Item) -> str | None:
     buffer = io.BytesIO()
     try:
         service.decode_image(path.read_bytes(), str(item.id)).save(buffer, format="JPEG")
-    except ApiError:
+    except (ApiError, OSError):  # unreadable, or deleted since the search
         return None
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 

@@ -2,7 +2,6 @@
 
 # No `from __future__ import annotations`: the body models are made per server, and FastAPI must see them.
 import contextlib
-import logging
 import uuid
 from typing import Annotated
 
@@ -30,7 +29,6 @@ from vlm.serve.schemas import (
 from vlm.serve.service import Service, raise_storage_error
 from vlm.serve.store import Item
 
-log = logging.getLogger("vlm.serve")
 ItemIdPath = Annotated[int, PathParam(ge=1, le=MAX_ID, description="an id POST /v1/items returned")]
 # A stateful fuzzer (and a reader) follows these from POST /v1/items to the item it created.
 ITEM_LINKS = {name: {"operationId": op, "parameters": {"item_id": "$response.body#/id"}}
@@ -125,8 +123,8 @@ def build_router(service: Service) -> APIRouter:
         text_vec = (await service.embed_texts([body.caption]))[0] if body.caption else None
         item = Item(path=f"images/{uuid.uuid4().hex}.png", caption=body.caption, extra=body.metadata,
                     image_vec=image_vec, text_vec=text_vec)
-        item_id = await run_in_threadpool(persist, service, item, image)
-        return item_view(service.index.get(item_id))
+        await run_in_threadpool(persist, service, item, image)
+        return item_view(item)  # not read back: a concurrent delete may already have removed it
 
     @router.get("/items/{item_id}", summary="One item's metadata", operation_id="get_item",
                 response_model=None, responses={200: {"model": ItemOut}})
