@@ -2,9 +2,9 @@
 
 The bounds that depend on the server (k, rerank_k, batch size, the embedding dimension) come from its
 `ServeConfig`, so `/openapi.json` says exactly what this server accepts and a fuzzer's generated requests
-reach the handlers' logic instead of bouncing off undeclared checks. The handlers check the same bounds
-again (the 400s tests and clients rely on); the models are what makes a bad value a 422 naming its field
-before it reaches SQLite, faiss, Milvus, PIL or the model.
+reach the handlers' logic instead of bouncing off undeclared checks. A value outside them is a 422 naming its
+field before it reaches SQLite, faiss, Milvus, PIL or the model; the handlers keep their own checks of what a
+schema cannot say (exactly one query, a zero vector, a template without '{}', an image that does not decode).
 """
 
 import json
@@ -58,7 +58,6 @@ def _metadata(value: dict) -> dict:
 Text = Annotated[str, AfterValidator(_utf8), Field(max_length=MAX_TEXT_CHARS)]
 Label = Annotated[str, AfterValidator(_utf8), Field(min_length=1, max_length=MAX_LABEL_CHARS)]
 Finite = Annotated[float, Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]  # vectors are float32
-ItemId = Annotated[int, Field(ge=1, le=MAX_ID)]
 Metadata = Annotated[dict[str, Any], AfterValidator(_metadata)]
 
 
@@ -142,10 +141,7 @@ def request_models(max_k: int, max_rerank_k: int, max_batch: int, max_body_bytes
     # Exactly one query given and not null: the handler's 400 bad_query, said in the schema.
     one_of = {"oneOf": [{"required": [name], "properties": {name: {"not": {"type": "null"}}}}
                         for name in ("text", "image", "embedding")]}
-    return RequestModels(*_build(image_type, embedding_type, one_of, max_k, max_rerank_k, max_batch))
 
-
-def _build(image_type, embedding_type, one_of, max_k, max_rerank_k, max_batch):
     class SearchRequest(Strict):
         """Exactly one of text, image, embedding."""
 
@@ -153,7 +149,7 @@ def _build(image_type, embedding_type, one_of, max_k, max_rerank_k, max_batch):
         text: Text | None = Field(None, description="search by a caption")
         image: image_type | None = Field(None, description="search by an image, base64 (a data: URL is accepted)")
         embedding: embedding_type | None = Field(None, description="search by a vector of the model's dimension")
-        k: int = Field(10, ge=1, le=max_k, description="number of results")
+        k: int = Field(min(10, max_k), ge=1, le=max_k, description="number of results")
         modality: Literal["image", "text"] = Field("image", description="search image vectors or caption vectors")
         rerank_k: int | None = Field(None, ge=1, le=max_rerank_k, description=(
             "re-score the top rerank_k with the early-fusion model (text queries on a server with a reranker)"))
@@ -175,7 +171,7 @@ def _build(image_type, embedding_type, one_of, max_k, max_rerank_k, max_batch):
         caption: Text | None = None
         metadata: Metadata = Field(default_factory=dict, description="any JSON object, stored with the item")
 
-    return SearchRequest, EmbedRequest, ClassifyRequest, AddItemRequest
+    return RequestModels(SearchRequest, EmbedRequest, ClassifyRequest, AddItemRequest)
 
 
 
