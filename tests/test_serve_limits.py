@@ -46,6 +46,12 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
     assert "Traceback" not in response.text
 
 
+def assert_invalid(response: httpx.Response, field: str) -> None:
+    """A value the OpenAPI schema refuses: 422 naming the field."""
+    assert_error(response, 422, "invalid_request")
+    assert response.json()["error"]["message"].startswith(f"{field}:"), response.text
+
+
 def decompression_bomb() -> str:
     """A 10000 x 10000 PNG (10^8 pixels) that compresses to a few kilobytes."""
     buffer = io.BytesIO()
@@ -103,11 +109,17 @@ def test_bad_base64_and_non_images_are_400(http):
 
 
 def test_request_limits_and_bad_shapes(http):
-    assert_error(http.post("/v1/search", json={"text": "x", "k": 51}), 400, "bad_k")
+    assert_invalid(http.post("/v1/search", json={"text": "x", "k": 51}), "k")
+    assert_invalid(http.post("/v1/search", json={"text": "x", "k": 0}), "k")
     assert_error(http.post("/v1/search", json={"text": "x", "image": png_base64(draw("red", "circle"))}),
                  400, "bad_query")
-    assert_error(http.post("/v1/search", json={"embedding": [1.0, 2.0]}), 400, "bad_embedding")
-    assert_error(http.post("/v1/embed", json={"texts": ["a"] * 5}), 413, "batch_too_large")
+    assert_invalid(http.post("/v1/search", json={"embedding": [1.0, 2.0]}), "embedding")
+    assert_error(http.post("/v1/search", json={"embedding": [0.0] * 32}), 400, "bad_embedding")
+    assert_invalid(http.post("/v1/search", json={"text": "x", "modality": "audio"}), "modality")
+    assert_invalid(http.post("/v1/search", json={"txt": "a typo"}), "txt")
+    assert_invalid(http.post("/v1/embed", json={"texts": ["a"] * 5}), "texts")
+    assert_error(http.post("/v1/embed", json={"texts": ["a"] * 3, "images": [png_base64(draw("red", "circle"))] * 2}),
+                 413, "batch_too_large")
     assert_error(http.post("/v1/classify", json={"image": png_base64(draw("red", "circle")), "labels": ["circle"],
                                                  "templates": ["no place for the label"]}), 400, "bad_template")
     assert_error(http.post("/v1/search", json={"text": "x", "rerank_k": 3}), 400, "no_reranker")
@@ -121,9 +133,10 @@ def test_request_limits_and_bad_shapes(http):
 def test_a_huge_rerank_k_is_refused_before_the_search(http):
     """rerank_k is checked before the search that would fetch max(k, rerank_k) candidates (gigabytes here)."""
     start = time.perf_counter()
-    assert_error(http.post("/v1/search", json={"text": "x", "rerank_k": 10**9}), 400, "no_reranker")
+    assert_invalid(http.post("/v1/search", json={"text": "x", "rerank_k": 10**9}), "rerank_k")
     assert time.perf_counter() - start < 5
-    assert_error(http.post("/v1/search", json={"embedding": [1.0] * 32, "rerank_k": 10**9}), 400, "bad_query")
+    assert_error(http.post("/v1/search", json={"text": "x", "rerank_k": 3}), 400, "no_reranker")
+    assert_error(http.post("/v1/search", json={"embedding": [1.0] * 32, "rerank_k": 3}), 400, "bad_query")
     assert len(http.post("/v1/search", json={"text": "a red circle", "k": 3}).json()["results"]) == 3
 
 
@@ -158,3 +171,40 @@ def test_server_keeps_serving_after_bad_requests(http):
         http.post("/v1/search", json={"image": "???"})
     assert http.get("/healthz").status_code == 200
     assert len(http.post("/v1/search", json={"text": "a red circle", "k": 3}).json()["results"]) == 3
+
+
+def raw_post(http: httpx.Client, path: str, text: str) -> httpx.Response:
+    """JSON the way a client could write it: lone surrogates and NaN are legal to Python's json module."""
+    return http.post(path, content=text.encode(), headers={"Content-Type": "application/json"})
+
+
+def test_values_no_store_or_answer_could_hold_are_refused_by_name(http):
+    assert_invalid(raw_post(http, "/v1/search", '{"text": "\\ud800"}'), "text")
+    image = png_base64(draw("red", "circle"))
+    assert_invalid(raw_post(http, "/v1/items", f'{{"image": "{image}", "metadata": {{"x": NaN}}}}'), "metadata")
+    assert_invalid(raw_post(http, "/v1/items", f'{{"image": "{image}", "caption": "\\udfff"}}'), "caption")
+    assert_invalid(raw_post(http, "/v1/search", '{"embedding": [' + ", ".join(["Infinity"] * 32) + "]}"),
+                   "embedding.0")
+    nested = {"a": {}}
+    for _ in range(40):
+        nested = {"a": nested}
+    assert_invalid(http.post("/v1/items", json={"image": image, "metadata": nested}), "metadata")
+    assert raw_post(http, "/v1/search", "[" * 40_000 + "]" * 40_000).status_code in (400, 422)
+    assert raw_post(http, "/knn-service", "[" * 40_000 + "]" * 40_000).status_code == 400
+
+
+def test_an_elongated_image_is_refused_before_the_resize_would_blow_it_up(http):
+    strip = png_base64(Image.new("RGB", (4000, 1), "red"))  # 4000 pixels; resized to the model's size: far more
+    assert_error(http.post("/v1/search", json={"image": strip}), 413, "image_too_large")
+
+
+def test_clip_retrieval_bodies_are_validated_by_name(http):
+    base = {"modality": "image", "indice_name": "index"}
+    assert_invalid(http.post("/knn-service", json={**base, "text": "x", "num_images": "many"}), "num_images")
+    assert_invalid(http.post("/knn-service", json={**base, "text": "x", "num_images": 10**30}), "num_images")
+    assert_invalid(http.post("/knn-service", json={**base, "embedding_input": ["a"] * 32}), "embedding_input.0")
+    assert_invalid(http.post("/knn-service", json={**base, "text": "x", "modality": "audio"}), "modality")
+    assert_invalid(http.post("/metadata", json={"ids": [2**63], "indice_name": "index"}), "ids.0")
+    assert_invalid(http.post("/metadata", json={"ids": "1,2", "indice_name": "index"}), "ids")
+    ok = http.post("/metadata", json={"ids": [-(2**63), 2**63 - 1], "indice_name": "index"})
+    assert ok.status_code == 200 and [r["metadata"] for r in ok.json()] == [{}, {}]

@@ -20,6 +20,8 @@ import numpy as np
 
 from vlm.atomic_io import atomic_write
 
+log = logging.getLogger("vlm.serve")
+
 
 @dataclass(frozen=True)
 class FaissConfig:
@@ -77,7 +79,22 @@ class FaissBackend(VectorBackend):
         self.path, self.dim, self.config = Path(path), dim, config
         self._lock = threading.RLock()
         self._tombstones: set[int] = set()  # approximate indexes hide deleted ids until the next save
-        self.index = self._read() if self.path.exists() else self._empty()
+        self.index = self._read_or_empty() if self.path.exists() else self._empty()
+
+    def _read_or_empty(self):
+        """A snapshot faiss cannot read is moved aside and replaced by an empty index: the owner (`ItemIndex`)
+        then rebuilds it from the item table, which holds every vector."""
+        try:
+            return self._read()
+        except (RuntimeError, ValueError, OSError) as e:  # faiss reports a bad file as RuntimeError
+            aside = self.path.with_name(self.path.name + ".corrupt")
+            try:
+                self.path.replace(aside)
+            except OSError:
+                aside = self.path
+            log.warning("%s: unreadable faiss snapshot (%s); kept as %s, rebuilding it from the item table",
+                        self.path, str(e).splitlines()[0] if str(e) else type(e).__name__, aside)
+            return self._empty()
 
     def _read(self):
         data = np.frombuffer(self.path.read_bytes(), dtype=np.uint8)

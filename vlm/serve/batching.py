@@ -60,7 +60,9 @@ class MicroBatcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            jobs = await self._collect()
+            jobs = [job for job in await self._collect() if not job[1].cancelled()]  # clients gone
+            if not jobs:
+                continue
             inputs = [x for job_inputs, _ in jobs for x in job_inputs]
             try:
                 outputs = await loop.run_in_executor(self.executor, self.fn, inputs)

@@ -36,6 +36,11 @@ def register_bench(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", default="1,8", help="concurrent clients, comma-separated")
     p.add_argument("--queries", type=int, default=200, help="HTTP queries per (size, concurrency)")
     p.add_argument("--out", default="runs/bench/serve.json")
+    p.add_argument("--soak", type=float, metavar="MINUTES",
+                   help="instead: searches, adds and deletes from --clients clients for MINUTES on the first size; "
+                        "reports errors, memory and a consistency check (exit 1 if any fails)")
+    p.add_argument("--clients", type=int, default=8, help="--soak: clients (half search, a quarter add, the rest "
+                   "delete)")
     p.set_defaults(func=cmd_bench_serve)
 
 
@@ -182,8 +187,35 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def run_soak_bench(checkpoint: str | None, n_items: int, minutes: float, clients: int, out: Path) -> dict:
+    from vlm.serve.soak import run_soak
+
+    work = Path(tempfile.mkdtemp(prefix="vlm-bench-soak-"))
+    if checkpoint is None:
+        import vlm
+
+        checkpoint = str(work / "clip-small.pt")
+        vlm.create_model("clip-small").save(checkpoint)
+    encoder = load_encoder(checkpoint)
+    make_random_index(work / "index", n_items, encoder.dim, encoder.name)
+    report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at "
+              "start", "model": encoder.name, "items_at_start": n_items,
+              **run_soak(checkpoint, work / "index", minutes, clients, work / "server.log")}
+    with atomic_write(out, "w") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
 def cmd_bench_serve(args: argparse.Namespace) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.soak is not None:
+        from vlm.serve.soak import format_soak
+
+        out = Path(args.out if args.out != "runs/bench/serve.json" else "runs/bench/serve-soak.json")
+        report = run_soak_bench(args.checkpoint, sizes[0], args.soak, args.clients, out)
+        print(format_soak(report))
+        print(f"wrote {out}")
+        return 0 if report["passed"] else 1
     concurrency = [int(c) for c in args.concurrency.split(",")]
     report = run_bench(args.checkpoint, sizes, concurrency, args.queries, Path(args.out))
     print(format_table(report))

@@ -7,28 +7,101 @@ an `image_path`. The safety, violence, aesthetic and mclip options need models w
 accepted and have no effect.
 """
 
-from __future__ import annotations
-
 import base64
 import io
 import json
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from vlm.serve.errors import ApiError
 from vlm.serve.index import Hit
+from vlm.serve.schemas import ERROR_RESPONSES, MAX_ID, ErrorBody, Finite, Text, base64_image, index_dim
 from vlm.serve.service import Service
 from vlm.serve.store import Item
 
 DEDUPLICATE_THRESHOLD = 0.94  # clip-retrieval drops results whose embeddings are this similar to a better one
 
 
+class ClipResult(BaseModel):
+    id: int
+    similarity: float
+    caption: str | None
+    url: str | None
+    image_path: str | None
+    image: str | None = Field(None, description="base64 JPEG, when the item's image file is on this server")
+
+
+class ClipMetadata(BaseModel):
+    caption: str | None = None
+    url: str | None = None
+    image_path: str | None = None
+    image: str | None = None
+
+
+class ClipMetadataResult(BaseModel):
+    id: int
+    metadata: ClipMetadata = Field(description="{} for an id this index does not have")
+
+
+def clip_request_models(max_k: int, max_body_bytes: int, dim: int | None) -> tuple[type, type]:
+    """clip-retrieval's request bodies (every field ClipClient sends), with this server's bounds."""
+    embedding_type = list[Finite] if dim is None else Annotated[list[Finite], Field(min_length=dim, max_length=dim)]
+    image_type = base64_image(max_body_bytes)
+    count = Annotated[int, Field(ge=1, le=max_k)]
+
+    class KnnRequest(BaseModel):
+        """The first of text, image, image_url, embedding_input that is filled is the query."""
+
+        model_config = ConfigDict(extra="allow")  # as clip-retrieval's Flask back-end: other fields are ignored
+        text: Text | None = None
+        image: image_type | None = None
+        image_url: Annotated[str, Field(max_length=2048)] | None = Field(
+            None, description="fetched only on a server started with --allow-image-urls")
+        embedding_input: embedding_type | None = None
+        modality: Literal["image", "text"] = "image"
+        num_images: count | None = Field(None, description="results (default 40)")
+        num_result_ids: count | None = Field(None, description="candidates searched (default num_images)")
+        indice_name: Annotated[str, Field(max_length=1000)] | None = None
+        deduplicate: bool | None = None
+        use_safety_model: bool | None = Field(None, description="accepted, no effect")
+        use_violence_detector: bool | None = Field(None, description="accepted, no effect")
+        use_mclip: bool | None = Field(None, description="accepted, no effect")
+        aesthetic_score: int | None = Field(None, description="accepted, no effect")
+        aesthetic_weight: Finite | None = Field(None, description="accepted, no effect")
+
+    class MetadataRequest(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        ids: list[Annotated[int, Field(ge=-MAX_ID - 1, le=MAX_ID)]] = Field(default_factory=list, max_length=max_k)
+        indice_name: Annotated[str, Field(max_length=1000)] | None = None
+
+    return KnnRequest, MetadataRequest
+
+
+def openapi_body(model: type[BaseModel]) -> dict:
+    """Document a body the handler parses itself (ClipClient sends JSON without a Content-Type)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, sub in schema.pop("$defs", {}).items():
+        raise ValueError(f"{model.__name__}: nested model {name} {sub} cannot be inlined")
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def parse_body(model: type[BaseModel], body: dict) -> BaseModel:
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ApiError(422, "invalid_request", f"{where}: {first['msg']}" if where else first["msg"]) from None
+
+
 async def read_json_body(request: Request) -> dict:
     try:
         body = json.loads(await request.body() or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise ApiError(400, "bad_json", f"request body is not JSON ({e})") from None
     if not isinstance(body, dict):
         raise ApiError(400, "bad_json", "request body must be a JSON object")
@@ -43,7 +116,7 @@ def image_base64(service: Service, item: Item) -> str | None:
     buffer = io.BytesIO()
     try:
         service.decode_image(path.read_bytes(), str(item.id)).save(buffer, format="JPEG")
-    except ApiError:
+    except (ApiError, OSError):  # unreadable, or deleted since the search
         return None
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
@@ -57,59 +130,60 @@ def metadata(service: Service, item: Item) -> dict:
 
 
 def deduplicate(service: Service, hits: list[Hit], modality: str) -> list[Hit]:
+    stored = {it.id: getattr(it, f"{modality}_vec") for it in service.index.store.get_many(
+        [h.item.id for h in hits], vectors=True)}
+    hits = [h for h in hits if stored.get(h.item.id) is not None]  # deleted since the search
     if len(hits) < 2:
         return hits
-    vectors = np.stack([getattr(it, f"{modality}_vec") for it in service.index.store.get_many(
-        [h.item.id for h in hits], vectors=True)])
+    vectors = np.stack([stored[h.item.id] for h in hits])
     similar = vectors @ vectors.T
     keep = [i for i in range(len(hits)) if not (similar[i, :i] > DEDUPLICATE_THRESHOLD).any()]
     return [hits[i] for i in keep]
 
 
 def build_clip_router(service: Service) -> APIRouter:
-    router = APIRouter(tags=["clip-retrieval"])
+    router = APIRouter(tags=["clip-retrieval"], responses=ERROR_RESPONSES)
+    KnnRequest, MetadataRequest = clip_request_models(  # noqa: N806 (classes)
+        service.config.max_k, service.config.max_body_bytes, index_dim(service.config.index))
 
-    @router.get("/indices-list", summary="clip-retrieval: names of the indexes served")
+    @router.get("/indices-list", summary="clip-retrieval: names of the indexes served", operation_id="indices_list")
     async def indices_list() -> list[str]:
         return [service.config.name]
 
-    def check_index(body: dict) -> None:
-        name = body.get("indice_name")
+    def check_index(name: str | None) -> None:
         if name is not None and name != service.config.name:
             raise ApiError(404, "unknown_index", f"no index named {name!r}; this server has {[service.config.name]}")
 
-    @router.post("/knn-service", summary="clip-retrieval: nearest neighbours of a text, image or embedding")
+    @router.post("/knn-service", summary="clip-retrieval: nearest neighbours of a text, image or embedding",
+                 operation_id="knn_service", response_model=None, openapi_extra=openapi_body(KnnRequest),
+                 responses={200: {"model": list[ClipResult]}, 403: {"model": ErrorBody,
+                            "description": "image_url fetching is off on this server"}})
     async def knn_service(request: Request) -> list[dict]:
         service.require_ready()
-        body = await read_json_body(request)
-        check_index(body)
-        modality = body.get("modality", "image")
-        if modality not in ("image", "text"):
-            raise ApiError(400, "bad_modality", f"modality must be 'image' or 'text', got {modality!r}")
-        num_images = int(body.get("num_images") or 40)
-        num_result_ids = int(body.get("num_result_ids") or num_images)
+        body = parse_body(KnnRequest, await read_json_body(request))
+        check_index(body.indice_name)
+        num_images = body.num_images or 40
+        num_result_ids = body.num_result_ids or num_images
         service.check_k(num_images, "num_images")
         service.check_k(num_result_ids, "num_result_ids")
         vector = await query_vector(service, body)
-        hits = await service.search(vector, max(num_result_ids, num_images), modality)
-        if body.get("deduplicate"):
-            hits = await run_in_threadpool(deduplicate, service, hits, modality)
+        hits = await service.search(vector, max(num_result_ids, num_images), body.modality)
+        if body.deduplicate:
+            hits = await run_in_threadpool(deduplicate, service, hits, body.modality)
 
         def results() -> list[dict]:
             return [{**metadata(service, h.item), "id": h.item.id, "similarity": h.score} for h in hits[:num_images]]
 
         return await run_in_threadpool(results)
 
-    @router.post("/metadata", summary="clip-retrieval: metadata of ids")
+    @router.post("/metadata", summary="clip-retrieval: metadata of ids", operation_id="clip_metadata",
+                 response_model=None, openapi_extra=openapi_body(MetadataRequest),
+                 responses={200: {"model": list[ClipMetadataResult]}})
     async def metadata_service(request: Request) -> list[dict]:
         service.require_ready()
-        body = await read_json_body(request)
-        check_index(body)
-        ids = body.get("ids") or []
-        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
-            raise ApiError(400, "bad_ids", "ids must be a list of integers")
-        if len(ids) > service.config.max_k:
-            raise ApiError(413, "too_many_ids", f"at most {service.config.max_k} ids per request")
+        body = parse_body(MetadataRequest, await read_json_body(request))
+        check_index(body.indice_name)
+        ids = body.ids
 
         def lookup() -> list[dict]:
             items = {it.id: it for it in service.index.get_many(ids)}
@@ -120,15 +194,15 @@ def build_clip_router(service: Service) -> APIRouter:
     return router
 
 
-async def query_vector(service: Service, body: dict) -> np.ndarray:
+async def query_vector(service: Service, body) -> np.ndarray:
     """clip-retrieval's precedence: text, then image, then image_url, then embedding_input."""
-    if body.get("text"):
-        return (await service.embed_texts([str(body["text"])]))[0]
-    if body.get("image"):
-        return (await service.embed_images([service.decode_base64_image(str(body["image"]))]))[0]
-    if body.get("image_url"):
-        image = await run_in_threadpool(service.fetch_image_url, str(body["image_url"]))
+    if body.text:
+        return (await service.embed_texts([body.text]))[0]
+    if body.image:
+        return (await service.embed_images([service.decode_base64_image(body.image)]))[0]
+    if body.image_url:
+        image = await run_in_threadpool(service.fetch_image_url, body.image_url)
         return (await service.embed_images([image]))[0]
-    if body.get("embedding_input") is not None:
-        return service.query_vector(body["embedding_input"])
+    if body.embedding_input is not None:
+        return service.query_vector(body.embedding_input)
     raise ApiError(400, "bad_query", "must fill one of text, image, image_url and embedding_input")

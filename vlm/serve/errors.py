@@ -43,7 +43,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "path", "query"))
         message = f"{where}: {first['msg']}" if where else first["msg"]
         return error_response(422, "invalid_request", message)
 

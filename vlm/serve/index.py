@@ -13,6 +13,8 @@ table no longer has are deleted. That is what makes a `kill -9` harmless.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from vlm.serve.store import MODALITIES, Item, ItemStore
 CONFIG_NAME = "index.json"
 STORE_NAME = "items.sqlite"
 BACKENDS = ("faiss", "milvus")
+log = logging.getLogger("vlm.serve")
 
 
 class IndexFolderError(ValueError):
@@ -57,6 +60,20 @@ def read_config(directory: Path) -> IndexConfig:
     return IndexConfig(**{**data, "faiss": FaissConfig(**data.get("faiss", {}))})
 
 
+def check_writable(directory: Path) -> None:
+    """Fail at open, with a clear message, on a folder this process cannot write (permissions, a read-only mount).
+
+    Creating a file is the only honest test: `os.access` says yes to root whatever the mode bits."""
+    probe = directory / f".write-test-{os.getpid()}"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise IndexFolderError(f"{directory}: the index folder is not writable ({e.strerror}); the server writes "
+                               "its SQLite journal, faiss snapshots and added images there: give this user write "
+                               "access or serve a writable copy") from None
+
+
 def write_config(directory: Path, config: IndexConfig) -> None:
     with atomic_write(directory / CONFIG_NAME, "w") as f:
         json.dump(asdict(config), f, indent=2)
@@ -74,6 +91,7 @@ class ItemIndex:
             self.directory.mkdir(parents=True, exist_ok=True)
             write_config(self.directory, config)
         self.config = read_config(self.directory)
+        check_writable(self.directory)
         self.store = ItemStore(self.directory / STORE_NAME)
         self._lock = threading.RLock()
         self._changes = 0
@@ -134,7 +152,10 @@ class ItemIndex:
             self._changed(1)
         image = self.directory / "images" / Path(item.path or "").name
         if item.path and item.path.startswith("images/") and image.is_file():
-            image.unlink()
+            try:
+                image.unlink()
+            except OSError as e:  # the row is gone (committed): the delete stands, the file is left behind
+                log.warning("deleted item %s, but could not remove its image %s: %s", item_id, image, e)
         return True
 
     def get(self, item_id: int, vectors: bool = False) -> Item | None:

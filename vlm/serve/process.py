@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -23,24 +24,29 @@ class ServerProcess:
     """Start with `start()` (returns once /readyz answers 200), stop with `stop()` or `kill()` (SIGKILL)."""
 
     def __init__(self, checkpoint: str | Path, index: str | Path, *extra_args: str, port: int | None = None,
-                 log_path: str | Path | None = None):
+                 log_path: str | Path | None = None, preexec_fn: Callable[[], None] | None = None):
+        """`preexec_fn` runs in the child before `vlm serve` starts (the fault tests set a file-size limit or
+        drop root there)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [sys.executable, "-m", "vlm.cli", "serve", "--checkpoint", str(checkpoint), "--index", str(index),
                      "--port", str(self.port), "--log-level", "warning", *extra_args]
         self.log_path = Path(log_path) if log_path else None
+        self.preexec_fn = preexec_fn
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 120) -> ServerProcess:
+    def start(self, timeout: float = 120, until: str = "/readyz") -> ServerProcess:
+        """Start and wait until `until` answers 200 (`/healthz`: the process is up, loaded or not)."""
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 (owned by the child)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        preexec_fn=self.preexec_fn)  # noqa: PLW1509 (set by tests, no threads)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"vlm serve exited with {self.process.returncode}; log: {self.log_path}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{until}", timeout=2).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

@@ -1,50 +1,41 @@
 """The JSON API under /v1, plus /healthz and /readyz."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: the body models are made per server, and FastAPI must see them.
+import contextlib
 import uuid
-from typing import Literal
+from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from vlm.atomic_io import atomic_write
 from vlm.eval.zeroshot import class_prompts
 from vlm.serve.errors import ApiError, error_response
 from vlm.serve.index import Hit
-from vlm.serve.service import Service
+from vlm.serve.schemas import (
+    ERROR_RESPONSES,
+    MAX_ID,
+    ClassifyOut,
+    DeletedOut,
+    EmbedOut,
+    ItemOut,
+    SearchOut,
+    index_dim,
+    request_models,
+)
+from vlm.serve.service import Service, raise_storage_error
 from vlm.serve.store import Item
 
+ItemIdPath = Annotated[int, PathParam(ge=1, le=MAX_ID, description="an id POST /v1/items returned")]
+# A stateful fuzzer (and a reader) follows these from POST /v1/items to the item it created.
+ITEM_LINKS = {name: {"operationId": op, "parameters": {"item_id": "$response.body#/id"}}
+              for name, op in (("GetItem", "get_item"), ("GetItemImage", "get_item_image"),
+                               ("DeleteItem", "delete_item"))}
+
 DEFAULT_TEMPLATES = ("a photo of a {}.", "{}")
-
-
-class SearchRequest(BaseModel):
-    text: str | None = Field(None, description="search by a caption")
-    image: str | None = Field(None, description="search by an image, base64 (a data: URL is accepted)")
-    embedding: list[float] | None = Field(None, description="search by a vector of the model's dimension")
-    k: int = Field(10, description="number of results (at most the server's max_k)")
-    modality: Literal["image", "text"] = Field("image", description="search image vectors or caption vectors")
-    rerank_k: int | None = Field(None, description="re-score the top rerank_k with the early-fusion model")
-
-
-class EmbedRequest(BaseModel):
-    texts: list[str] = Field(default_factory=list)
-    images: list[str] = Field(default_factory=list, description="base64 images")
-
-
-class ClassifyRequest(BaseModel):
-    image: str = Field(description="base64 image")
-    labels: list[str] = Field(min_length=1)
-    templates: list[str] | None = Field(None, description="prompt templates with '{}' for the label")
-
-
-class AddItemRequest(BaseModel):
-    image: str = Field(description="base64 image")
-    caption: str | None = None
-    metadata: dict = Field(default_factory=dict)
 
 
 def item_view(item: Item) -> dict:
@@ -56,10 +47,15 @@ def hit_view(hit: Hit) -> dict:
 
 
 def build_router(service: Service) -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["v1"])
+    router = APIRouter(prefix="/v1", tags=["v1"], responses=ERROR_RESPONSES)
     config = service.config
+    models = request_models(config.max_k, config.max_rerank_k, config.max_batch, config.max_body_bytes,
+                            index_dim(config.index))
+    SearchRequest, EmbedRequest, ClassifyRequest, AddItemRequest = (  # noqa: N806 (classes)
+        models.search, models.embed, models.classify, models.add_item)
 
-    @router.post("/search", summary="Ranked items for a text, an image or an embedding")
+    @router.post("/search", summary="Ranked items for a text, an image or an embedding", operation_id="search",
+                 response_model=None, responses={200: {"model": SearchOut}})
     async def search(body: SearchRequest) -> dict:
         service.require_ready()
         given = [name for name in ("text", "image", "embedding") if getattr(body, name) is not None]
@@ -82,7 +78,8 @@ def build_router(service: Service) -> APIRouter:
                 result["rerank_score"] = score
         return {"results": results[: body.k], "reranked": body.rerank_k is not None}
 
-    @router.post("/embed", summary="L2-normalised embeddings of a batch of texts and/or images")
+    @router.post("/embed", summary="L2-normalised embeddings of a batch of texts and/or images", operation_id="embed",
+                 response_model=None, responses={200: {"model": EmbedOut}})
     async def embed(body: EmbedRequest) -> dict:
         service.require_ready()
         if not body.texts and not body.images:
@@ -97,14 +94,15 @@ def build_router(service: Service) -> APIRouter:
             out["image_embeddings"] = (await service.embed_images(images)).tolist()
         return out
 
-    @router.post("/classify", summary="Zero-shot label probabilities for an image")
+    @router.post("/classify", summary="Zero-shot label probabilities for an image", operation_id="classify",
+                 response_model=None, responses={200: {"model": ClassifyOut}})
     async def classify(body: ClassifyRequest) -> dict:
         service.require_ready()
         templates = list(body.templates or DEFAULT_TEMPLATES)
         try:
             class_prompts(body.labels, templates)  # the prompts zero_shot_classifier builds; checks the templates
         except ValueError as e:
-            raise ApiError(400, "bad_template", str(e)) from None
+            raise ApiError(400, "bad_template", f"templates: {e}") from None
         if len(body.labels) * len(templates) > config.max_k:
             raise ApiError(413, "too_many_labels", f"labels x templates must be at most {config.max_k}")
         image = (await service.embed_images([service.decode_base64_image(body.image)]))[0]
@@ -115,49 +113,67 @@ def build_router(service: Service) -> APIRouter:
         ranked = sorted(zip(body.labels, probs.tolist(), strict=True), key=lambda p: -p[1])
         return {"labels": [{"label": label, "probability": p} for label, p in ranked]}
 
-    @router.post("/items", summary="Add an image with a caption and metadata; on disk before the answer")
+    @router.post("/items", summary="Add an image with a caption and metadata; on disk before the answer",
+                 operation_id="add_item", response_model=None,
+                 responses={200: {"model": ItemOut, "description": "the new item", "links": ITEM_LINKS}})
     async def add_item(body: AddItemRequest) -> dict:
         service.require_ready()
         image = service.decode_base64_image(body.image)
         image_vec = (await service.embed_images([image]))[0]
         text_vec = (await service.embed_texts([body.caption]))[0] if body.caption else None
-        relative = f"images/{uuid.uuid4().hex}.png"
+        item = Item(path=f"images/{uuid.uuid4().hex}.png", caption=body.caption, extra=body.metadata,
+                    image_vec=image_vec, text_vec=text_vec)
+        await run_in_threadpool(persist, service, item, image)
+        return item_view(item)  # not read back: a concurrent delete may already have removed it
 
-        def persist() -> int:
-            with atomic_write(service.index.directory / relative) as f:  # fsynced before the row commits
-                image.save(f, format="PNG")
-            item = Item(path=relative, caption=body.caption, extra=body.metadata,
-                        image_vec=image_vec, text_vec=text_vec)
-            return service.index.add([item])[0]
-
-        item_id = await run_in_threadpool(persist)
-        return item_view(service.index.get(item_id))
-
-    @router.get("/items/{item_id}", summary="One item's metadata")
-    async def get_item(item_id: int) -> dict:
+    @router.get("/items/{item_id}", summary="One item's metadata", operation_id="get_item",
+                response_model=None, responses={200: {"model": ItemOut}})
+    async def get_item(item_id: ItemIdPath) -> dict:
         return item_view(_item(service, item_id))
 
-    @router.get("/items/{item_id}/image", summary="One item's image file", response_class=FileResponse)
-    async def get_item_image(item_id: int):
+    @router.get("/items/{item_id}/image", summary="One item's image file", operation_id="get_item_image",
+                response_class=FileResponse, responses={200: {"content": {"image/*": {}}, "description": "the file"}})
+    async def get_item_image(item_id: ItemIdPath):
         path = service.index.resolve_path(_item(service, item_id))
         if path is None or not path.is_file():
             raise ApiError(404, "no_image", f"item {item_id} has no image file on this server")
         return FileResponse(path)
 
-    @router.delete("/items/{item_id}", summary="Delete an item")
-    async def delete_item(item_id: int) -> dict:
+    @router.delete("/items/{item_id}", summary="Delete an item", operation_id="delete_item",
+                   response_model=None, responses={200: {"model": DeletedOut}})
+    async def delete_item(item_id: ItemIdPath) -> dict:
         service.require_ready()
-        if not await run_in_threadpool(service.index.delete, item_id):
+        try:
+            deleted = await run_in_threadpool(service.index.delete, item_id)
+        except Exception as e:
+            raise_storage_error(e, service.index.directory)
+            raise
+        if not deleted:
             raise ApiError(404, "not_found", f"no item with id {item_id}")
         return {"deleted": item_id}
 
-    @router.get("/stats", summary="Index size and micro-batching counters")
+    @router.get("/stats", summary="Index size and micro-batching counters", operation_id="stats")
     async def stats() -> dict:
         service.require_ready()
         return {"index": service.index.info(), "text_batches": vars(service.text_batcher.stats),
                 "image_batches": vars(service.image_batcher.stats)}
 
     return router
+
+
+def persist(service: Service, item: Item, image) -> int:
+    """Write the image (fsynced), then commit the row; on a storage failure nothing half-written stays."""
+    path = service.index.directory / item.path
+    try:
+        with atomic_write(path) as f:
+            image.save(f, format="PNG")
+        return service.index.add([item])[0]
+    except Exception as e:
+        if item.id is None:  # not committed: no row refers to the file
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        raise_storage_error(e, service.index.directory)
+        raise
 
 
 def _item(service: Service, item_id: int) -> Item:
@@ -171,11 +187,12 @@ def _item(service: Service, item_id: int) -> Item:
 def build_health_router(service: Service) -> APIRouter:
     router = APIRouter(tags=["health"])
 
-    @router.get("/healthz", summary="The process is up")
+    @router.get("/healthz", summary="The process is up", operation_id="healthz")
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @router.get("/readyz", summary="The model and the index are loaded")
+    @router.get("/readyz", summary="The model and the index are loaded", operation_id="readyz",
+                responses={503: ERROR_RESPONSES[503]})
     async def readyz():
         if not service.ready:
             return error_response(503, "not_ready", service.not_ready_reason)

@@ -12,7 +12,9 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
+import errno
 import logging
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,13 +109,19 @@ class Service:
 
     # --- inputs
     def decode_image(self, data: bytes, field: str = "image") -> Image.Image:
+        limit = self.config.max_image_pixels
         try:
-            return decode_image(data, self.config.max_image_pixels, name=field)
+            image = decode_image(data, limit, name=field)
         except BadImage as e:
             if e.reason == "too many pixels":
-                limit = self.config.max_image_pixels
                 raise ApiError(413, "image_too_large", f"{e.detail} (limit {limit} pixels)") from None
             raise ApiError(400, "not_an_image", f"{field}: not a readable image ({e.detail})") from None
+        # The transform resizes the short side to the model's size: a 1 x 10^6 strip would become 10^8 pixels.
+        size = self.encoder.transform.image_size if self.encoder is not None else 224
+        if size * size * max(image.size) > limit * min(image.size):
+            raise ApiError(413, "image_too_large", f"{field}: {image.width}x{image.height} is too elongated: resized "
+                           f"to {size} px on its short side it would be over {limit} pixels")
+        return image
 
     def decode_base64_image(self, text: str, field: str = "image") -> Image.Image:
         if text.startswith("data:") and "," in text:  # a data URL from a browser's FileReader
@@ -181,14 +189,17 @@ class Service:
             raise ApiError(400, "bad_rerank_k", f"rerank_k must be between 1 and {self.config.max_rerank_k}")
 
     def query_vector(self, embedding: list[float]) -> np.ndarray:
-        vector = np.asarray(embedding, dtype=np.float32)
+        try:
+            vector = np.asarray(embedding, dtype=np.float64)  # float64: the norm of float32-sized values fits
+        except (TypeError, ValueError):
+            vector = np.zeros(0)
         if vector.ndim != 1 or vector.shape[0] != self.index.config.dim:
             raise ApiError(400, "bad_embedding", f"embedding must be a list of {self.index.config.dim} numbers, "
                            f"got shape {list(vector.shape)}")
         norm = float(np.linalg.norm(vector))
         if not np.isfinite(norm) or norm == 0:
             raise ApiError(400, "bad_embedding", "embedding must be finite and non-zero")
-        return vector / norm
+        return (vector / norm).astype(np.float32)
 
     async def search(self, vector: np.ndarray, k: int, modality: str = "image") -> list[Hit]:
         self.require_ready()
@@ -210,6 +221,25 @@ class Service:
         rest = [h for h in hits if all(h is not r for r in reranked)]
         return reranked + rest, [float(scores[i]) for i in order]
 
+
+READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def raise_storage_error(e: BaseException, directory: Path) -> None:
+    """A write that the file system refused becomes a clear 503/507 naming the folder; other errors pass."""
+    if not isinstance(e, OSError | sqlite3.Error):
+        return
+    message = str(e).lower()
+    if isinstance(e, OSError) and e.errno in READ_ONLY_ERRNOS or "readonly" in message or "read-only" in message:
+        raise ApiError(503, "index_read_only", f"{directory}: the index folder cannot be written ({e}); "
+                       "searches still work, adds and deletes do not") from e
+    if isinstance(e, OSError) and e.errno in FULL_ERRNOS or isinstance(e, sqlite3.Error) and "full" in message:
+        raise ApiError(507, "storage_full", f"{directory}: no space to store the item ({e}); "
+                       "nothing was added") from e
+    # SQLite reports a write cut short by a file-size limit (EFBIG) as SQLITE_IOERR_WRITE
+    raise ApiError(503, "storage_error", f"{directory}: could not write the index folder ({e}); "
+                   "the change was not made") from e
 
 
 def set_threads(torch_threads: int, search_threads: int) -> None:

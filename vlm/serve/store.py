@@ -95,7 +95,8 @@ class ItemStore:
                     "VALUES (?, ?, ?, ?, ?, ?)", row).lastrowid for row in rows]
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT (disk full, I/O error) has already rolled back
+                    self._db.execute("ROLLBACK")
                 raise
         for item, item_id in zip(items, ids, strict=True):
             item.id = item_id
