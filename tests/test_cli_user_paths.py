@@ -39,7 +39,7 @@ def openclip_tsv(tmp_path_factory) -> Path:
     return root / "pairs.tsv"
 
 
-def test_train_eval_and_index_build_read_an_openclip_style_tsv(openclip_tsv, tmp_path, capsys):
+def test_train_eval_index_build_and_classify_read_an_openclip_style_tsv(openclip_tsv, tmp_path, capsys):
     root = openclip_tsv.parent
     run = tmp_path / "run"
     assert main(["train", "--config", str(root / "recipe.yaml"), "--out", str(run), "--stop-at", "2"]) == 0
@@ -61,6 +61,13 @@ def test_train_eval_and_index_build_read_an_openclip_style_tsv(openclip_tsv, tmp
     assert main(["index", "build", "--checkpoint", str(run), "--data", str(openclip_tsv),
                  "--image-column", "filepath", "--caption-column", "title", "--out", str(index)]) == 0
     assert "16 items added" in capsys.readouterr().out
+
+    predictions = tmp_path / "classify.csv"  # vlm classify takes the images a pairs file lists, once each
+    assert main(["classify", "--checkpoint", str(run), str(openclip_tsv), *OPENCLIP_COLUMNS, "--labels", "red,blue",
+                 "--workers", "0", "--no-progress", "--out", str(predictions)]) == 0
+    with open(predictions, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 16 and {r["top1"] for r in rows} <= {"red", "blue"}
 
 
 def test_without_the_column_names_the_error_says_which_option_to_pass(openclip_tsv, tmp_path, capsys):

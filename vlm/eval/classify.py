@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_pipelines.images import IMAGE_EXTENSIONS
+from data_pipelines.pairs import open_pairs
 from data_pipelines.records import RecordDataset
 from data_pipelines.sample import Sample, SkipStats
 from vlm.eval.class_lists import DEFAULT_TEMPLATES, resolve_classnames, resolve_templates
@@ -20,12 +21,19 @@ from vlm.models import load_model
 from vlm.models.preprocess import model_transform
 
 
-def image_files(inputs: list[str | Path]) -> list[Path]:
-    """The image files named, and those under the folders named (recursively, sorted)."""
+PAIRS_SUFFIXES = (".csv", ".tsv", ".jsonl")
+
+
+def image_files(inputs: list[str | Path], source_options: dict | None = None) -> list[Path]:
+    """The image files named, those under the folders named (recursively, sorted), and those a pairs file
+    (CSV/TSV/JSONL, e.g. OpenCLIP's `filepath`/`title` TSV) lists in its image column, each once."""
     files = []
     for item in map(Path, inputs):
         if item.is_dir():
             files += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif item.is_file() and item.suffix.lower() in PAIRS_SUFFIXES:
+            listed = open_pairs(item, check_files=False, max_bad_fraction=1.0, **(source_options or {}))
+            files += list(dict.fromkeys(Path(r.image) for r in listed.records))  # a file per image, not per caption
         elif item.is_file():
             files.append(item)
         else:
@@ -45,15 +53,17 @@ def image_dataset(files: list[Path], transform) -> RecordDataset:
 
 def classify(checkpoint: str | Path, inputs: list[str | Path], labels: list[str],
              templates: list[str] = DEFAULT_TEMPLATES, out: str | Path | None = None,
-             options: StreamOptions | None = None, top: int = 5) -> tuple[list[dict], dict]:
+             options: StreamOptions | None = None, top: int = 5,
+             source_options: dict | None = None) -> tuple[list[dict], dict]:
     """Per image the `top` labels and probabilities (best first); writes the CSV to `out` when given.
+    `source_options`: the columns of a pairs file among `inputs` (`data_pipelines.options.pairs_options`).
 
     Returns the predictions and a summary (`images`, `skipped`, `skipped_reasons`)."""
     labels, templates = resolve_classnames(labels), resolve_templates(templates)
     if len(set(labels)) != len(labels):
         raise ValueError("--labels has a label twice")
     model = load_model(checkpoint)
-    dataset = image_dataset(image_files(inputs), model_transform(model))
+    dataset = image_dataset(image_files(inputs, source_options), model_transform(model))
     result, predictions = stream_zero_shot(model, dataset, labels, templates, options or StreamOptions(),
                                            min(top, len(labels)), allow_empty=True)
     for p in predictions:

@@ -90,7 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def register_classify(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("classify", help="zero-shot labels for images or folders: top labels and probabilities")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders (recursive)")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
+                   help="image files, folders (recursive) and/or pairs files (CSV/TSV/JSONL: the images they list)")
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder (either family)")
     labels = p.add_mutually_exclusive_group(required=True)
     labels.add_argument("--labels", help='comma-separated labels, "cat,dog,car", or "imagenet"')
@@ -101,6 +102,7 @@ def register_classify(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="write a CSV: image, label, top1, p1, ... (else print)")
     p.add_argument("--no-progress", action="store_true")
     add_stream_options(p)
+    add_source_arguments(p)
     p.set_defaults(func=cmd_classify)
 
 
@@ -129,7 +131,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     labels = args.labels if args.labels is not None else args.labels_file
     predictions, summary = classify(args.checkpoint, args.inputs, labels, args.templates, args.out,
-                                    stream_options(args, progress=not args.no_progress), args.top)
+                                    stream_options(args, progress=not args.no_progress), args.top,
+                                    source_options(args))
     if args.out is None:
         for p in predictions:
             print("\t".join([p["image"], *(f"{c} {prob:.3f}" for c, prob in zip(p["labels"], p["probabilities"],
