@@ -20,7 +20,6 @@ from vlm.eval.zeroshot import stream_zero_shot
 from vlm.models import load_model
 from vlm.models.preprocess import model_transform
 
-
 PAIRS_SUFFIXES = (".csv", ".tsv", ".jsonl")
 
 

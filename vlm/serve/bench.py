@@ -188,6 +188,7 @@ def format_table(report: dict) -> str:
 
 
 def run_soak_bench(checkpoint: str | None, n_items: int, minutes: float, clients: int, out: Path) -> dict:
+    from vlm.serve.encoder import load_encoder
     from vlm.serve.soak import run_soak
 
     work = Path(tempfile.mkdtemp(prefix="vlm-bench-soak-"))
