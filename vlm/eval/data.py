@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader
 from data_pipelines.collate import Collator
 from data_pipelines.sample import SkipStats
 from data_pipelines.sources import detect_format, open_source
-from data_pipelines.transforms import eval_transform
 
 BATCH_SIZE = 64
 
@@ -66,11 +65,10 @@ def eval_split(path: str | Path, split: str | None) -> str | None:
     return split or ("val" if is_shapes_world(path) else None)
 
 
-def open_eval_source(path: str | Path, task: str, split: str | None, image_size=None, options: dict | None = None):
+def open_eval_source(path: str | Path, task: str, split: str | None, transform=None, options: dict | None = None):
     """A shapes-world folder is opened at `split` for `task`; any other path is opened as it is.
-    `image_size`: a square size (CLIP's eval transform) or a model's own transform (`model_transform`);
-    `options`: a pairs file's columns (`data_pipelines.options.pairs_options`)."""
-    transform = eval_transform(image_size) if isinstance(image_size, int) else image_size
+    `transform`: the model's own preprocessing (`model_transform`); `options`: a pairs file's columns
+    (`data_pipelines.options.pairs_options`)."""
     if is_shapes_world(path):
         return open_source(path, split=eval_split(path, split), transform=transform, task=task, **(options or {}))
     return open_source(path, split=split, transform=transform, **(options or {}))
@@ -81,10 +79,10 @@ def _batches(dataset, stats: SkipStats):
     return stats.watch(loader)
 
 
-def load_retrieval(path: str | Path, image_size: int, split: str | None = None,
+def load_retrieval(path: str | Path, transform, split: str | None = None,
                    options: dict | None = None) -> RetrievalSet:
     """Distinct images (grouped by `image_id`) and all their captions."""
-    dataset = open_eval_source(path, "pairs", split, image_size, options)
+    dataset = open_eval_source(path, "pairs", split, transform, options)
     stats = SkipStats(source=str(path))
     index: dict[str, int] = {}
     images, captions, text_to_image = [], [], []
@@ -100,8 +98,8 @@ def load_retrieval(path: str | Path, image_size: int, split: str | None = None,
     return RetrievalSet(torch.stack(images), captions, text_to_image, dict(stats.skipped))
 
 
-def load_vqa(path: str | Path, image_size: int, split: str | None = None, options: dict | None = None) -> VQASet:
-    dataset = open_eval_source(path, "vqa", split, image_size, options)
+def load_vqa(path: str | Path, transform, split: str | None = None, options: dict | None = None) -> VQASet:
+    dataset = open_eval_source(path, "vqa", split, transform, options)
     stats = SkipStats(source=str(path))
     images, questions, answers, types, families = [], [], [], [], []
     for batch in _batches(dataset, stats):
@@ -117,9 +115,9 @@ def load_vqa(path: str | Path, image_size: int, split: str | None = None, option
     return VQASet(torch.cat(images), questions, answers, types, families, dict(stats.skipped))
 
 
-def load_classification(path: str | Path, image_size: int, split: str | None = None,
+def load_classification(path: str | Path, transform, split: str | None = None,
                         options: dict | None = None) -> ClassificationSet:
-    dataset = open_eval_source(path, "classify", split, image_size, options)
+    dataset = open_eval_source(path, "classify", split, transform, options)
     stats = SkipStats(source=str(path))
     images, labels = [], []
     for batch in _batches(dataset, stats):
@@ -132,10 +130,10 @@ def load_classification(path: str | Path, image_size: int, split: str | None = N
                              list(info["templates"]), dict(stats.skipped))
 
 
-def load_compositional(path: str | Path, image_size: int, split: str | None = None,
+def load_compositional(path: str | Path, transform, split: str | None = None,
                        options: dict | None = None) -> CompositionalSet:
     """Items with a true caption and a hard negative (`negative_caption`, `negative_type` in the JSONL)."""
-    dataset = open_eval_source(path, "compositional", split, image_size, options)
+    dataset = open_eval_source(path, "compositional", split, transform, options)
     stats = SkipStats(source=str(path))
     images, captions, negatives, types = [], [], [], []
     for batch in _batches(dataset, stats):

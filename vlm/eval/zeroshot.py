@@ -49,7 +49,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
 
 def top_classes(logits: torch.Tensor, k: int) -> torch.Tensor:
     """(N, min(k, C)) class indices, best first, ties to the lower index (a stable sort)."""
-    return torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :k]
+    return torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :k].clone()  # not a view of (N, C)
 
 
 def metrics_from_top_classes(top: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, float]:
