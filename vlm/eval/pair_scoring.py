@@ -86,8 +86,9 @@ class FusionPairScorer:
                 img = torch.cat([img, img[:1].expand(pad)])
                 txt = torch.cat([txt, txt[:1].expand(pad)])
             image_mask = None if self.image_mask is None else self.image_mask[img]
+            # fixed shape: the columns are cut once for all texts above, not per batch
             batch_scores = self.model.score_embedded(self.patch_tokens[img], self.text_ids[txt], self.text_mask[txt],
-                                                     image_mask)
+                                                     image_mask, cut_text=not self.pad_batches)
             scores.append(batch_scores[:real])
             self.passes += real
         return torch.cat(scores) if scores else torch.zeros(0)

@@ -163,18 +163,19 @@ class EarlyFusionModel(nn.Module):
         return x + self.modality_embedding.weight[TEXT]
 
     def fuse(self, image_tokens: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor | None = None,
-             image_mask: torch.Tensor | None = None) -> FusionOutput:
+             image_mask: torch.Tensor | None = None, cut_text: bool = True) -> FusionOutput:
         """Run the joint stack over text and image tokens; padding (text or image) is hidden from attention.
 
         Text columns after the batch's last real token are hidden from every query, so the stack runs without
         them (identical pooled output and real-token states, less work); `text_hidden` keeps the input's
-        length T, zero at the columns cut.
+        length T, zero at the columns cut. `cut_text=False` keeps every column: one shape for every batch of
+        the same input size, whatever texts it holds (see vlm/eval/pair_scoring.py).
         """
         if text_mask is None:
             text_mask = ids != self.config.pad_token_id
         self.check_text_length(ids)  # before the cut: a too-long input stays an error even when padded
         B, full_length = ids.shape
-        T = text_length(text_mask)
+        T = text_length(text_mask) if cut_text else full_length
         ids, text_mask = ids[:, :T], text_mask[:, :T]
         vilt = self.config.layout == "vilt"
         text_tokens = self.embed_text(ids)
@@ -226,10 +227,10 @@ class EarlyFusionModel(nn.Module):
         return logits[:, 1] - logits[:, 0]
 
     def score_embedded(self, image_tokens: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor | None = None,
-                       image_mask: torch.Tensor | None = None) -> torch.Tensor:
+                       image_mask: torch.Tensor | None = None, cut_text: bool = True) -> torch.Tensor:
         """`score` for patch tokens from `embed_image`, so retrieval embeds each image once; `image_mask`
-        from `image_mask(pixel_mask_of(images))` for padded ViLT images."""
-        logits = self._match_logits(self.fuse(image_tokens, ids, text_mask, image_mask).pooled)
+        from `image_mask(pixel_mask_of(images))` for padded ViLT images; `cut_text` as in `fuse`."""
+        logits = self._match_logits(self.fuse(image_tokens, ids, text_mask, image_mask, cut_text).pooled)
         return logits[:, 1] - logits[:, 0]
 
     def mlm_logits(self, text_hidden: torch.Tensor) -> torch.Tensor:
