@@ -98,3 +98,15 @@ def test_the_vilt_twin_holds_the_reference_weights():
     twin = vlm_twin(hf, vocab)
     assert len(vocab) == 100 and twin.config.layout == "vilt" and twin.config.width == config.width
     assert torch.equal(twin.token_embedding.weight, hf.vilt.embeddings.text_embeddings.word_embeddings.weight)
+
+
+def test_flops_of_openclips_fused_attention_are_counted_like_ours(clip_tiny, tmp_path):
+    """nn.MultiheadAttention's inference fast path hides its matmuls from FlopCounterMode."""
+    from vlm.bench_timing import count_flops
+    from vlm.models.bench import openclip_twin
+
+    theirs = openclip_twin(clip_tiny, tmp_path / "openclip")
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert count_flops(lambda: theirs.encode_image(images)) == count_flops(lambda: clip_tiny.encode_image(images))
+    assert torch.backends.mha.get_fastpath_enabled()  # restored
