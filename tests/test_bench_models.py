@@ -82,11 +82,13 @@ def test_bench_score_reports_pairs_per_s_and_scores_equal_to_transformers_vilt(t
     assert "| HF ViLT pairs/s |" in printed
 
 
-def test_bench_commands_refuse_the_other_family_in_one_line(capsys):
+def test_bench_commands_refuse_the_other_family_and_a_folder_that_is_no_shapes_world_in_one_line(tmp_path, capsys):
     assert main(["bench", "encode", "--model", "fusion-tiny", "--rounds", "1"]) == 2
     assert main(["bench", "score", "--model", "clip-tiny", "--rounds", "1"]) == 2
+    assert main(["bench", "encode", "--model", "clip-tiny", "--data", str(tmp_path), "--rounds", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "late-fusion" in err[0] and "early-fusion" in err[1]
+    assert len(err) == 3 and "late-fusion" in err[0] and "early-fusion" in err[1]
+    assert f"{tmp_path}: not a shapes world" in err[2]
 
 
 def test_the_vilt_twin_holds_the_reference_weights():

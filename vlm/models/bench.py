@@ -78,8 +78,8 @@ def workloads(args: argparse.Namespace, model) -> dict[str, tuple[str, object]]:
             f"texts, COCO-like 8-30 tokens x {args.texts}": ("text", coco_like_captions(args.texts, args.seed))}
 
 
-def bench_encode(args: argparse.Namespace, model, reference) -> list[dict]:
-    """Both sides of every workload, interleaved; one row per workload."""
+def bench_encode(args: argparse.Namespace, model, reference, inputs: dict[str, tuple[str, object]]) -> list[dict]:
+    """Both sides of every workload (`workloads`), interleaved; one row per workload."""
     import open_clip
     import torch
 
@@ -98,7 +98,7 @@ def bench_encode(args: argparse.Namespace, model, reference) -> list[dict]:
             return reference.encode_image(pixels, normalize=True)
 
     runs, work = {}, {}
-    for name, (kind, x) in workloads(args, model).items():
+    for name, (kind, x) in inputs.items():
         mine = ours.encode_pixels if kind == "image" else ours.encode_texts
         other = theirs_image if kind == "image" else theirs_text
         runs[f"vlm|{name}"], runs[f"ref|{name}"] = (lambda f=mine, x=x: f(x)), (lambda f=other, x=x: f(x))
@@ -149,11 +149,12 @@ def cmd_bench_encode(args: argparse.Namespace) -> int:
     if min(args.batch_size, args.texts, args.rounds) < 1:
         raise ValueError("--batch-size, --texts and --rounds must be at least 1")
     model = load_late_model(args)
+    inputs = workloads(args, model)  # a wrong --data fails here, before any export
     with tempfile.TemporaryDirectory(prefix="vlm-bench-encode-") as tmp:
         reference = openclip_twin(model, Path(tmp) / "openclip")
     report = {"model": model.config.name, "precision": args.precision, "against": args.against,
               "rounds": args.rounds, **environment(), "matmul_ceiling_gflops_per_s": matmul_ceiling_gflops()}
-    report["rows"] = bench_encode(args, model, reference)
+    report["rows"] = bench_encode(args, model, reference, inputs)
     if args.checkpoint and args.data:
         report["quality"] = quality(model, args)
     report["peak_rss_mb"] = peak_rss_mb()
