@@ -86,7 +86,7 @@ def test_the_server_encoder_batches_by_length_and_keeps_the_order(clip_tiny):
     from vlm.serve.encoder import Encoder
 
     encoder = Encoder(clip_tiny)
-    texts = MIXED * 8  # 40 texts: two batches of 32 and 8
+    texts = MIXED * 8  # 40 texts: batches of 16, 16 and 8
     expected = torch.cat([clip_tiny.encode_text(encoder.tokenizer([t])) for t in texts]).detach().numpy()
     torch.testing.assert_close(torch.from_numpy(encoder.encode_texts(texts)), torch.from_numpy(expected), **EXACT)
 
