@@ -34,7 +34,9 @@ def encode_texts(model: nn.Module, ids: torch.Tensor, batch_size: int = 256) -> 
     The text tower runs a batch up to its longest caption, so captions are batched by length (sorted, batched,
     put back in order): a mix of lengths does not pay for its longest caption in every batch.
     """
-    order = torch.sort(padding_mask(ids).sum(dim=1), stable=True).indices  # shortest first
+    # a caption's length: up to its last non-padding token, the one the text tower runs to
+    lengths = ids.shape[1] - padding_mask(ids).int().flip(1).argmax(dim=1)
+    order = torch.sort(lengths, stable=True).indices  # shortest first
     by_length = _batched(model.encode_text, ids[order], batch_size)
     return torch.empty_like(by_length).index_copy_(0, order, by_length)
 
