@@ -161,7 +161,8 @@ def test_flops_are_counted_with_attention(clip_tiny, fusion_tiny):
     assert flops["gflops_image"] * 1e9 == patch + linear + attention + projection
     assert flops["gflops_pair"] * 1e9 == 2 * 32  # a dot product of two 32-d embeddings
     early = forward_gflops(fusion_tiny)
-    assert early["gflops_pair"] > 10 * early["gflops_image"] > 0
+    # a pass of the joint stack over 16 patches and the probe's 13 tokens (it runs to the last real token)
+    assert early["gflops_pair"] > 5 * early["gflops_image"] > 0
 
 
 def test_cost_and_latency_are_measured(clip_tiny, fusion_tiny):

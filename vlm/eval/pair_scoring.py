@@ -18,6 +18,8 @@ from vlm.tokenizer import padding_mask
 
 @torch.no_grad()
 def _batched(fn, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
+    if not len(inputs):  # one call on the empty batch: its output has the right trailing shape
+        return fn(inputs)
     return torch.cat([fn(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
 
 
@@ -27,8 +29,16 @@ def encode_images(model: nn.Module, images: torch.Tensor, batch_size: int = 256)
 
 
 def encode_texts(model: nn.Module, ids: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Late fusion: (N, D) normalised text embeddings."""
-    return _batched(model.encode_text, ids, batch_size)
+    """Late fusion: (N, D) normalised text embeddings, in the order of `ids`.
+
+    The text tower runs a batch up to its longest caption, so captions are batched by length (sorted, batched,
+    put back in order): a mix of lengths does not pay for its longest caption in every batch.
+    """
+    # a caption's length: up to its last non-padding token, the one the text tower runs to
+    lengths = ids.shape[1] - padding_mask(ids).int().flip(1).argmax(dim=1)
+    order = torch.sort(lengths, stable=True).indices  # shortest first
+    by_length = _batched(model.encode_text, ids[order], batch_size)
+    return torch.empty_like(by_length).index_copy_(0, order, by_length)
 
 
 def embed_images(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -78,8 +88,9 @@ class FusionPairScorer:
                 img = torch.cat([img, img[:1].expand(pad)])
                 txt = torch.cat([txt, txt[:1].expand(pad)])
             image_mask = None if self.image_mask is None else self.image_mask[img]
+            # fixed shape: the columns are cut once for all texts above, not per batch
             batch_scores = self.model.score_embedded(self.patch_tokens[img], self.text_ids[txt], self.text_mask[txt],
-                                                     image_mask)
+                                                     image_mask, cut_text=not self.pad_batches)
             scores.append(batch_scores[:real])
             self.passes += real
         return torch.cat(scores) if scores else torch.zeros(0)

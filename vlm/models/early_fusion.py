@@ -25,7 +25,7 @@ from vlm.models.checkpoint import save_model
 from vlm.models.config import EarlyFusionConfig
 from vlm.models.heads import MLMHead, VQAHead
 from vlm.models.preprocess import pixel_mask_of
-from vlm.models.towers import init_like_openclip_blocks
+from vlm.models.towers import init_like_openclip_blocks, static_shapes
 
 TEXT, IMAGE = 0, 1  # modality-type ids
 
@@ -34,6 +34,15 @@ TEXT, IMAGE = 0, 1  # modality-type ids
 class FusionOutput:
     pooled: torch.Tensor  # (B, W) pooled CLS, input of the ITM and VQA heads
     text_hidden: torch.Tensor  # (B, T, W) final text-token states, input of the MLM head
+
+
+def text_length(text_mask: torch.Tensor) -> int:
+    """Columns up to the batch's last real text token (at least one); all of them while shapes must stay
+    static (torch.compile, export, tracing)."""
+    if static_shapes() or not text_mask.numel():
+        return text_mask.shape[1]
+    columns = text_mask.any(dim=0).nonzero()  # real columns of the batch
+    return int(columns.max()) + 1 if len(columns) else 1
 
 
 class EarlyFusionModel(nn.Module):
@@ -140,9 +149,12 @@ class EarlyFusionModel(nn.Module):
         real = self.patch_mask(pixel_mask, (B, h, w), pixel_mask.device).flatten(1).bool()
         return torch.cat([torch.ones(B, 1, dtype=torch.bool, device=real.device), real], dim=1)
 
-    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+    def check_text_length(self, ids: torch.Tensor) -> None:
         if ids.shape[1] > self.config.context_length:
             raise ValueError(f"text has {ids.shape[1]} tokens, the model's context is {self.config.context_length}")
+
+    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+        self.check_text_length(ids)
         if self.config.layout == "vilt":  # BERT: (word + segment 0) + position, then LayerNorm
             x = self.token_embedding(ids) + self.token_type_embedding.weight[0]
             x = self.text_norm(x + self.text_pos[:, : ids.shape[1]])
@@ -151,11 +163,20 @@ class EarlyFusionModel(nn.Module):
         return x + self.modality_embedding.weight[TEXT]
 
     def fuse(self, image_tokens: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor | None = None,
-             image_mask: torch.Tensor | None = None) -> FusionOutput:
-        """Run the joint stack over text and image tokens; padding (text or image) is hidden from attention."""
+             image_mask: torch.Tensor | None = None, cut_text: bool = True) -> FusionOutput:
+        """Run the joint stack over text and image tokens; padding (text or image) is hidden from attention.
+
+        Text columns after the batch's last real token are hidden from every query, so the stack runs without
+        them (identical pooled output and real-token states, less work); `text_hidden` keeps the input's
+        length T, zero at the columns cut. `cut_text=False` keeps every column: one shape for every batch of
+        the same input size, whatever texts it holds (see vlm/eval/pair_scoring.py).
+        """
         if text_mask is None:
             text_mask = ids != self.config.pad_token_id
-        B, T = ids.shape
+        self.check_text_length(ids)  # before the cut: a too-long input stays an error even when padded
+        B, full_length = ids.shape
+        T = text_length(text_mask) if cut_text else full_length
+        ids, text_mask = ids[:, :T], text_mask[:, :T]
         vilt = self.config.layout == "vilt"
         text_tokens = self.embed_text(ids)
         if vilt:
@@ -178,6 +199,7 @@ class EarlyFusionModel(nn.Module):
         text_hidden = x[:, first_text : first_text + T]
         if not vilt:
             text_hidden = text_hidden * text_mask[..., None].to(x.dtype)
+        text_hidden = F.pad(text_hidden, (0, 0, 0, full_length - T))  # (B, T_in, W)
         return FusionOutput(pooled=self.pooler(x[:, 0]), text_hidden=text_hidden)
 
     def forward(self, images: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor | None = None,
@@ -205,10 +227,10 @@ class EarlyFusionModel(nn.Module):
         return logits[:, 1] - logits[:, 0]
 
     def score_embedded(self, image_tokens: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor | None = None,
-                       image_mask: torch.Tensor | None = None) -> torch.Tensor:
+                       image_mask: torch.Tensor | None = None, cut_text: bool = True) -> torch.Tensor:
         """`score` for patch tokens from `embed_image`, so retrieval embeds each image once; `image_mask`
-        from `image_mask(pixel_mask_of(images))` for padded ViLT images."""
-        logits = self._match_logits(self.fuse(image_tokens, ids, text_mask, image_mask).pooled)
+        from `image_mask(pixel_mask_of(images))` for padded ViLT images; `cut_text` as in `fuse`."""
+        logits = self._match_logits(self.fuse(image_tokens, ids, text_mask, image_mask, cut_text).pooled)
         return logits[:, 1] - logits[:, 0]
 
     def mlm_logits(self, text_hidden: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,12 @@ def activation(quick_gelu: bool) -> type[nn.Module]:
     return QuickGELU if quick_gelu else nn.GELU
 
 
+def static_shapes() -> bool:
+    """True while torch.compile, torch.export or a tracer records the model: a length read from the data
+    would become a recompile per length or a constant baked into the graph, so those run the full length."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 class ImageTower(nn.Module):
     """A timm ViT with CLIP's pre-norm, pooled by its CLS token (or the mean of patches), then projected."""
 
@@ -71,15 +77,18 @@ class TextTower(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.shape[1] > self.context_length:
             raise ValueError(f"text has {ids.shape[1]} tokens, the model's context is {self.context_length}")
-        x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]  # (B, T, W)
+        # The causal mask makes the end-of-text token the one that has seen the whole caption, and nothing after
+        # it reaches it: run only up to the batch's last end-of-text (padding is free work otherwise).
+        eot = (ids == EOT_ID).int().argmax(dim=-1)  # (B,); 0 where a row has none, as before
+        if len(ids) and not static_shapes():
+            ids = ids[:, : int(eot.max()) + 1]
+        x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]  # (B, T', W)
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
                 x = checkpoint(block, x, is_causal=True, use_reentrant=False)  # recompute in backward
             else:
                 x = block(x, is_causal=True)
         x = self.ln_final(x)
-        # The causal mask makes the end-of-text token the one that has seen the whole caption.
-        eot = (ids == EOT_ID).int().argmax(dim=-1)
         return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection  # (B, embed_dim)
 
 

@@ -1,0 +1,167 @@
+"""`vlm bench encode`: images/s and texts/s of vlm's encoder against OpenCLIP's, the same weights, one process.
+
+vlm runs its real path (`vlm.serve.encoder.Encoder`, what `vlm index build` and `vlm serve` embed with: texts
+tokenized, batched by length, each batch run to its last end-of-text). OpenCLIP runs the model it builds from
+vlm's export (`open_clip.create_model("local-dir:...")`), eager float32, texts padded to the context as its
+tokenizer pads them. Rounds are interleaved (vlm, OpenCLIP, ...) and each side reports its median round; a
+float32 matmul ceiling measured in the same run puts the achieved GFLOP/s in proportion. The accuracy check
+compares vlm's embeddings with OpenCLIP's; with `--checkpoint` and `--data` (a shapes world) zero-shot acc1 and
+retrieval R@1 at `--precision` are reported next to fp32's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+PRECISIONS = ("fp32", "int8")
+
+
+def register_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("encode", help="images/s and texts/s of vlm's encoder vs OpenCLIP's (same weights)")
+    p.add_argument("--model", default="clip-base32", help="late-fusion model name, random init (default: %(default)s)")
+    p.add_argument("--checkpoint", type=Path, help="a late-fusion checkpoint instead of --model")
+    p.add_argument("--data", type=Path, help="a shapes world: its val captions; with --checkpoint also zero-shot "
+                   "acc1 and retrieval R@1 at --precision vs fp32 (default: a small world generated here)")
+    p.add_argument("--against", choices=["openclip"], default="openclip")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="vlm's precision (OpenCLIP: fp32)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per round")
+    p.add_argument("--texts", type=int, default=64, help="captions per round, per caption mix")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds; each side reports its median")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="also write the report to this JSON file")
+    p.set_defaults(func=cmd_bench_encode)
+
+
+def at_precision(model, precision: str):
+    """`model` for inference at `precision` (vlm.models.precision); fp32 is the model itself."""
+    if precision == "fp32":
+        return model
+    from vlm.models.precision import with_precision
+
+    return with_precision(model, precision)
+
+
+def openclip_twin(model, folder: Path):
+    """OpenCLIP's own model built from vlm's export of `model` (the same weights), in eval mode."""
+    import open_clip
+
+    from vlm.models.openclip_compat import export_openclip
+
+    export_openclip(model, folder)
+    return open_clip.create_model(f"local-dir:{folder}").eval()
+
+
+def agreement(ours, theirs) -> dict[str, float]:
+    """Max abs difference and smallest cosine of two sets of normalised embeddings, row by row."""
+    import torch
+    import torch.nn.functional as F
+
+    ours, theirs = torch.as_tensor(ours).float(), torch.as_tensor(theirs).float()
+    cosine = (F.normalize(ours, dim=-1) * F.normalize(theirs, dim=-1)).sum(-1)
+    return {"max_abs_diff": float((ours - theirs).abs().max()), "min_cosine": float(cosine.min())}
+
+
+def workloads(args: argparse.Namespace, model) -> dict[str, tuple[str, object]]:
+    """name -> (kind, input): a batch of images and the two caption mixes."""
+    import torch
+
+    from vlm.models import image_size
+    from vlm.models.bench_inputs import coco_like_captions, shapes_captions
+
+    generator = torch.Generator().manual_seed(args.seed)
+    size = image_size(model)
+    pixels = torch.randn(args.batch_size, 3, size, size, generator=generator)
+    return {f"images {size} px, batch {args.batch_size}": ("image", pixels),
+            f"texts, shapes val captions x {args.texts}": ("text", shapes_captions(args.texts, args.data)),
+            f"texts, COCO-like 8-30 tokens x {args.texts}": ("text", coco_like_captions(args.texts, args.seed))}
+
+
+def bench_encode(args: argparse.Namespace, model, reference, inputs: dict[str, tuple[str, object]]) -> list[dict]:
+    """Both sides of every workload (`workloads`), interleaved; one row per workload."""
+    import open_clip
+    import torch
+
+    from vlm.bench_timing import count_flops, interleaved_seconds, rate
+    from vlm.serve.encoder import Encoder
+
+    fp32, ours = Encoder(model), Encoder(at_precision(model, args.precision))
+    context = model.config.text.context_length
+
+    def theirs_text(captions):  # as open_clip's users call it: its tokenizer pads to the context
+        with torch.no_grad():
+            return reference.encode_text(open_clip.tokenize(captions, context_length=context), normalize=True)
+
+    def theirs_image(pixels):
+        with torch.no_grad():
+            return reference.encode_image(pixels, normalize=True)
+
+    runs, work = {}, {}
+    for name, (kind, x) in inputs.items():
+        mine = ours.encode_pixels if kind == "image" else ours.encode_texts
+        other = theirs_image if kind == "image" else theirs_text
+        runs[f"vlm|{name}"], runs[f"ref|{name}"] = (lambda f=mine, x=x: f(x)), (lambda f=other, x=x: f(x))
+        fp32_call = fp32.encode_pixels if kind == "image" else fp32.encode_texts
+        work[name] = (len(x), count_flops(lambda f=fp32_call, x=x: f(x)), count_flops(lambda f=other, x=x: f(x)),
+                      agreement(mine(x), other(x)))
+    seconds = interleaved_seconds(runs, args.rounds)
+    rows = []
+    for name, (items, our_flops, their_flops, check) in work.items():
+        vlm_rate, ref_rate = rate(items, seconds[f"vlm|{name}"], our_flops), rate(items, seconds[f"ref|{name}"],
+                                                                                   their_flops)
+        rows.append({"workload": name, "vlm": vlm_rate, "reference": ref_rate,
+                     "ratio": vlm_rate["items_per_s"] / ref_rate["items_per_s"], **check})
+    return rows
+
+
+def quality(model, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Zero-shot acc1 and retrieval R@1 on the shapes world's val split, at fp32 and at --precision."""
+    from vlm.eval.run import stream_retrieval, stream_zeroshot
+    from vlm.eval.stream import StreamOptions
+
+    options = StreamOptions(workers=0)
+    out = {}
+    for precision in dict.fromkeys(["fp32", args.precision]):
+        m = at_precision(model, precision)
+        zeroshot = stream_zeroshot(m, args.data, None, options)[0]
+        retrieval = stream_retrieval(m, args.data, None, options, None, 16)[0]
+        out[precision] = {"zeroshot_acc1": zeroshot["acc1"],
+                          "image_retrieval_recall@1": retrieval["image_retrieval_recall@1"],
+                          "text_retrieval_recall@1": retrieval["text_retrieval_recall@1"]}
+    return out
+
+
+def load_late_model(args: argparse.Namespace):
+    import vlm
+
+    model = vlm.load(args.checkpoint) if args.checkpoint else vlm.create_model(args.model)
+    if model.config.arch != "dual_encoder":
+        raise vlm.UserError(f"{args.checkpoint or args.model}: `vlm bench encode` needs a late-fusion "
+                            f"(dual_encoder) model, this is {model.config.arch}")
+    return model.eval()
+
+
+def cmd_bench_encode(args: argparse.Namespace) -> int:
+    from vlm.bench_timing import environment, matmul_ceiling_gflops, peak_rss_mb
+    from vlm.models.bench_inputs import markdown_rows, write_report
+
+    if min(args.batch_size, args.texts, args.rounds) < 1:
+        raise ValueError("--batch-size, --texts and --rounds must be at least 1")
+    model = load_late_model(args)
+    inputs = workloads(args, model)  # a wrong --data fails here, before any export
+    with tempfile.TemporaryDirectory(prefix="vlm-bench-encode-") as tmp:
+        reference = openclip_twin(model, Path(tmp) / "openclip")
+    report = {"model": model.config.name, "precision": args.precision, "against": args.against,
+              "rounds": args.rounds, **environment(), "matmul_ceiling_gflops_per_s": matmul_ceiling_gflops()}
+    report["rows"] = bench_encode(args, model, reference, inputs)
+    if args.checkpoint and args.data:
+        report["quality"] = quality(model, args)
+    report["peak_rss_mb"] = peak_rss_mb()
+    table = markdown_rows(report["rows"], "items", "OpenCLIP")
+    table += (f"\n\n{report['model']} at {args.precision}, median of {args.rounds} rounds, float32 matmul ceiling "
+              f"{report['matmul_ceiling_gflops_per_s']:.1f} GFLOP/s, peak RSS {report['peak_rss_mb']:,.0f} MB")
+    for precision, q in report.get("quality", {}).items():
+        table += f"\n{precision}: " + ", ".join(f"{k} {v:.2f}" for k, v in q.items())
+    write_report(report, table, args.json)
+    return 0
