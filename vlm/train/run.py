@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from data_pipelines.sources import detect_format
-from vlm.models.checkpoint import CHECKPOINT_NAME, read_checkpoint
+from vlm.adapt.methods import apply_adaptation, parameter_counts
+from vlm.models.checkpoint import CHECKPOINT_NAME, model_payload, read_checkpoint
 from vlm.models.config import ModelConfig
 from vlm.models.registry import build_model, get_model_config, model_config_from_dict
 from vlm.tokenizer import get_tokenizer
@@ -46,6 +47,14 @@ def starting_config(config: TrainConfig, checkpoint: dict | None, where: str) ->
     if checkpoint is not None:
         return model_config_from_dict(checkpoint["config"], where)
     return get_model_config(config.model, list(config.model_overrides))
+
+
+def starting_checkpoint(path: str) -> dict:
+    """The checkpoint a run fine-tunes from; a LoRA run's with its adapters merged, so it loads as plain weights."""
+    from vlm.adapt.lora import lora_of, merged_model
+
+    payload = read_checkpoint(path)
+    return model_payload(merged_model(payload, path)) if lora_of(payload) is not None else payload
 
 
 def is_checkpoint(model: str) -> bool:
@@ -115,7 +124,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, s
     torch.manual_seed(config.seed)
     resume_path = resolve_resume(resume, out_dir)
     payload = read_checkpoint(resume_path) if resume_path else None
-    base = read_checkpoint(config.model) if payload is None and is_checkpoint(config.model) else None
+    base = starting_checkpoint(config.model) if payload is None and is_checkpoint(config.model) else None
 
     model_config = starting_config(config, payload or base, str(resume_path or config.model))
     train_data = train_dataset or open_split(config.data.train, config.data.train_split, config.objective,
@@ -125,6 +134,10 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, s
     model = build_run_model(config, model_config, payload is not None, train_data, base)
     if config.freeze_towers:
         freeze_all_but_head(model)
+    apply_adaptation(model, config)
+    if env.is_main and (config.lora or config.lock_image or config.freeze or config.freeze_towers):
+        trainable, total = parameter_counts(model)
+        print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)", file=sys.stderr)
     trainer = Trainer(model, config, env)
     if payload is not None:
         trainer.load_state(payload)
