@@ -71,8 +71,9 @@ def build_run_model(config: TrainConfig, model_config: ModelConfig, resumed: boo
     if config.objective == "vqa":
         model_config = dataclasses.replace(model_config, vqa_answers=answer_vocabulary(train_data, config))
     model = build_model(model_config)
-    if base is not None:
-        weights = {k: v for k, v in base["model"].items() if not k.startswith("vqa_head.")}
+    if base is not None:  # a VQA run gets a fresh head for its own answers; other objectives keep the base's
+        fresh = config.objective == "vqa"
+        weights = {k: v for k, v in base["model"].items() if not (fresh and k.startswith("vqa_head."))}
         model.load_state_dict(weights, strict=False)
     return model
 
