@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-images", type=int, default=500, help="evaluate on the first N images of each test set")
     p.add_argument("--methods", default=None, help="comma-separated subset (default: all the family supports)")
     p.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="WiSE-FT curve between base and full FT")
+    p.add_argument("--workers", type=int, default=1, help="data-loading processes of each training run")
+    p.add_argument("--recipes", default="configs/train", help="folder of adapt-lora.yaml, adapt-lit.yaml, "
+                                                              "adapt-full.yaml")
     p.set_defaults(func=cmd_adapt_report)
 
 
@@ -80,7 +83,8 @@ def cmd_adapt_report(args: argparse.Namespace) -> int:
     options = ReportOptions(shots=tuple(int(k) for k in args.shots.split(",")), steps=args.steps,
                             batch_size=args.batch_size, eval_images=args.eval_images,
                             methods=tuple(args.methods.split(",")) if args.methods else None,
-                            alphas=tuple(float(a) for a in args.alphas.split(",")))
+                            alphas=tuple(float(a) for a in args.alphas.split(",")), recipes=args.recipes,
+                            num_workers=args.workers)
     report = adapt_report(args.base, args.source, args.target, args.out, options)
     print(format_table(report))
     print(f"wrote {args.out / 'report.md'} and {args.out / 'report.json'}")
