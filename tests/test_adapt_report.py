@@ -67,12 +67,12 @@ def test_adapt_report_runs_every_method_and_writes_table_and_plots(worlds, tmp_p
     vlm.create_model("clip-tiny").save(tmp_path / "base.pt")
     out = tmp_path / "report"
     assert main(["adapt-report", "--base", str(tmp_path / "base.pt"), "--source", str(source), "--target",
-                 str(target), "--out", str(out), "--shots", "1,2", "--steps", "2", "--batch-size", "8",
-                 "--eval-images", "16", "--alphas", "0,0.5,1"]) == 0
+                 str(target), "--out", str(out), "--shots", "1", "--steps", "2", "--batch-size", "8",
+                 "--eval-images", "16", "--alphas", "0,0.5,1", "--workers", "0"]) == 0
     report = json.loads((out / "report.json").read_text())
     methods = {(r["method"], r["shots"]) for r in report["rows"]}
     assert methods >= {("zeroshot", 0), *((m, k) for m in ("linear-probe", "lora", "lit", "full", "wise-ft")
-                                          for k in (1, 2))}
+                                          for k in (1,))}
     by = {(r["method"], r["shots"], r.get("alpha")): r for r in report["rows"]}
     assert by[("wise-ft", 1, 0.0)]["target"] == by[("zeroshot", 0, None)]["target"]  # alpha 0 is the base
     assert by[("wise-ft", 1, 1.0)]["target"] == by[("full", 1, None)]["target"]
@@ -88,7 +88,8 @@ def test_adapt_report_on_early_fusion_measures_itm_and_vqa(worlds, tmp_path, mon
     vlm.create_model("fusion-tiny", ["vqa_answers=[yes,no,red,circle]"]).save(tmp_path / "base.pt")
     assert main(["adapt-report", "--base", str(tmp_path / "base.pt"), "--source", str(source), "--target",
                  str(target), "--out", str(tmp_path / "report"), "--shots", "1", "--steps", "1", "--batch-size", "8",
-                 "--eval-images", "8", "--methods", "zeroshot,lora,full", "--alphas", "0,1"]) == 0
+                 "--eval-images", "8", "--methods", "zeroshot,lora,full", "--alphas", "0,1",
+                 "--workers", "0"]) == 0
     rows = json.loads((tmp_path / "report" / "report.json").read_text())["rows"]
     assert {r["method"] for r in rows} == {"zeroshot", "lora", "full"}
     assert all("target_vqa" in r and "source_vqa" in r for r in rows)
