@@ -58,8 +58,8 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     out = generate_shapes_world(args.out, train=args.train, val=args.val, test=args.test, heldout=heldout,
                                 image_size=args.image_size, seed=args.seed,
                                 captions_per_image=args.captions_per_image, style=args.style)
-    print(f"wrote {args.style} shapes world to {out} (train {args.train}, val {args.val}, test {args.test}, heldout {heldout} "
-          f"scenes at {args.image_size} px)")
+    print(f"wrote {args.style} shapes world to {out} (train {args.train}, val {args.val}, test {args.test}, "
+          f"heldout {heldout} scenes at {args.image_size} px)")
     return 0
 
 

@@ -7,7 +7,6 @@ and jagged 5-pixel circles at 64 px look too much like diamonds.
 from __future__ import annotations
 
 import math
-
 import zlib
 
 import numpy as np

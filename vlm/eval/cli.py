@@ -66,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser("linear-probe", help="logistic regression on frozen image features, k-shot, C chosen on val")
     t.add_argument("--checkpoint", required=True, help="late-fusion checkpoint or run folder")
-    t.add_argument("--data", required=True, help="a shapes-world folder: fit on its classify_train, choose C on val, score test")
+    t.add_argument("--data", required=True,
+                   help="a shapes-world folder: fit on its classify_train, choose C on val, score test")
     t.add_argument("--shots", default="1,2,4,8,16", help="training images per class, comma-separated (0: all)")
     t.add_argument("--seed", type=int, default=0, help="which k images of each class")
     t.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
