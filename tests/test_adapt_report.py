@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import vlm
 from data_pipelines import generate_shapes_world
@@ -43,6 +44,17 @@ def test_a_style_draws_the_same_scenes_differently_and_the_default_is_unchanged(
     assert "style" not in json.loads((source / "world.json").read_text())
 
 
+def test_the_default_style_draws_the_same_pixels_as_before_styles_existed(tmp_path):
+    """Pixels of every image of a small default world, hashed: the value the code before `--style` gave
+    (the PNG bytes themselves depend on the zlib build, the pixels only on the drawing)."""
+    root = generate_shapes_world(tmp_path, train=6, val=2, test=2, heldout=2, image_size=16, seed=7)
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.png")):
+        h.update(str(p.relative_to(root)).encode())
+        h.update(Image.open(p).convert("RGB").tobytes())
+    assert h.hexdigest() == "bfa355e7370f0ff369f7593b29e2468967e17f6ab5e97d7b7f973acbf6a193af"
+
+
 def test_linear_probe_scores_each_shot_count_with_c_chosen_on_val(worlds, tmp_path, capsys):
     source, _ = worlds
     vlm.create_model("clip-tiny").save(tmp_path / "m.pt")
@@ -59,6 +71,25 @@ def test_linear_probe_refuses_an_early_fusion_model(worlds, tmp_path, capsys):
     vlm.create_model("fusion-tiny").save(tmp_path / "f.pt")
     assert main(["eval", "linear-probe", "--checkpoint", str(tmp_path / "f.pt"), "--data", str(worlds[0])]) == 2
     assert "early fusion" in capsys.readouterr().err
+
+
+def test_wise_ft_curve_evaluates_every_alpha_and_its_ends_are_the_inputs(worlds, tmp_path, capsys):
+    source, target = worlds
+    a, b = vlm.create_model("clip-tiny"), vlm.create_model("clip-tiny")
+    a.save(tmp_path / "a.pt")
+    b.save(tmp_path / "b.pt")
+    evals = [f"zeroshot:{source}:test", f"zeroshot:{target}:test"]
+    assert main(["wise-ft", "--zeroshot", str(tmp_path / "a.pt"), "--finetuned", str(tmp_path / "b.pt"),
+                 "--alphas", "0,0.5,1", *(x for e in evals for x in ("--eval", e)),
+                 "--json", str(tmp_path / "curve.json")]) == 0
+    rows = json.loads((tmp_path / "curve.json").read_text())
+    assert [r["alpha"] for r in rows] == [0, 0.5, 1]
+    from vlm.eval.run import EvalSets, run_zeroshot
+    for row, model in ((rows[0], a), (rows[2], b)):
+        assert row[evals[1]] == run_zeroshot(model.eval(), EvalSets(target, "test"))["acc1"]
+    assert main(["wise-ft", "--zeroshot", str(tmp_path / "a.pt"), "--finetuned", str(tmp_path / "b.pt"),
+                 "--alphas", "0,1", "--eval", "nonsense"]) == 2
+    assert "TASK:DATA[:SPLIT]" in capsys.readouterr().err
 
 
 def test_adapt_report_runs_every_method_and_writes_table_and_plots(worlds, tmp_path, monkeypatch):

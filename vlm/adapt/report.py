@@ -110,7 +110,7 @@ def trainable_of(model: nn.Module, config: TrainConfig) -> tuple[int, int]:
     return parameter_counts(apply_adaptation(build_model(model.config), config))
 
 
-def probe_row(base_model: nn.Module, k: int, source: Path, target: Path, sets: dict, options: ReportOptions) -> dict:
+def probe_row(base_model: nn.Module, k: int, target: Path, sets: dict, options: ReportOptions) -> dict:
     """Logistic regression on the base model's image features of k target images per class (vlm/eval)."""
     from vlm.eval.data import load_classification
     from vlm.eval.linear_probe import accuracy, fit_probe, image_features, kshot_indices
@@ -174,7 +174,7 @@ def adapt_report(base: str | Path, source: str | Path, target: str | Path, out: 
     for k in options.shots:
         pairs = kshot_pairs(target, k, out / "data" / f"pairs_{k}shot.csv", options.seed)
         if "linear-probe" in methods:
-            rows.append(probe_row(base_model, k, source, target, sets, options))
+            rows.append(probe_row(base_model, k, target, sets, options))
         for method in ("lora", "lit", "full"):
             if method in methods or (method == "full" and "wise-ft" in methods):
                 row, model = trained_row(method, k, base, pairs, arch, out, options)
