@@ -93,6 +93,8 @@ def test_freeze_patterns_freeze_by_name_and_an_unmatched_pattern_is_named(shapes
     assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"image"}
     with pytest.raises(vlm.config.ConfigError, match="'txt.*'"):
         apply_adaptation(vlm.create_model("clip-tiny"), recipe(shapes, freeze=["txt.*"]))
+    with pytest.raises(vlm.config.ConfigError, match="no parameter"):
+        apply_adaptation(vlm.create_model("clip-tiny"), recipe(shapes, lock_image=True, freeze=["text.*", "logit_*"]))
 
 
 def test_wise_ft_endpoints_are_the_inputs_exactly_and_the_midpoint_is_between(tmp_path):

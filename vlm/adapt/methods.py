@@ -66,6 +66,8 @@ def apply_adaptation(model: nn.Module, config: TrainConfig) -> nn.Module:
     if config.lora is not None and config.objective == "vqa":
         for name, p in model.named_parameters():
             p.requires_grad |= name.startswith(FRESH_HEAD)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"lock_image / freeze leave no parameter of {model.config.name} to train")
     return model
 
 
