@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import zlib
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 from data_pipelines.shapes.scene import COLORS, ShapeObject
@@ -52,6 +51,8 @@ def _background(objects: list[ShapeObject], size: int, style: str) -> Image.Imag
         raise ValueError(f"unknown shapes style {style!r}; choose from {', '.join(STYLES)}")
     if style == "pastel":
         return Image.new("RGB", (size, size), (225, 222, 215))
+    import numpy as np  # here, so `vlm --help` (which imports this module's package) stays light
+
     seed = zlib.crc32(repr(objects).encode())
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:size, 0:size]
