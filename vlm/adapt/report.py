@@ -216,6 +216,21 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def wise_ft_summary(report: dict) -> str:
+    """Per shot count, the alpha with the best mean of source and target against the two ends (chosen on the
+    test images themselves: it says whether some alpha beats both ends, not which alpha to ship)."""
+    lines = []
+    for k in sorted({r["shots"] for r in report["rows"] if r["method"] == "wise-ft"}):
+        curve = sorted((r for r in report["rows"] if r["method"] == "wise-ft" and r["shots"] == k),
+                       key=lambda r: r["alpha"])
+        mean = {r["alpha"]: (r["source"] + r["target"]) / 2 for r in curve}
+        best = max(mean, key=mean.get)
+        lines.append(f"- {k} shots: best mean {mean[best]:.1f} at alpha {best:g}; alpha {curve[0]['alpha']:g} "
+                     f"{mean[curve[0]['alpha']]:.1f}, alpha {curve[-1]['alpha']:g} {mean[curve[-1]['alpha']]:.1f}; "
+                     "curve: " + ", ".join(f"{a:g}: {m:.1f}" for a, m in mean.items()))
+    return "WiSE-FT, mean of source and target top-1 along the curve:\n\n" + "\n".join(lines) if lines else ""
+
+
 def write_report(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "report.json", "w") as f:
@@ -223,7 +238,7 @@ def write_report(report: dict, out: Path) -> None:
     text = (f"# Adaptation report: {report['model']} ({report['arch']})\n\nsource {report['source']}, target "
             f"{report['target']}; {report['options']['steps']} steps of batch {report['options']['batch_size']} "
             f"per trained method; zero-shot top-1 (%) on each world's test images; whole report "
-            f"{report['wall_s']:.0f} s.\n\n{format_table(report)}\n\n![target vs source](adapt_tradeoff.png)\n"
-            "![accuracy vs trainable parameters](adapt_params.png)\n")
+            f"{report['wall_s']:.0f} s.\n\n{format_table(report)}\n\n{wise_ft_summary(report)}\n\n"
+            "![target vs source](adapt_tradeoff.png)\n![accuracy vs trainable parameters](adapt_params.png)\n")
     with atomic_write(out / "report.md", "w") as f:
         f.write(text)
