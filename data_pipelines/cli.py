@@ -22,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--image-size", type=int, default=ShapesConfig.image_size)
     s.add_argument("--seed", type=int, default=ShapesConfig.seed)
     s.add_argument("--captions-per-image", type=int, default=ShapesConfig.captions_per_image)
+    s.add_argument("--style", default="default", choices=("default", "outline", "pastel"),
+                   help="the look of the images: the same scenes drawn as outlines on texture, or in pastel shades "
+                        "(a shifted domain for vlm adapt-report)")
     s.set_defaults(func=cmd_shapes)
 
     s = sub.add_parser("shard", help="any pairs source -> WebDataset tar shards (img2dataset layout)")
@@ -54,9 +57,9 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     heldout = args.test if args.heldout is None else args.heldout
     out = generate_shapes_world(args.out, train=args.train, val=args.val, test=args.test, heldout=heldout,
                                 image_size=args.image_size, seed=args.seed,
-                                captions_per_image=args.captions_per_image)
-    print(f"wrote shapes world to {out} (train {args.train}, val {args.val}, test {args.test}, heldout {heldout} "
-          f"scenes at {args.image_size} px)")
+                                captions_per_image=args.captions_per_image, style=args.style)
+    print(f"wrote {args.style} shapes world to {out} (train {args.train}, val {args.val}, test {args.test}, "
+          f"heldout {heldout} scenes at {args.image_size} px)")
     return 0
 
 

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "vlm.models.vilt_cli",
     "vlm.train.cli",
     "vlm.eval.cli",
+    "vlm.adapt.cli",
     "vlm.serve.cli",
     "vlm.bench_cli",
 ]

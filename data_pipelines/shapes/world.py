@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from data_pipelines.shapes.language import FAMILIES, AnswerBalancer, caption_phrasings, make_negatives, make_questions
-from data_pipelines.shapes.render import render_scene
+from data_pipelines.shapes.render import STYLES, render_scene
 from data_pipelines.shapes.scene import (
     COLORS,
     MAX_OBJECTS,
@@ -55,10 +55,12 @@ class ShapesConfig:
 class ShapesWorld:
     """Generates the scenes of every split and writes them; `write(out_dir)` is all most callers need."""
 
-    def __init__(self, config: ShapesConfig = ShapesConfig()):
+    def __init__(self, config: ShapesConfig = ShapesConfig(), style: str = "default"):
         if not 1 <= config.heldout_combos < len(all_combos()):
             raise ValueError(f"heldout_combos must be between 1 and {len(all_combos()) - 1}")
-        self.config = config
+        if style not in STYLES:
+            raise ValueError(f"unknown shapes style {style!r}; choose from {', '.join(STYLES)}")
+        self.config, self.style = config, style
         self.heldout = choose_heldout_combos(config.heldout_combos, config.seed)
         self.seen = [c for c in all_combos() if c not in self.heldout]
 
@@ -82,6 +84,8 @@ class ShapesWorld:
                 "heldout_combos": [list(c) for c in self.heldout], "classnames": self.classnames,
                 "templates": list(TEMPLATES), "relation_margin": RELATION_MARGIN,
                 "splits": [s for s in SPLITS if getattr(self.config, s) > 0]}
+        if self.style != "default":  # the default world's files stay byte-identical to those before styles
+            info["style"] = self.style
         _write_text(out / "world.json", json.dumps(info, indent=1, sort_keys=True))
         return out
 
@@ -95,7 +99,7 @@ class ShapesWorld:
         for i in range(n):
             objects = sample_scene(rng, combos, rng.randint(1, MAX_OBJECTS), must)
             image = f"images/{split}/{i:06d}.png"
-            _save_png(render_scene(objects, self.config.image_size), out / image)
+            _save_png(render_scene(objects, self.config.image_size, self.style), out / image)
             scenes.append({"image_id": i, "image": image, "objects": [o.to_json() for o in objects]})
             phrasings = caption_phrasings(objects)
             pairs += [(image, c) for c in rng.sample(phrasings, min(self.config.captions_per_image, len(phrasings)))]
@@ -148,7 +152,8 @@ class ShapesWorld:
         for k in range(per_class):
             for color, shape in allowed:
                 objects = sample_scene(rng, [(color, shape)], 1)
-                _save_png(render_scene(objects, self.config.image_size), root / f"{color}_{shape}" / f"{k:05d}.png")
+                image = render_scene(objects, self.config.image_size, self.style)
+                _save_png(image, root / f"{color}_{shape}" / f"{k:05d}.png")
         _write_text(root / "classnames.txt", "\n".join(self.classnames) + "\n")
         _write_text(root / "templates.txt", "\n".join(TEMPLATES) + "\n")
 
@@ -162,6 +167,8 @@ def _write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
-def generate_shapes_world(out_dir: str | Path, **overrides) -> Path:
-    """Write a shapes world to `out_dir` (`vlm data shapes`); keyword arguments override ShapesConfig fields."""
-    return ShapesWorld(ShapesConfig(**overrides)).write(out_dir)
+def generate_shapes_world(out_dir: str | Path, style: str = "default", **overrides) -> Path:
+    """Write a shapes world to `out_dir` (`vlm data shapes`); keyword arguments override ShapesConfig fields.
+
+    `style` draws the same scenes (same seed, same captions and answers) in another look (render.STYLES)."""
+    return ShapesWorld(ShapesConfig(**overrides), style).write(out_dir)

@@ -1,4 +1,4 @@
-"""`vlm eval zeroshot|retrieval|vqa|compositional` and `vlm compare`."""
+"""`vlm eval zeroshot|retrieval|vqa|compositional|linear-probe` and `vlm compare`."""
 
 from __future__ import annotations
 
@@ -64,6 +64,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            help="revision of the official evaluator: 2021 (current) or 2016 (older papers)")
         t.set_defaults(func=cmd_eval)
 
+    t = sub.add_parser("linear-probe", help="logistic regression on frozen image features, k-shot, C chosen on val")
+    t.add_argument("--checkpoint", required=True, help="late-fusion checkpoint or run folder")
+    t.add_argument("--data", required=True,
+                   help="a shapes-world folder: fit on its classify_train, choose C on val, score test")
+    t.add_argument("--shots", default="1,2,4,8,16", help="training images per class, comma-separated (0: all)")
+    t.add_argument("--seed", type=int, default=0, help="which k images of each class")
+    t.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
+    t.set_defaults(func=cmd_linear_probe)
+
     register_classify(subparsers)
 
     p = subparsers.add_parser("compare", help="late vs early fusion on every evaluation, with blind baselines "
@@ -120,6 +129,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(text)
     if getattr(args, "predictions", None) is not None:
         print(f"wrote {args.predictions}")
+    if args.json is not None:
+        with atomic_write(args.json, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+def cmd_linear_probe(args: argparse.Namespace) -> int:
+    from vlm.eval.linear_probe import linear_probe
+    from vlm.models import load_model
+
+    try:
+        shots = tuple(int(k) for k in args.shots.split(","))
+    except ValueError:
+        raise ValueError(f"--shots: expected whole numbers separated by commas, got {args.shots!r}") from None
+    text = json.dumps(linear_probe(load_model(args.checkpoint), args.data, shots, args.seed), indent=2)
+    print(text)
     if args.json is not None:
         with atomic_write(args.json, "w") as f:
             f.write(text + "\n")

@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from data_pipelines.sources import detect_format
-from vlm.models.checkpoint import CHECKPOINT_NAME, read_checkpoint
+from vlm.adapt.methods import apply_adaptation, parameter_counts
+from vlm.models.checkpoint import CHECKPOINT_NAME, model_payload, read_checkpoint
 from vlm.models.config import ModelConfig
 from vlm.models.registry import build_model, get_model_config, model_config_from_dict
 from vlm.tokenizer import get_tokenizer
@@ -48,6 +49,14 @@ def starting_config(config: TrainConfig, checkpoint: dict | None, where: str) ->
     return get_model_config(config.model, list(config.model_overrides))
 
 
+def starting_checkpoint(path: str) -> dict:
+    """The checkpoint a run fine-tunes from; a LoRA run's with its adapters merged, so it loads as plain weights."""
+    from vlm.adapt.lora import lora_of, merged_model
+
+    payload = read_checkpoint(path)
+    return model_payload(merged_model(payload, path)) if lora_of(payload) is not None else payload
+
+
 def is_checkpoint(model: str) -> bool:
     """`model:` names a checkpoint file or a run folder, rather than a model name or YAML."""
     return model.endswith((".pt", ".pth")) or Path(model).is_dir()
@@ -62,8 +71,9 @@ def build_run_model(config: TrainConfig, model_config: ModelConfig, resumed: boo
     if config.objective == "vqa":
         model_config = dataclasses.replace(model_config, vqa_answers=answer_vocabulary(train_data, config))
     model = build_model(model_config)
-    if base is not None:
-        weights = {k: v for k, v in base["model"].items() if not k.startswith("vqa_head.")}
+    if base is not None:  # a VQA run gets a fresh head for its own answers; other objectives keep the base's
+        fresh = config.objective == "vqa"
+        weights = {k: v for k, v in base["model"].items() if not (fresh and k.startswith("vqa_head."))}
         model.load_state_dict(weights, strict=False)
     return model
 
@@ -115,7 +125,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, s
     torch.manual_seed(config.seed)
     resume_path = resolve_resume(resume, out_dir)
     payload = read_checkpoint(resume_path) if resume_path else None
-    base = read_checkpoint(config.model) if payload is None and is_checkpoint(config.model) else None
+    base = starting_checkpoint(config.model) if payload is None and is_checkpoint(config.model) else None
 
     model_config = starting_config(config, payload or base, str(resume_path or config.model))
     train_data = train_dataset or open_split(config.data.train, config.data.train_split, config.objective,
@@ -125,6 +135,10 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, s
     model = build_run_model(config, model_config, payload is not None, train_data, base)
     if config.freeze_towers:
         freeze_all_but_head(model)
+    apply_adaptation(model, config)
+    if env.is_main and (config.lora or config.lock_image or config.freeze or config.freeze_towers):
+        trainable, total = parameter_counts(model)
+        print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)", file=sys.stderr)
     trainer = Trainer(model, config, env)
     if payload is not None:
         trainer.load_state(payload)
