@@ -39,3 +39,12 @@ def test_int8_fusion_scores_agree(fusion_tiny, images, captions):
     fp32_scores = fusion_tiny.score(images, ids)
     int8_scores = with_precision(fusion_tiny, "int8").score(images, ids)
     assert F.cosine_similarity(fp32_scores, int8_scores, dim=0) > 0.99
+
+
+@pytest.mark.parametrize("size", [(32, 32), (40, 56)])
+def test_patch_linear_computes_the_patch_convolution(size):
+    from vlm.models.precision import PatchLinear
+
+    conv = torch.nn.Conv2d(3, 16, kernel_size=8, stride=8)
+    x = torch.randn(2, 3, *size)
+    torch.testing.assert_close(PatchLinear(conv)(x), conv(x), rtol=1e-5, atol=1e-5)

@@ -39,6 +39,7 @@ def with_precision(model: nn.Module, precision: str) -> nn.Module:
 def int8_dynamic(model: nn.Module) -> nn.Module:
     """A copy whose every nn.Linear is dynamically quantized; LayerNorm, attention and embeddings stay float32."""
     copied = copy.deepcopy(model).eval()
+    patch_embeddings_as_linear(copied)
     qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
     with warnings.catch_warnings(), quantized_engine():
         warnings.simplefilter("ignore")  # torch.ao.quantization says it moves to torchao; it still works here
@@ -55,3 +56,33 @@ def quantized_engine() -> Iterator[str]:
         yield torch.backends.quantized.engine
     finally:
         torch.backends.quantized.engine = before
+
+
+class PatchLinear(nn.Module):
+    """A patch-embedding Conv2d (kernel = stride, no padding) as a Linear over flattened patches, so that it too
+    can run in int8; same output (B, width, h, w)."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        if conv.kernel_size != conv.stride or conv.padding != (0, 0) or conv.groups != 1 or conv.dilation != (1, 1):
+            raise ValueError(f"not a patch embedding: {conv}")
+        self.patch = conv.kernel_size
+        self.linear = nn.Linear(conv.weight[0].numel(), conv.out_channels, bias=conv.bias is not None)
+        self.linear.weight = nn.Parameter(conv.weight.detach().flatten(1))  # (width, C*ph*pw), C outermost
+        if conv.bias is not None:
+            self.linear.bias = nn.Parameter(conv.bias.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (ph, pw), (B, C, H, W) = self.patch, x.shape
+        h, w = H // ph, W // pw
+        x = x[..., : h * ph, : w * pw].reshape(B, C, h, ph, w, pw).permute(0, 2, 4, 1, 3, 5)  # (B, h, w, C, ph, pw)
+        return self.linear(x.reshape(B, h, w, C * ph * pw)).permute(0, 3, 1, 2)  # (B, width, h, w)
+
+
+def patch_embeddings_as_linear(model: nn.Module) -> None:
+    """Replace timm PatchEmbed's projection conv in place (the image tower's and the fusion stack's)."""
+    from timm.layers import PatchEmbed
+
+    for module in model.modules():
+        if isinstance(module, PatchEmbed) and isinstance(module.proj, nn.Conv2d):
+            module.proj = PatchLinear(module.proj)
