@@ -17,6 +17,7 @@ from vlm.serve import ItemIndex
 from vlm.serve.encoder import Encoder
 from vlm.serve.process import ServerProcess
 
+
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory) -> dict:
     """The fp32 collection of the API tests plus the same images indexed at int8."""

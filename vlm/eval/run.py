@@ -169,4 +169,5 @@ def evaluate(task: str, checkpoint: str | Path, data_path: str | Path, split: st
     if predictions is not None:
         write(predictions)
     return {"task": task, "checkpoint": str(resolve_checkpoint(checkpoint)), "model": model.config.name,
-            "arch": model.config.arch, "precision": precision, "data": str(data_path), "split": data.eval_split(data_path, split), **result}
+            "arch": model.config.arch, "precision": precision, "data": str(data_path),
+            "split": data.eval_split(data_path, split), **result}
