@@ -44,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         t.add_argument("--data", required=True, help="a shapes-world folder, or a dataset file/folder")
         t.add_argument("--split", default=None, help="split of a shapes-world folder (default: val)")
         t.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
+        t.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                       help="run the model(s) in int8, as `vlm index build|serve --precision int8` do (default fp32)")
         if task in ("retrieval", "compositional"):  # the evaluations that read pairs files
             add_source_arguments(t)
         if task != "compositional":
@@ -124,7 +126,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       getattr(args, "vqa_metric", DEFAULT_VQA_METRIC),
                       stream_options(args, progress=sys.stderr.isatty()) if args.task != "compositional" else None,
                       getattr(args, "predictions", None), getattr(args, "classnames", None),
-                      getattr(args, "templates", None), source_options=options)
+                      getattr(args, "templates", None), source_options=options, precision=args.precision)
     text = json.dumps(result, indent=2)
     print(text)
     if getattr(args, "predictions", None) is not None:

@@ -20,6 +20,7 @@ from vlm.eval.vqa_metric import DEFAULT_VQA_METRIC
 from vlm.eval.zeroshot import evaluate_zero_shot, stream_zero_shot
 from vlm.models import load_model
 from vlm.models.checkpoint import resolve_checkpoint
+from vlm.models.precision import with_precision
 from vlm.models.preprocess import model_transform
 
 
@@ -142,21 +143,22 @@ def evaluate(task: str, checkpoint: str | Path, data_path: str | Path, split: st
              rerank_from: str | Path | None = None, k: int = 16, vqa_metric: str = DEFAULT_VQA_METRIC,
              options: StreamOptions | None = None, predictions: str | Path | None = None,
              classnames: str | list[str] | None = None, templates: str | list[str] | None = None,
-             source_options: dict | None = None) -> dict:
+             source_options: dict | None = None, precision: str = "fp32") -> dict:
     """`vlm eval TASK`: one checkpoint on one dataset (a shapes-world folder at `split`, or a file/folder).
 
     Zero-shot, retrieval and VQA stream the images (memory independent of the set's size) and can write
     their predictions (`predictions`: a path); the compositional test reads its set into memory.
-    `source_options`: a pairs file's columns (`data_pipelines.options.pairs_options`)."""
+    `source_options`: a pairs file's columns (`data_pipelines.options.pairs_options`). `precision` "int8" runs the
+    model(s) as `vlm index build --precision int8` and `vlm serve` would (vlm.models.precision)."""
     if task not in TASKS:
         raise ValueError(f"unknown evaluation {task!r}; one of {', '.join(TASKS)}")
-    model = load_model(checkpoint)
+    model = with_precision(load_model(checkpoint), precision)
     options = options or StreamOptions()
     write = None
     if task == "zeroshot":
         result, write = stream_zeroshot(model, data_path, split, options, classnames, templates)
     elif task == "retrieval":
-        late = load_model(rerank_from) if rerank_from else None
+        late = with_precision(load_model(rerank_from), precision) if rerank_from else None
         result, write = stream_retrieval(model, data_path, split, options, late, k, source_options)
     elif task == "vqa":
         result, write = stream_vqa_task(model, data_path, split, options, vqa_metric, predictions is not None)
@@ -167,4 +169,5 @@ def evaluate(task: str, checkpoint: str | Path, data_path: str | Path, split: st
     if predictions is not None:
         write(predictions)
     return {"task": task, "checkpoint": str(resolve_checkpoint(checkpoint)), "model": model.config.name,
-            "arch": model.config.arch, "data": str(data_path), "split": data.eval_split(data_path, split), **result}
+            "arch": model.config.arch, "precision": precision, "data": str(data_path),
+            "split": data.eval_split(data_path, split), **result}

@@ -37,6 +37,7 @@ class BuildOptions:
     milvus_uri: str = ""
     overwrite: bool = False
     progress: bool = True
+    precision: str = "fp32"  # the encoder's (vlm.models.precision); recorded in index.json for the server
     source: dict = field(default_factory=dict)  # a pairs file's columns (data_pipelines.options.pairs_options)
 
 
@@ -83,16 +84,18 @@ def build_index(checkpoint: str | Path, data: str | Path, out: str | Path,
     out = Path(out)
     if (out / CONFIG_NAME).exists() and not options.overwrite:
         raise ValueError(f"{out}: an index is already there (pass --overwrite to replace it)")
-    encoder = load_encoder(checkpoint)
+    encoder = load_encoder(checkpoint, options.precision)
     dataset = open_collection(data, options.split, options.source)
     staging = out.with_name(out.name + ".partial")
     index = ItemIndex(staging, IndexConfig(dim=encoder.dim, backend=options.backend, model=encoder.name,
-                                           faiss=options.faiss, milvus_uri=options.milvus_uri))
+                                           precision=options.precision, faiss=options.faiss,
+                                           milvus_uri=options.milvus_uri))
     source = f"{Path(data).resolve()}" + (f" split={options.split}" if options.split else "")
     previous = index.store.get_meta("source")
-    if previous is not None and (previous != source or index.config.model != encoder.name):
-        raise ValueError(f"{staging}: holds a partial build of {previous} with {index.config.model}; "
-                         "delete it to build another source or model")
+    if previous is not None and (previous != source or index.config.model != encoder.name
+                                 or index.config.precision != options.precision):
+        raise ValueError(f"{staging}: holds a partial build of {previous} with {index.config.model} at "
+                         f"{index.config.precision}; delete it to build another source, model or precision")
     index.store.set_meta({"source": source, "checkpoint": str(Path(checkpoint).resolve())})
     added, skipped = _encode_into(index, encoder, dataset, staging, options)
     index.store.set_meta({"built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

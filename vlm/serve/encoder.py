@@ -15,6 +15,7 @@ from PIL import Image
 from vlm.eval.pair_scoring import encode_texts
 from vlm.models import DualEncoder, EarlyFusionModel, load_model
 from vlm.models.dual_encoder import MAX_LOGIT_SCALE
+from vlm.models.precision import with_precision
 from vlm.models.preprocess import model_transform
 from vlm.tokenizer import get_tokenizer, padding_mask
 
@@ -23,10 +24,11 @@ TEXT_BATCH = 16  # captions per text-tower call: sorted by length, small batches
 
 
 class Encoder:
-    """Texts and images -> L2-normalised float32 embeddings of a `DualEncoder`."""
+    """Texts and images -> L2-normalised float32 embeddings of a `DualEncoder`, run at `precision` (fp32|int8)."""
 
-    def __init__(self, model: DualEncoder):
-        self.model = model.eval()
+    def __init__(self, model: DualEncoder, precision: str = "fp32"):
+        self.model = with_precision(model.eval(), precision)
+        self.precision = precision
         self.tokenizer = get_tokenizer(model)
         self.transform = model_transform(model)
         self.dim = model.config.embed_dim
@@ -55,8 +57,9 @@ class Encoder:
 class Reranker:
     """Scores (text, image) pairs with an early-fusion model's ITM head."""
 
-    def __init__(self, model: EarlyFusionModel, batch_size: int = 32):
-        self.model = model.eval()
+    def __init__(self, model: EarlyFusionModel, batch_size: int = 32, precision: str = "fp32"):
+        self.model = with_precision(model.eval(), precision)
+        self.precision = precision
         self.tokenizer = get_tokenizer(model)
         self.transform = model_transform(model)
         self.batch_size = batch_size
@@ -74,16 +77,16 @@ class Reranker:
         return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
 
-def load_encoder(checkpoint: str | Path) -> Encoder:
+def load_encoder(checkpoint: str | Path, precision: str = "fp32") -> Encoder:
     model = load_model(checkpoint)
     if not isinstance(model, DualEncoder):
         raise ValueError(f"{checkpoint}: is a {model.config.arch} model; the index needs a late-fusion "
                          "(dual_encoder) checkpoint to embed with (pass an early-fusion one as --rerank-checkpoint)")
-    return Encoder(model)
+    return Encoder(model, precision=precision)
 
 
-def load_reranker(checkpoint: str | Path) -> Reranker:
+def load_reranker(checkpoint: str | Path, precision: str = "fp32") -> Reranker:
     model = load_model(checkpoint)
     if not isinstance(model, EarlyFusionModel):
         raise ValueError(f"{checkpoint}: --rerank-checkpoint needs an early-fusion model, this is {model.config.arch}")
-    return Reranker(model)
+    return Reranker(model, precision=precision)

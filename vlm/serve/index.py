@@ -1,6 +1,7 @@
 """An index folder: the SQLite item table (source of truth) plus one vector backend per modality.
 
-    DIR/index.json      what built it: backend, dimension, model, faiss settings (written once, atomically)
+    DIR/index.json      what built it: backend, dimension, model and its precision, faiss settings (written once,
+                        atomically)
     DIR/items.sqlite    items with metadata and vectors (WAL, synchronous=FULL)
     DIR/image.faiss     faiss snapshots (faiss backend), caught up from the table at open
     DIR/milvus.db       milvus-lite file (milvus backend without a server URI)
@@ -40,6 +41,7 @@ class IndexConfig:
     dim: int
     backend: str = "faiss"
     model: str = ""  # the model config name whose embeddings these are
+    precision: str = "fp32"  # what the model ran at (vlm.models.precision); queries are encoded the same way
     faiss: FaissConfig = field(default_factory=FaissConfig)
     milvus_uri: str = ""  # "" = milvus-lite file DIR/milvus.db; "http://host:19530" = a Milvus server
     milvus_collection: str = "vlm"  # collections are "<this>_image" and "<this>_text"
@@ -214,5 +216,5 @@ class ItemIndex:
         backends = {m: (b.kind if isinstance(b, FaissBackend) else "milvus") for m, b in self.backends.items()}
         size = sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file())
         return {"directory": str(self.directory), "items": len(self), "dim": c.dim, "backend": c.backend,
-                "model": c.model, "vectors": {m: self.store.count(m) for m in MODALITIES},
+                "model": c.model, "precision": c.precision, "vectors": {m: self.store.count(m) for m in MODALITIES},
                 "search_structure": backends, "bytes_on_disk": size}

@@ -197,6 +197,7 @@ def build_health_router(service: Service) -> APIRouter:
         if not service.ready:
             return error_response(503, "not_ready", service.not_ready_reason)
         return {"status": "ready", "items": len(service.index), "model": service.encoder.name,
-                "index": service.config.name, "reranker": service.reranker is not None}
+                "precision": service.encoder.precision, "index": service.config.name,
+                "reranker": service.reranker is not None}
 
     return router

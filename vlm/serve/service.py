@@ -28,7 +28,7 @@ from vlm.eval.zeroshot import zero_shot_classifier
 from vlm.serve.batching import MicroBatcher
 from vlm.serve.encoder import Encoder, Reranker, load_encoder, load_reranker
 from vlm.serve.errors import ApiError
-from vlm.serve.index import Hit, ItemIndex
+from vlm.serve.index import Hit, ItemIndex, read_config
 
 log = logging.getLogger("vlm.serve")
 
@@ -52,6 +52,8 @@ class ServeConfig:
     # machine 2 intra-op threads made one text encode 46 ms instead of 2.5 ms (docs/BENCHMARKS.md).
     torch_threads: int = 1
     search_threads: int = 1
+    precision: str | None = None  # the query encoder's; None: the precision the index was built with
+    rerank_precision: str = "fp32"
 
     @property
     def name(self) -> str:
@@ -82,8 +84,8 @@ class Service:
         """Load the models and open (and reconcile) the index; run off the event loop at start-up."""
         c = self.config
         try:
-            encoder = load_encoder(c.checkpoint)
-            self.reranker = load_reranker(c.rerank_checkpoint) if c.rerank_checkpoint else None
+            encoder = load_encoder(c.checkpoint, query_precision(c.precision, c.index))
+            self.reranker = load_reranker(c.rerank_checkpoint, c.rerank_precision) if c.rerank_checkpoint else None
             index = ItemIndex(c.index)
             if index.config.dim != encoder.dim:
                 raise ValueError(f"{c.index}: index vectors have dimension {index.config.dim}, "
@@ -92,7 +94,7 @@ class Service:
             self.image_batcher = MicroBatcher(lambda pixels: encoder.encode_pixels(torch.stack(pixels)),
                                               self.executor, c.micro_batch, c.micro_batch_wait_ms)
             self.index, self.encoder = index, encoder
-            log.info("ready: %s items in %s, model %s", len(index), c.index, encoder.name)
+            log.info("ready: %s items in %s, model %s at %s", len(index), c.index, encoder.name, encoder.precision)
         except Exception as e:
             self.load_error = str(e)
             log.error("could not load the service: %s", e)
@@ -220,6 +222,16 @@ class Service:
         reranked = [head[i] for i in order]
         rest = [h for h in hits if all(h is not r for r in reranked)]
         return reranked + rest, [float(scores[i]) for i in order]
+
+
+def query_precision(asked: str | None, index_dir: str | Path) -> str:
+    """The precision to encode queries at: the index's unless asked, and never another than the index's (an
+    int8 query against fp32 vectors is close, not equal; rebuild the index to change its precision)."""
+    built = read_config(Path(index_dir)).precision
+    if asked is not None and asked != built:
+        raise ValueError(f"{index_dir}: the index was built at {built}, --precision {asked} would encode queries "
+                         f"differently; omit --precision or rebuild the index with --precision {asked}")
+    return built
 
 
 READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)

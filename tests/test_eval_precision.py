@@ -1,0 +1,53 @@
+"""`vlm eval ... --precision int8`: the accuracy check of the int8 path, end to end on a briefly trained model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import vlm
+from data_pipelines.shapes import generate_shapes_world
+from vlm.cli import main
+from vlm.train import load_train_config, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """clip-tiny trained for 20 steps (near chance still, so ties are many: a hard case for int8) and a
+    random fusion-tiny (fusion scores are compared pair by pair in test_precision.py)."""
+    root = tmp_path_factory.mktemp("precision-eval")
+    generate_shapes_world(root / "shapes", train=64, val=24, test=0, heldout=0, image_size=32, classify_per_class=2,
+                          seed=3)
+    base = {"model": "clip-tiny", "objective": "clip", "steps": 20, "batch_size": 16, "warmup_steps": 3, "lr": 2e-3,
+            "save_every": 1000, "eval_every": 1000, "log_every": 1000,
+            "data": {"train": str(root / "shapes"), "num_workers": 0, "val_samples": 16}}
+    vlm.create_model("fusion-tiny").save(root / "fusion.pt")
+    return {"data": root / "shapes", "clip": train(load_train_config(None, [], base=base), root / "clip"),
+            "fusion": root / "fusion.pt"}
+
+
+def eval_at(task: str, checkpoint, data, precision: str, tmp_path) -> dict:
+    out = tmp_path / f"{task}-{precision}.json"
+    assert main(["eval", task, "--checkpoint", str(checkpoint), "--data", str(data), "--workers", "0",
+                 "--precision", precision, "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def metrics(result: dict) -> list[str]:
+    return [k for k, v in result.items() if isinstance(v, float) and ("acc" in k or "recall" in k)]
+
+
+@pytest.mark.parametrize("task", ["zeroshot", "retrieval"])
+def test_int8_late_fusion_evaluation_stays_close_to_fp32(trained, tmp_path, task):
+    fp32 = eval_at(task, trained["clip"], trained["data"], "fp32", tmp_path)
+    int8 = eval_at(task, trained["clip"], trained["data"], "int8", tmp_path)
+    assert (fp32["precision"], int8["precision"]) == ("fp32", "int8") and metrics(fp32)
+    one_image = 100 / fp32["images"]  # the points one image moves (a caption moves less); the sets are tiny here
+    for key in metrics(fp32):
+        assert abs(int8[key] - fp32[key]) <= 2 * one_image, (key, fp32[key], int8[key])
+
+
+def test_int8_early_fusion_retrieval_runs(trained, tmp_path):
+    result = eval_at("retrieval", trained["fusion"], trained["data"], "int8", tmp_path)
+    assert result["precision"] == "int8" and result["arch"] == "early_fusion" and len(metrics(result)) == 6

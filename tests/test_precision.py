@@ -1,0 +1,50 @@
+"""Inference at lower precision: int8 copies stay close to float32 and leave the original alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vlm.models.precision import with_precision
+from vlm.tokenizer import get_tokenizer
+
+
+def test_fp32_is_the_model_itself(clip_tiny):
+    assert with_precision(clip_tiny, "fp32") is clip_tiny
+
+
+def test_unknown_precision_names_the_allowed_values(clip_tiny):
+    with pytest.raises(ValueError, match="fp32, int8"):
+        with_precision(clip_tiny, "bf16")
+
+
+@torch.inference_mode()
+def test_int8_embeddings_are_close_and_the_original_untouched(clip_tiny, images, captions):
+    before = {k: v.clone() for k, v in clip_tiny.state_dict().items()}
+    int8 = with_precision(clip_tiny, "int8")
+    ids = get_tokenizer(clip_tiny)(captions)
+    for encode in ("encode_image", "encode_text"):
+        fp32_out, int8_out = getattr(clip_tiny, encode)(images if "image" in encode else ids), \
+            getattr(int8, encode)(images if "image" in encode else ids)
+        assert F.cosine_similarity(fp32_out, int8_out).min() > 0.99
+    after = clip_tiny.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert type(clip_tiny.image.trunk.blocks[0].mlp.fc1) is torch.nn.Linear
+
+
+@torch.inference_mode()
+def test_int8_fusion_scores_agree(fusion_tiny, images, captions):
+    ids = get_tokenizer(fusion_tiny)(captions)
+    fp32_scores = fusion_tiny.score(images, ids)
+    int8_scores = with_precision(fusion_tiny, "int8").score(images, ids)
+    assert F.cosine_similarity(fp32_scores, int8_scores, dim=0) > 0.99
+
+
+@pytest.mark.parametrize("size", [(32, 32), (40, 56)])
+def test_patch_linear_computes_the_patch_convolution(size):
+    from vlm.models.precision import PatchLinear
+
+    conv = torch.nn.Conv2d(3, 16, kernel_size=8, stride=8)
+    x = torch.randn(2, 3, *size)
+    torch.testing.assert_close(PatchLinear(conv)(x), conv(x), rtol=1e-5, atol=1e-5)
