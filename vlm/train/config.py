@@ -39,6 +39,19 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class HardNegativesConfig:
+    """Compositional hard negatives (NegCLIP): swapped captions as extra negatives. Off by default.
+
+    Late fusion (`clip`): extra texts in each image's softmax; early fusion (`fusion`): extra ITM pairs
+    (image, its swapped caption). A shapes world's negatives come from its grammar, any other caption's
+    from a word-swap heuristic (data_pipelines/negatives.py)."""
+
+    enabled: bool = False
+    types: tuple[str, ...] = ("attribute", "object", "relation")
+    per_caption: int = 1  # at most this many per caption, of different types
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: str  # a model name, a model YAML, or (to fine-tune) a checkpoint
     objective: str = "clip"  # clip | siglip (late fusion), fusion (ITM + MLM), vqa (either family)
@@ -66,6 +79,7 @@ class TrainConfig:
     vqa_max_answers: int = 500  # vqa: answer vocabulary = the most frequent training answers
     freeze_towers: bool = False  # vqa with late fusion: train the head only
     head_lr_scale: float = 1.0  # vqa: learning-rate multiplier for the freshly initialised head
+    hard_negatives: HardNegativesConfig = field(default_factory=HardNegativesConfig)
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -74,6 +88,21 @@ class TrainConfig:
             raise ConfigError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
         if self.steps <= 0:
             raise ConfigError(f"steps must be positive, got {self.steps}")
+        check_hard_negatives(self.hard_negatives, self.objective)
+
+
+def check_hard_negatives(config: HardNegativesConfig, objective: str) -> None:
+    from data_pipelines.negatives import NEGATIVE_TYPES
+
+    if not config.enabled:
+        return
+    if objective not in ("clip", "fusion"):
+        raise ConfigError(f"hard_negatives need objective clip or fusion, not {objective!r}")
+    unknown = sorted(set(config.types) - set(NEGATIVE_TYPES))
+    if unknown or not config.types:
+        raise ConfigError(f"hard_negatives.types must be among {list(NEGATIVE_TYPES)}, got {list(config.types)}")
+    if config.per_caption < 1:
+        raise ConfigError(f"hard_negatives.per_caption must be at least 1, got {config.per_caption}")
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None,
