@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "vlm.models.vilt_cli",
     "vlm.train.cli",
     "vlm.eval.cli",
+    "vlm.sweep.cli",
     "vlm.serve.cli",
     "vlm.bench_cli",
 ]
