@@ -24,7 +24,8 @@ FAMILIES = ("late", "early")
 
 
 def retrieval_abilities(result: dict) -> dict[str, float]:
-    return {"retrieval/t2i_r1": result["image_retrieval_recall@1"], "retrieval/i2t_r1": result["text_retrieval_recall@1"]}
+    return {"retrieval/t2i_r1": result["image_retrieval_recall@1"],
+            "retrieval/i2t_r1": result["text_retrieval_recall@1"]}
 
 
 def vqa_abilities(result: dict) -> dict[str, float]:

@@ -44,7 +44,8 @@ def build_report(config: SweepConfig, rows: list[dict], wall_s: float | None = N
                   "hybrid_k": config.hybrid_k, "vqa_probe": dataclasses.asdict(config.vqa_probe),
                   "negatives": dataclasses.asdict(config.negatives), "points": len(grid_points(config)),
                   "points_done": len({r["point"] for r in rows})},
-        "wall_s": {"this_invocation": wall_s, "training": sum(r["train_wall_s"] for r in rows if r["family"] != "hybrid"),
+        "wall_s": {"this_invocation": wall_s,
+                   "training": sum(r["train_wall_s"] for r in rows if r["family"] != "hybrid"),
                    "evaluation": sum(r["eval_wall_s"] for r in rows if r["family"] == "late")},
         "thresholds": threshold_table(rows, config.splits, config.margin),
         "negatives": negatives_comparison(rows, config.splits),
@@ -79,8 +80,9 @@ def _point_lines(rows: list[dict], split: str) -> list[str]:
                    else "" for a in names]
                 for r in sorted(rows, key=lambda r: (r["family"], r["train_flops"]))
                 if any(a in r["metrics"].get(split, {}) for a in names)]
+        header = ["family", "size", "steps", "negatives", "train FLOPs", *[f"`{a}`" for a in names]]
         lines += [f"### {title}, split `{split}`", "", "Each cell: score (blind baseline).", "",
-                  *_table(["family", "size", "steps", "negatives", "train FLOPs", *[f"`{a}`" for a in names]], body), ""]
+                  *_table(header, body), ""]
     return lines
 
 
