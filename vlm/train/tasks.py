@@ -107,7 +107,6 @@ class FusionTask(nn.Module):
         metrics["mlm_loss"] = loss_mlm.detach()
         return loss_itm + self.mlm_weight * loss_mlm, metrics
 
-
     def with_hard_negatives(self, batch: dict, loss_itm: torch.Tensor,
                             itm_accuracy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ITM loss and accuracy pooled over `itm_loss`'s 3B pairs and the (image, swapped caption) pairs."""
