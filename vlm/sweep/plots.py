@@ -1,5 +1,5 @@
-"""Each ability against training compute (log x), one line per family and size, the blind baseline dotted,
-the threshold a vertical dashed line."""
+"""Each ability against training compute (log x), one line per family and size, each point's blind baseline a
+dash, the threshold a vertical dashed line."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from vlm.atomic_io import atomic_write  # noqa: E402
 from vlm.sweep.thresholds import abilities, curve, families_of  # noqa: E402
@@ -28,8 +29,9 @@ def _panel(ax, rows: list[dict], split: str, ability: str, thresholds: dict) -> 
             if mine:
                 ax.plot([p.compute for p in mine], [p.value for p in mine], color=color, marker=MARKERS[i % 8],
                         alpha=0.9, label=f"{family} {size}")
-        if points:
-            ax.plot([p.compute for p in points], [p.baseline for p in points], color=color, linestyle=":", alpha=0.6)
+        if points:  # each point's own baseline (an image-zeroed model moves with the model): marks, no line
+            ax.scatter([p.compute for p in points], [p.baseline for p in points], color=color, marker="_", s=80,
+                       alpha=0.7)
         boosted = curve(rows, family, split, ability, negatives=True)
         if boosted:
             ax.scatter([p.compute for p in boosted], [p.value for p in boosted], color=color, marker="*", s=120,
@@ -37,6 +39,7 @@ def _panel(ax, rows: list[dict], split: str, ability: str, thresholds: dict) -> 
         if thresholds.get(ability, {}).get(family) is not None:
             ax.axvline(thresholds[ability][family], color=color, linestyle="--", alpha=0.5)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap on a short log axis
     ax.set_title(ability, fontsize=9)
     ax.tick_params(labelsize=7)
 
@@ -55,8 +58,8 @@ def plot_split(rows: list[dict], split: str, thresholds: dict, path: Path) -> Pa
         h, lab = ax.get_legend_handles_labels()
         handles, labels = (h, lab) if len(h) > len(handles) else (handles, labels)
     fig.legend(handles, labels, loc="lower center", ncol=min(6, max(1, len(labels))), fontsize=8)
-    fig.supxlabel("training compute (FLOPs, log scale)", y=0.07)
-    fig.suptitle(f"Abilities against training compute, split {split} (dotted: blind baseline; dashed: threshold)")
+    fig.suptitle(f"Abilities (%) against training compute (FLOPs, log scale), split {split}; "
+                 "dashes: each point's blind baseline; vertical dashed line: threshold")
     fig.subplots_adjust(left=0.05, right=0.98, top=0.92, bottom=0.16, hspace=0.45, wspace=0.25)  # tight_layout: slow
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
