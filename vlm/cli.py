@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "vlm.train.cli",
     "vlm.eval.cli",
     "vlm.adapt.cli",
+    "vlm.sweep.cli",
     "vlm.serve.cli",
     "vlm.bench_cli",
 ]

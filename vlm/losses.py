@@ -44,6 +44,26 @@ class ClipLoss(nn.Module):
         return torch.arange(n, device=device)
 
 
+def negclip_loss(image_features: torch.Tensor, text_features: torch.Tensor, negative_features: torch.Tensor,
+                 negative_valid: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """NegCLIP's loss: image->text softmax over the batch's captions plus every hard negative caption (those
+    with `negative_valid` False are left out); text->image over the captions only, as in CLIP.
+
+    `negative_features` (B*K, D) are the normalised features of the swapped captions, K per caption.
+    Gathered across ranks like ClipLoss, so the global batch's negatives are in every image's softmax.
+    (Yuksekgonul et al. 2023; their code appends the hard captions to the texts and cuts the text->image
+    logits to the first B rows.)
+    """
+    all_images, all_texts = gather_with_grad(image_features), gather_with_grad(text_features)
+    all_negatives = gather_with_grad(negative_features)
+    valid = gather_with_grad(negative_valid.reshape(-1).float()).bool()
+    captions = ClipLoss.get_logits(all_images, all_texts, logit_scale)  # (N, N)
+    negatives = ClipLoss.get_logits(all_images, all_negatives, logit_scale).masked_fill(~valid, float("-inf"))
+    labels = ClipLoss.get_ground_truth(captions.shape[0], captions.device)
+    image_to_text = F.cross_entropy(torch.cat([captions, negatives], dim=1), labels)
+    return (image_to_text + F.cross_entropy(captions.T, labels)) / 2
+
+
 class SigLipLoss(nn.Module):
     """SigLIP: an independent binary decision per pair, so no softmax over the batch is needed.
 
@@ -96,6 +116,24 @@ def itm_loss(model: nn.Module, images: torch.Tensor, ids: torch.Tensor, text_mas
     logits = model.itm_logits(all_images, all_ids, all_masks)
     accuracy = (logits.argmax(-1) == labels).float().mean()
     return F.cross_entropy(logits, labels), accuracy
+
+
+def itm_negative_pairs(model: nn.Module, images: torch.Tensor, negative_ids: torch.Tensor,
+                       negative_mask: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """ITM on (image, its own hard-negative caption) pairs, all labelled "no match".
+
+    `negative_ids` / `negative_mask` (B, K, T), `valid` (B, K). Returns the summed cross-entropy, the number
+    classified correctly and the number of pairs, so the caller can pool them with `itm_loss`'s pairs.
+    """
+    B, K, T = negative_ids.shape
+    keep = valid.reshape(-1)
+    owners = torch.arange(B, device=images.device).repeat_interleave(K)[keep]
+    if len(owners) == 0:
+        return images.sum() * 0.0, torch.zeros((), device=images.device), 0
+    logits = model.itm_logits(images[owners], negative_ids.reshape(B * K, T)[keep],
+                              negative_mask.reshape(B * K, T)[keep])
+    labels = torch.zeros(len(owners), dtype=torch.long, device=images.device)
+    return F.cross_entropy(logits, labels, reduction="sum"), (logits.argmax(-1) == 0).float().sum(), len(owners)
 
 
 def mask_tokens(ids: torch.Tensor, text_mask: torch.Tensor, mask_token_id: int, vocab_size: int,

@@ -29,6 +29,14 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
+def count_training_flops(loss_fn: Callable[[], torch.Tensor]) -> int:
+    """FLOPs of one training step: the forward that `loss_fn` runs and the backward of the loss it returns
+    (the optimizer's element-wise update is left out, as in the usual 6 x parameters x tokens count)."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        loss_fn().backward()
+    return counter.get_total_flops()
+
+
 def forward_gflops(model: nn.Module) -> dict[str, float]:
     """GFLOPs of one image, one text and one pair (given the two sides already encoded / embedded).
 

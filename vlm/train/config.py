@@ -60,6 +60,19 @@ class LoraConfig:
 
 
 @dataclass(frozen=True)
+class HardNegativesConfig:
+    """Compositional hard negatives (NegCLIP): swapped captions as extra negatives. Off by default.
+
+    Late fusion (`clip`): extra texts in each image's softmax; early fusion (`fusion`): extra ITM pairs
+    (image, its swapped caption). A shapes world's negatives come from its grammar, any other caption's
+    from a word-swap heuristic (data_pipelines/negatives.py)."""
+
+    enabled: bool = False
+    types: tuple[str, ...] = ("attribute", "object", "relation")
+    per_caption: int = 1  # at most this many per caption, of different types
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: str  # a model name, a model YAML, or (to fine-tune) a checkpoint
     objective: str = "clip"  # clip | siglip (late fusion), fusion (ITM + MLM), vqa (either family)
@@ -91,6 +104,7 @@ class TrainConfig:
     lora: LoraConfig | None = None  # train low-rank adapters only; `vlm lora merge` folds them into the weights
     lock_image: bool = False  # LiT: the image side is frozen, the text side (or fusion stack) learns
     freeze: tuple[str, ...] = ()  # parameter-name patterns (fnmatch) to freeze, e.g. "text.blocks.0.*"
+    hard_negatives: HardNegativesConfig = field(default_factory=HardNegativesConfig)
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -99,6 +113,21 @@ class TrainConfig:
             raise ConfigError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
         if self.steps <= 0:
             raise ConfigError(f"steps must be positive, got {self.steps}")
+        check_hard_negatives(self.hard_negatives, self.objective)
+
+
+def check_hard_negatives(config: HardNegativesConfig, objective: str) -> None:
+    from data_pipelines.negatives import NEGATIVE_TYPES
+
+    if not config.enabled:
+        return
+    if objective not in ("clip", "fusion"):
+        raise ConfigError(f"hard_negatives need objective clip or fusion, not {objective!r}")
+    unknown = sorted(set(config.types) - set(NEGATIVE_TYPES))
+    if unknown or not config.types:
+        raise ConfigError(f"hard_negatives.types must be among {list(NEGATIVE_TYPES)}, got {list(config.types)}")
+    if config.per_caption < 1:
+        raise ConfigError(f"hard_negatives.per_caption must be at least 1, got {config.per_caption}")
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None,

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Container, Iterator
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from data_pipelines import Collator, ShardDataset, SkipStats, detect_format, open_source
+from data_pipelines.negatives import HardNegativeCollator, HardNegatives
 from data_pipelines.worker_errors import reraise_worker_errors
 from vlm.models.preprocess import config_transform
-from vlm.train.config import DataConfig
+from vlm.train.config import DataConfig, TrainConfig
 from vlm.train.distributed import DistributedEnv, all_gather_objects, all_reduce_min
 from vlm.train.stream import ShardStream
 
@@ -85,6 +87,21 @@ def make_collator(tokenizer, answers: tuple[str, ...] = (), pad_to_longest: bool
     """Batches with the model's token ids (cut to the longest caption when asked) and, for VQA, soft answer
     targets; `tokenizer` is `vlm.get_tokenizer(model)`."""
     return Collator(tokenizer, pad_to_longest=pad_to_longest, answer_vocab=list(answers) or None)
+
+
+def with_hard_negatives(collate: Collator, config: TrainConfig):
+    """The training collator, plus each caption's compositional hard negatives when the recipe asks for them:
+    from the scenes of a shapes world's training split, else from the word-swap heuristic."""
+    wanted = config.hard_negatives
+    if not wanted.enabled:
+        return collate
+    kwargs = {"types": wanted.types, "per_caption": wanted.per_caption, "seed": config.seed}
+    path = Path(config.data.train)
+    if path.is_dir() and detect_format(path) == "shapes":
+        negatives = HardNegatives.for_shapes_world(path, config.data.train_split, **kwargs)
+    else:
+        negatives = HardNegatives(**kwargs)
+    return HardNegativeCollator(collate, negatives)
 
 
 class TrainBatches:

@@ -28,6 +28,7 @@ from vlm.train.data import (
     open_split,
     split_batch,
     to_device,
+    with_hard_negatives,
 )
 from vlm.train.distributed import DistributedEnv, all_reduce_mean, broadcast_flag, init_distributed
 from vlm.train.plots import plot_metrics
@@ -144,8 +145,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, s
         trainer.load_state(payload)
     collate = make_collator(get_tokenizer(model), model.config.vqa_answers, config.data.pad_to_longest)
     # A checkpoint from before the data state was kept: its step is the sampler's batch number.
-    batches = TrainBatches(train_data, collate, config.batch_size, config.data, config.seed, env,
-                           state=(payload or {}).get("data"), start_batch=trainer.step_count)
+    batches = TrainBatches(train_data, with_hard_negatives(collate, config), config.batch_size, config.data,
+                           config.seed, env, state=(payload or {}).get("data"), start_batch=trainer.step_count)
     validation = val_batches(config, model, collate) if env.is_main else []
     if validation and validation_prefix(config) == "train_as_val/":
         print(f"validation: data.val is unset and {config.data.train} has no val split, so validation runs on the "

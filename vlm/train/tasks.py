@@ -10,7 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlm.losses import ClipLoss, SigLipLoss, itm_loss, mask_tokens, mlm_loss, vqa_loss
+from vlm.losses import (
+    ClipLoss,
+    SigLipLoss,
+    itm_loss,
+    itm_negative_pairs,
+    mask_tokens,
+    mlm_loss,
+    negclip_loss,
+    vqa_loss,
+)
 from vlm.tokenizer import EOT_ID, PAD_ID, SOT_ID, VOCAB_SIZE, get_tokenizer
 
 
@@ -29,8 +38,19 @@ class ContrastiveTask(nn.Module):
 
     def forward(self, batch: dict, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.model(batch["images"], batch["text"])
+        if "hard_negative_text" in batch:
+            return self.negclip(out, batch), {"logit_scale": out["logit_scale"].detach()}
         loss = self.loss(out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"])
         return loss, {"logit_scale": out["logit_scale"].detach()}
+
+    def negclip(self, out: dict, batch: dict) -> torch.Tensor:
+        """With hard negatives in the batch (`hard_negatives.enabled`): NegCLIP's loss."""
+        if isinstance(self.loss, SigLipLoss):
+            raise ValueError("hard negatives are for the clip loss; siglip takes none")
+        ids = batch["hard_negative_text"]
+        negatives = self.model.encode_text(ids.reshape(-1, ids.shape[-1]))  # (B*K, D)
+        return negclip_loss(out["image_features"], out["text_features"], negatives, batch["hard_negative_valid"],
+                            out["logit_scale"])
 
 
 def caption_similarity(ids: torch.Tensor, mask: torch.Tensor, special_ids: tuple[int, ...] = (PAD_ID, SOT_ID, EOT_ID),
@@ -75,6 +95,8 @@ class FusionTask(nn.Module):
                                         self.model.config.vocab_size) / self.negative_temperature
         same = same_pairs(batch["image_ids"], batch["captions"], ids.device)
         loss_itm, itm_accuracy = itm_loss(self.model, images, ids, mask, similarity, same, generator)
+        if "hard_negative_text" in batch:
+            loss_itm, itm_accuracy = self.with_hard_negatives(batch, loss_itm, itm_accuracy)
         metrics = {"itm_loss": loss_itm.detach(), "itm_accuracy": 100 * itm_accuracy.detach()}  # percent, as in val/
         if self.mlm_weight == 0:
             return loss_itm, metrics
@@ -84,6 +106,15 @@ class FusionTask(nn.Module):
         loss_mlm = mlm_loss(self.model.mlm_logits(hidden), labels)
         metrics["mlm_loss"] = loss_mlm.detach()
         return loss_itm + self.mlm_weight * loss_mlm, metrics
+
+    def with_hard_negatives(self, batch: dict, loss_itm: torch.Tensor,
+                            itm_accuracy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ITM loss and accuracy pooled over `itm_loss`'s 3B pairs and the (image, swapped caption) pairs."""
+        images = batch["images"]
+        total, hits, n = itm_negative_pairs(self.model, images, batch["hard_negative_text"],
+                                            batch["hard_negative_mask"], batch["hard_negative_valid"])
+        base = 3 * images.shape[0]
+        return (loss_itm * base + total) / (base + n), (itm_accuracy * base + hits) / (base + n)
 
 
 class VQATask(nn.Module):
