@@ -122,11 +122,27 @@ def mask_tokens(ids: torch.Tensor, text_mask: torch.Tensor, mask_token_id: int, 
     return masked, labels
 
 
+def masked_positions(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hidden states (N, W) and labels (N,) of the N positions that ask for a prediction (label != -100).
+
+    The MLM head's output spans the whole vocabulary (49,408 tokens for CLIP's BPE); running it on the ~15%
+    of text positions that were masked rather than on every position gives the same loss for a fraction of
+    the work (on fusion-small, most of a training step's time went there).
+    """
+    picked = labels != -100
+    return hidden[picked], labels[picked]
+
+
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on the masked positions only; zero (with a gradient) if none was masked."""
-    if (labels != -100).sum() == 0:
+    """Cross-entropy on the masked positions only; zero (with a gradient) if none was masked.
+
+    `logits` (..., V) and `labels` (...): every position with -100 where no prediction is asked, or only
+    the masked positions, as `masked_positions` picks them.
+    """
+    logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+    if labels.numel() == 0 or bool((labels == -100).all()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+    return F.cross_entropy(logits, labels, ignore_index=-100)
 
 
 def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

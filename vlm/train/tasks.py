@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlm.losses import ClipLoss, SigLipLoss, itm_loss, mask_tokens, mlm_loss, vqa_loss
+from vlm.losses import ClipLoss, SigLipLoss, itm_loss, mask_tokens, masked_positions, mlm_loss, vqa_loss
 from vlm.tokenizer import EOT_ID, PAD_ID, SOT_ID, VOCAB_SIZE, get_tokenizer
 
 
@@ -80,8 +80,8 @@ class FusionTask(nn.Module):
             return loss_itm, metrics
         masked, labels = mask_tokens(ids, mask, tok.mask_id, tok.vocab_size, self.mlm_probability,
                                      special_ids=tok.special_ids, generator=generator)
-        hidden = self.model(images, masked, mask).text_hidden
-        loss_mlm = mlm_loss(self.model.mlm_logits(hidden), labels)
+        hidden, targets = masked_positions(self.model(images, masked, mask).text_hidden, labels)
+        loss_mlm = mlm_loss(self.model.mlm_logits(hidden), targets)  # the head over masked positions only
         metrics["mlm_loss"] = loss_mlm.detach()
         return loss_itm + self.mlm_weight * loss_mlm, metrics
 
