@@ -14,11 +14,12 @@ BENCH_MODULES = [
     "data_pipelines.bench",  # vlm bench data
     "vlm.serve.bench",  # vlm bench serve
     "vlm.eval.bench",  # vlm bench eval
+    "vlm.train.bench",  # vlm bench train
 ]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("bench", help="throughput benchmarks (data, serve, eval)")
+    p = subparsers.add_parser("bench", help="throughput benchmarks (data, serve, eval, train)")
     sub = p.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     for name in BENCH_MODULES:
         importlib.import_module(name).register_bench(sub)
