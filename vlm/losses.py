@@ -73,7 +73,8 @@ def sample_hard_negatives(similarity: torch.Tensor, same: torch.Tensor,
     weights = similarity.float().masked_fill(same, float("-inf")).softmax(dim=-1)
     empty = ~torch.isfinite(weights).all(dim=-1) | (weights.sum(dim=-1) == 0)
     weights[empty] = (~same[empty]).float() + 1e-12  # a row with no valid negative: fall back to uniform
-    return torch.multinomial(weights, 1, generator=generator).squeeze(1)
+    # drawn on the CPU, where the step's generator lives (vlm/train/tasks.py), also when training on a GPU
+    return torch.multinomial(weights.cpu(), 1, generator=generator).squeeze(1).to(similarity.device)
 
 
 def itm_loss(model: nn.Module, images: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor,
