@@ -141,9 +141,11 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     the masked positions, as `masked_positions` picks them.
     """
     logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
-    if labels.numel() == 0 or bool((labels == -100).all()):
+    if labels.numel() == 0:
         return logits.sum() * 0.0
-    return F.cross_entropy(logits, labels, ignore_index=-100)
+    # the mean over the asked positions, written out so that none asked gives 0, not 0/0, without a host sync
+    total = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+    return total / (labels != -100).sum().clamp(min=1)
 
 
 def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
