@@ -39,9 +39,15 @@ def median_seconds(seconds: list[float]) -> float:
 
 
 def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call of `fn` (a multiply-add counts 2), without gradients."""
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        fn()
+    """FLOPs of one call of `fn` (a multiply-add counts 2), without gradients. nn.MultiheadAttention's fused
+    inference kernel (OpenCLIP's towers use it) is invisible to the counter, so it is off while counting."""
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return counter.get_total_flops()
 
 
