@@ -17,6 +17,7 @@ from vlm.losses import (
     SigLipLoss,
     itm_loss,
     mask_tokens,
+    masked_positions,
     mlm_loss,
     sample_hard_negatives,
     vqa_loss,
@@ -148,3 +149,20 @@ def test_vqa_loss_sums_over_answers_and_averages_over_questions():
     logits, targets = torch.randn(3, 5), torch.rand(3, 5)
     expected = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / 3
     torch.testing.assert_close(vqa_loss(logits, targets), expected)
+
+
+def test_mlm_loss_over_the_masked_positions_alone_equals_the_loss_over_every_position():
+    hidden = torch.randn(3, 6, 8, requires_grad=True)
+    head = torch.nn.Linear(8, 50)
+    labels = torch.full((3, 6), -100)
+    labels[0, 1], labels[1, 4], labels[2, 0], labels[2, 5] = 3, 49, 0, 17
+    full = mlm_loss(head(hidden), labels)
+    (full_grad,) = torch.autograd.grad(full, hidden)
+    rows, targets = masked_positions(hidden, labels)
+    assert rows.shape == (4, 8) and targets.tolist() == [3, 49, 0, 17]
+    picked = mlm_loss(head(rows), targets)
+    (picked_grad,) = torch.autograd.grad(picked, hidden)
+    torch.testing.assert_close(picked, full)
+    torch.testing.assert_close(picked_grad, full_grad)
+    nothing = mlm_loss(head(masked_positions(hidden, torch.full((3, 6), -100))[0]), torch.zeros(0, dtype=torch.long))
+    assert nothing.item() == 0.0 and nothing.requires_grad

@@ -9,18 +9,19 @@ from __future__ import annotations
 import argparse
 import importlib
 
-# Benchmark modules, one per stage, each with register_bench(sub); `train` comes with the GPU issue.
+# Benchmark modules, one per stage, each with register_bench(sub).
 BENCH_MODULES = [
     "data_pipelines.bench",  # vlm bench data
     "vlm.serve.bench",  # vlm bench serve
     "vlm.eval.bench",  # vlm bench eval
     "vlm.models.bench",  # vlm bench encode
     "vlm.models.bench_score",  # vlm bench score
+    "vlm.train.bench",  # vlm bench train
 ]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("bench", help="throughput benchmarks (data, serve, eval, encode, score)")
+    p = subparsers.add_parser("bench", help="throughput benchmarks (data, serve, eval, encode, score, train)")
     sub = p.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     for name in BENCH_MODULES:
         importlib.import_module(name).register_bench(sub)

@@ -16,6 +16,7 @@ from vlm.losses import (
     itm_loss,
     itm_negative_pairs,
     mask_tokens,
+    masked_positions,
     mlm_loss,
     negclip_loss,
     vqa_loss,
@@ -102,8 +103,8 @@ class FusionTask(nn.Module):
             return loss_itm, metrics
         masked, labels = mask_tokens(ids, mask, tok.mask_id, tok.vocab_size, self.mlm_probability,
                                      special_ids=tok.special_ids, generator=generator)
-        hidden = self.model(images, masked, mask).text_hidden
-        loss_mlm = mlm_loss(self.model.mlm_logits(hidden), labels)
+        hidden, targets = masked_positions(self.model(images, masked, mask).text_hidden, labels)
+        loss_mlm = mlm_loss(self.model.mlm_logits(hidden), targets)  # the head over masked positions only
         metrics["mlm_loss"] = loss_mlm.detach()
         return loss_itm + self.mlm_weight * loss_mlm, metrics
 

@@ -61,7 +61,8 @@ class Trainer:
                 (loss / len(micro_batches)).backward()
             for name, value in {"loss": loss.detach(), **metrics}.items():
                 totals[name] = totals.get(name, 0) + value.float() / len(micro_batches)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        # foreach: one multi-tensor norm and scale, where torch's CPU default loops over the parameters
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip, foreach=True)
         self.nonfinite |= ~torch.isfinite(totals["loss"])
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
