@@ -15,7 +15,6 @@ same weights and batch its loss is the trainer's loss.
 
 from __future__ import annotations
 
-import inspect
 import math
 from pathlib import Path
 
@@ -81,10 +80,9 @@ class TodaysFusionStep:
         self.step_count = 0
 
     def fuse(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
-        """The joint stack over every text column of the full context (vlm cuts padding columns since issue 15;
-        `cut_text=False` keeps them, where `fuse` has that switch)."""
-        keep = {"cut_text": False} if "cut_text" in inspect.signature(self.model.fuse).parameters else {}
-        return self.model.fuse(self.model.embed_image(images), ids, mask, **keep)
+        """The joint stack over every text column of the full context (`cut_text=False`: vlm cuts padding columns
+        since issue 15)."""
+        return self.model.fuse(self.model.embed_image(images), ids, mask, cut_text=False)
 
     def pad(self, x: torch.Tensor, value: int) -> torch.Tensor:
         return F.pad(x, (0, self.model.config.context_length - x.shape[1]), value=value)
