@@ -16,6 +16,8 @@ from data_pipelines.sample import Sample
 from data_pipelines.vqa import answer_targets
 from vlm.tokenizer import padding_mask
 
+TOKEN_CACHE_SIZE = 50_000  # texts; at most ~31 MB of ids at a 77-token context
+
 
 class Collator:
     """`collate_fn` for a DataLoader over any source.
@@ -35,6 +37,9 @@ class Collator:
         self.tokenizer = tokenizer
         self.pad_to_longest = pad_to_longest
         self.answer_vocab = answer_vocab
+        # Token ids by text: captions and questions recur every epoch (and a shapes world's often within one),
+        # and BPE in Python costs about as much as decoding the image. Bounded, so a huge corpus cannot grow it.
+        self.token_cache: dict[str, torch.Tensor] = {}
 
     def __call__(self, samples: list[Sample]) -> dict:
         kept = [s for s in samples if s.image is not None]
@@ -72,12 +77,21 @@ class Collator:
         return batch
 
     def _tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = self.tokenizer(texts) if texts else torch.zeros(0, self.tokenizer.context_length, dtype=torch.long)
+        ids = self._token_ids(texts) if texts else torch.zeros(0, self.tokenizer.context_length, dtype=torch.long)
         mask = padding_mask(ids, getattr(self.tokenizer, "pad_id", 0))
         if self.pad_to_longest and len(texts):
             longest = int(mask.sum(1).max())
             ids, mask = ids[:, :longest], mask[:, :longest]
         return ids, mask
+
+    def _token_ids(self, texts: list[str]) -> torch.Tensor:
+        cache = self.token_cache
+        new = [t for t in dict.fromkeys(texts) if t not in cache]
+        fresh = dict(zip(new, self.tokenizer(new))) if new else {}
+        for text, row in fresh.items():
+            if len(cache) < TOKEN_CACHE_SIZE:
+                cache[text] = row.clone()  # not a view that keeps the whole batch alive
+        return torch.stack([fresh[t] if t in fresh else cache[t] for t in texts])
 
     @staticmethod
     def _stack_images(samples: list[Sample]) -> torch.Tensor:

@@ -39,6 +39,12 @@ class RecordDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.max_pixels = max_pixels
         self.info = info or {}  # format-specific extras: class names, templates, answer vocabulary source
+        self.image_cache: ImageCache | None = None  # set by `cache_images`
+
+    def cache_images(self, max_mb: float) -> None:
+        """Keep each decoded, transformed image (by file) in this process's memory, up to `max_mb`: a small set
+        read for many epochs then decodes each file once. Only for a deterministic transform (no augmentation)."""
+        self.image_cache = ImageCache(int(max_mb * 2**20)) if max_mb > 0 else None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -48,6 +54,9 @@ class RecordDataset(torch.utils.data.Dataset):
         where = self.rows[index] if self.rows else str(record.image)
         if index in self.stats.bad:  # found bad before, in this process or (passed in) another one
             return skipped_sample(record, index, self.stats.bad[index], f"{where}: skipped, found bad before")
+        cached = self.image_cache.get(record.image) if self.image_cache is not None else None
+        if cached is not None:
+            return dataclasses.replace(record, image=cached)
         try:
             image = decode_image(record.image, self.max_pixels, min_size=getattr(self.transform, "decode_size", None))
         except BadImage as e:
@@ -57,10 +66,31 @@ class RecordDataset(torch.utils.data.Dataset):
             return skipped_sample(record, index, e.reason, detail)
         if self.transform is not None:
             image = self.transform(image)
+        if self.image_cache is not None:
+            self.image_cache.put(record.image, image)
         return dataclasses.replace(record, image=image)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.format}, {len(self)} items, {self.stats.report()})"
+
+
+class ImageCache:
+    """Transformed image tensors by file, until `max_bytes` are held; then new files are simply not kept."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.images: dict = {}
+
+    def get(self, key) -> torch.Tensor | None:
+        return self.images.get(key)
+
+    def put(self, key, image) -> None:
+        if not isinstance(image, torch.Tensor) or key in self.images:
+            return
+        size = image.numel() * image.element_size()
+        if self.bytes + size <= self.max_bytes:
+            self.images[key] = image
+            self.bytes += size
 
 
 def skipped_sample(record: Sample, sample_id, reason: str, detail: str) -> Sample:

@@ -25,7 +25,7 @@ from vlm.models.checkpoint import save_model
 from vlm.models.config import EarlyFusionConfig
 from vlm.models.heads import MLMHead, VQAHead
 from vlm.models.preprocess import pixel_mask_of
-from vlm.models.towers import init_like_openclip_blocks, static_shapes
+from vlm.models.towers import PatchConv, block_at, init_like_openclip_blocks, static_shapes
 
 TEXT, IMAGE = 0, 1  # modality-type ids
 
@@ -33,7 +33,7 @@ TEXT, IMAGE = 0, 1  # modality-type ids
 @dataclass
 class FusionOutput:
     pooled: torch.Tensor  # (B, W) pooled CLS, input of the ITM and VQA heads
-    text_hidden: torch.Tensor  # (B, T, W) final text-token states, input of the MLM head
+    text_hidden: torch.Tensor | None  # (B, T, W) final text-token states, input of the MLM head (None: pooled_only)
 
 
 def text_length(text_mask: torch.Tensor) -> int:
@@ -54,6 +54,7 @@ class EarlyFusionModel(nn.Module):
         # ViLT takes images of any size (multiples of the patch), so its patch grid is not fixed
         self.patch_embed = PatchEmbed(config.image_size, config.patch_size, 3, width, flatten=not vilt,
                                       strict_img_size=not vilt)
+        self.patch_embed.proj = PatchConv.like(self.patch_embed.proj)
         self.image_pos = nn.Parameter(torch.randn(1, self.patch_embed.num_patches + vilt, width) * 0.02)
         self.token_embedding = nn.Embedding(config.vocab_size, width)
         self.text_pos = nn.Parameter(torch.randn(1, config.context_length, width) * 0.02)
@@ -163,13 +164,14 @@ class EarlyFusionModel(nn.Module):
         return x + self.modality_embedding.weight[TEXT]
 
     def fuse(self, image_tokens: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor | None = None,
-             image_mask: torch.Tensor | None = None, cut_text: bool = True) -> FusionOutput:
+             image_mask: torch.Tensor | None = None, cut_text: bool = True, pooled_only: bool = False) -> FusionOutput:
         """Run the joint stack over text and image tokens; padding (text or image) is hidden from attention.
 
         Text columns after the batch's last real token are hidden from every query, so the stack runs without
         them (identical pooled output and real-token states, less work); `text_hidden` keeps the input's
         length T, zero at the columns cut. `cut_text=False` keeps every column: one shape for every batch of
-        the same input size, whatever texts it holds (see vlm/eval/pair_scoring.py).
+        the same input size, whatever texts it holds (see vlm/eval/pair_scoring.py). `pooled_only` (the ITM,
+        rank and VQA heads): the last block runs at the pooled position only, and `text_hidden` is None.
         """
         if text_mask is None:
             text_mask = ids != self.config.pad_token_id
@@ -190,11 +192,16 @@ class EarlyFusionModel(nn.Module):
         if image_mask is not None:
             visible[:, first_text + T :] = image_mask
         attn_mask = visible[:, None, None, :]  # (B, 1, 1, L): every query sees the same keys
-        for block in self.blocks:
+        blocks = self.blocks[:-1] if pooled_only else self.blocks
+        for block in blocks:
             if self.grad_checkpointing and self.training:
                 x = checkpoint(block, x, attn_mask=attn_mask, use_reentrant=False)
             else:
                 x = block(x, attn_mask=attn_mask)
+        if pooled_only:
+            first = torch.zeros(B, dtype=torch.long, device=x.device)
+            return FusionOutput(pooled=self.pooler(self.norm(block_at(self.blocks[-1], x, first, attn_mask))),
+                                text_hidden=None)
         x = self.norm(x)
         text_hidden = x[:, first_text : first_text + T]
         if not vilt:
@@ -203,9 +210,10 @@ class EarlyFusionModel(nn.Module):
         return FusionOutput(pooled=self.pooler(x[:, 0]), text_hidden=text_hidden)
 
     def forward(self, images: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor | None = None,
-                pixel_mask: torch.Tensor | None = None) -> FusionOutput:
+                pixel_mask: torch.Tensor | None = None, pooled_only: bool = False) -> FusionOutput:
         images, pixel_mask = self._unpad(images, pixel_mask, crop=True)
-        return self.fuse(self.embed_image(images, pixel_mask), ids, text_mask, self.image_mask(pixel_mask))
+        return self.fuse(self.embed_image(images, pixel_mask), ids, text_mask, self.image_mask(pixel_mask),
+                         pooled_only=pooled_only)
 
     def _match_logits(self, pooled: torch.Tensor) -> torch.Tensor:
         if self.itm_head is None:
@@ -218,7 +226,7 @@ class EarlyFusionModel(nn.Module):
 
     def itm_logits(self, images: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor | None = None,
                    pixel_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self._match_logits(self(images, ids, text_mask, pixel_mask).pooled)
+        return self._match_logits(self(images, ids, text_mask, pixel_mask, pooled_only=True).pooled)
 
     def score(self, images: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor | None = None,
               pixel_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -230,7 +238,8 @@ class EarlyFusionModel(nn.Module):
                        image_mask: torch.Tensor | None = None, cut_text: bool = True) -> torch.Tensor:
         """`score` for patch tokens from `embed_image`, so retrieval embeds each image once; `image_mask`
         from `image_mask(pixel_mask_of(images))` for padded ViLT images; `cut_text` as in `fuse`."""
-        logits = self._match_logits(self.fuse(image_tokens, ids, text_mask, image_mask, cut_text).pooled)
+        fused = self.fuse(image_tokens, ids, text_mask, image_mask, cut_text, pooled_only=True)
+        logits = self._match_logits(fused.pooled)
         return logits[:, 1] - logits[:, 0]
 
     def mlm_logits(self, text_hidden: torch.Tensor) -> torch.Tensor:
@@ -242,7 +251,7 @@ class EarlyFusionModel(nn.Module):
                    pixel_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.vqa_head is None:
             raise RuntimeError(f"{self.config.name} has no VQA head: set vqa_answers in its config")
-        return self.vqa_head(self(images, questions, text_mask, pixel_mask).pooled)
+        return self.vqa_head(self(images, questions, text_mask, pixel_mask, pooled_only=True).pooled)
 
     def save(self, path) -> None:
         save_model(self, path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from timm.layers import QuickGELU
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
@@ -25,6 +26,55 @@ def static_shapes() -> bool:
     """True while torch.compile, torch.export or a tracer records the model: a length read from the data
     would become a recompile per length or a constant baked into the graph, so those run the full length."""
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def block_at(block: Block, x: torch.Tensor, rows: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A timm `Block` evaluated at one position per sequence, `rows` (B,): `block(x, attn_mask)[arange(B), rows]`.
+
+    A stack read at one token (CLS, end-of-text) needs its last block there only: keys and values still come
+    from every position, but the attention output, projection and MLP (9/12 of the block's matmul work) run on
+    one row instead of L. `attn_mask` (B, 1, 1, L) says which keys that row sees. Every layer is called as a
+    module, so LoRA-wrapped or int8 layers run as in the full block.
+    """
+    attn, (B, N, _) = block.attn, x.shape
+    at = torch.arange(B, device=x.device)
+    h = block.norm1(x)
+    q, k, v = attn.qkv(h).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q[at, :, rows].unsqueeze(2)), attn.k_norm(k)  # q: (B, heads, 1, head_dim)
+    # Written out: for one query, CPU's fused kernel gave a row results that depend on its place in the batch
+    scores = (q * attn.scale) @ k.transpose(-2, -1)  # (B, heads, 1, N)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    out = attn.attn_drop(scores.softmax(dim=-1)) @ v
+    out = attn.norm(out.transpose(1, 2).reshape(B, 1, attn.attn_dim))
+    if attn.gate is not None:
+        out = out * attn.gate(h[at, rows].unsqueeze(1)).sigmoid()
+    y = x[at, rows].unsqueeze(1) + block.drop_path1(block.ls1(attn.proj_drop(attn.proj(out))))
+    y = y + block.drop_path2(block.ls2(block.mlp(block.norm2(y))))
+    return y[:, 0]  # (B, W)
+
+
+class PatchConv(nn.Conv2d):
+    """A patch embedding's conv (kernel = stride, no padding) computed as one matmul over the flattened patches:
+    on these CPUs oneDNN's convolution took ~1.5x as long forward + backward (64 px, width 128). The parameters
+    are the conv's, so checkpoints and OpenCLIP/ViLT weights are unchanged."""
+
+    @classmethod
+    def like(cls, conv: nn.Conv2d) -> nn.Conv2d:
+        if conv.kernel_size != conv.stride or conv.padding != (0, 0) or conv.groups != 1 or conv.dilation != (1, 1):
+            return conv
+        # built on the meta device (no draw from the RNG: seeded inits stay as they were), then given conv's own
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, bias=conv.bias is not None,
+                  device="meta")
+        new.weight, new.bias = conv.weight, conv.bias
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (ph, pw), (B, C, H, W) = self.kernel_size, x.shape
+        h, w = H // ph, W // pw  # a remainder is dropped, as the strided conv drops it
+        patches = x[..., : h * ph, : w * pw].reshape(B, C, h, ph, w, pw).permute(0, 2, 4, 1, 3, 5)
+        out = F.linear(patches.reshape(B, h, w, C * ph * pw), self.weight.flatten(1), self.bias)
+        return out.permute(0, 3, 1, 2)  # (B, width, h, w), as the conv gives it
 
 
 class ImageTower(nn.Module):
@@ -48,11 +98,21 @@ class ImageTower(nn.Module):
             norm_layer=LayerNorm,
             act_layer=activation(quick_gelu),
         )
+        self.trunk.patch_embed.proj = PatchConv.like(self.trunk.patch_embed.proj)
         self.proj = nn.Parameter(torch.randn(config.width, embed_dim) * config.width**-0.5)
         init_like_openclip_vision(self.trunk)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.trunk(images) @ self.proj  # (B, embed_dim)
+        trunk = self.trunk
+        if trunk.global_pool != "token":  # mean pooling reads every position
+            return trunk(images) @ self.proj
+        # timm's forward_features, with the last block run at the CLS position only (what the pooling reads)
+        x = trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(images))))
+        for block in trunk.blocks[:-1]:
+            x = checkpoint(block, x, use_reentrant=False) if trunk.grad_checkpointing and self.training else block(x)
+        cls = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        x = trunk.head(trunk.head_drop(trunk.fc_norm(trunk.norm(block_at(trunk.blocks[-1], x, cls)))))
+        return x @ self.proj  # (B, embed_dim)
 
 
 class TextTower(nn.Module):
@@ -83,13 +143,14 @@ class TextTower(nn.Module):
         if len(ids) and not static_shapes():
             ids = ids[:, : int(eot.max()) + 1]
         x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]  # (B, T', W)
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             if self.grad_checkpointing and self.training:
                 x = checkpoint(block, x, is_causal=True, use_reentrant=False)  # recompute in backward
             else:
                 x = block(x, is_causal=True)
-        x = self.ln_final(x)
-        return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection  # (B, embed_dim)
+        seen = torch.arange(x.shape[1], device=x.device) <= eot[:, None]  # causal: the EOT row sees up to itself
+        x = block_at(self.blocks[-1], x, eot, seen[:, None, None, :])  # the pooled row only
+        return self.ln_final(x) @ self.text_projection  # (B, embed_dim)
 
 
 # Initialisation as OpenCLIP does it. timm's ViT default (std 0.02 everywhere) suits width 768, but at the

@@ -22,6 +22,9 @@ class DataConfig:
     val_samples: int = 500  # evaluation is on the first N val items, so it stays cheap
     num_workers: int = 2
     augment: bool = False
+    # Keep decoded, preprocessed training images in memory (each DataLoader worker its own copy), up to this
+    # many MB: a small set read for many epochs decodes each file once. Ignored with augment (random crops).
+    cache_mb: float = 0
     pad_to_longest: bool = True  # shorter text tensors on CPU; set false for static shapes (torch.compile, CUDA graphs)
     # Pairs files (CSV/TSV/JSONL): column names and separator, as `vlm eval --image-column ...` takes them.
     # OpenCLIP-style TSV: image_column: filepath, caption_column: title. None: image, caption, tab for .tsv.

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from data_pipelines import Collator, ShardDataset, SkipStats, detect_format, open_source
+from data_pipelines import Collator, RecordDataset, ShardDataset, SkipStats, detect_format, open_source
 from data_pipelines.negatives import HardNegativeCollator, HardNegatives
 from data_pipelines.worker_errors import reraise_worker_errors
 from vlm.models.preprocess import config_transform
@@ -49,16 +49,19 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
 
 def open_split(path: str, split: str, objective: str, model_config, augment: bool,
-               options: dict | None = None) -> Dataset:
+               options: dict | None = None, cache_mb: float = 0) -> Dataset:
     """A training or validation source read through the model's own preprocessing (vlm/models/preprocess.py);
     shards are streamed in a new shuffled order every epoch. `options`: a pairs file's columns
-    (`DataConfig.train_source_options()`)."""
+    (`DataConfig.train_source_options()`); `cache_mb`: `DataConfig.cache_mb` (files only, not with augment)."""
     transform = config_transform(model_config, train=augment)
     task = "vqa" if objective == "vqa" else "pairs"
     options = dict(options or {})
     if detect_format(path) == "webdataset" and split == "train":
         options["shuffle"] = True
-    return open_source(path, split=split, transform=transform, task=task, **options)
+    dataset = open_source(path, split=split, transform=transform, task=task, **options)
+    if cache_mb and not augment and isinstance(dataset, RecordDataset):
+        dataset.cache_images(cache_mb)
+    return dataset
 
 
 def check_fits_objective(dataset: Dataset, objective: str, path: str) -> None:

@@ -130,7 +130,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, s
 
     model_config = starting_config(config, payload or base, str(resume_path or config.model))
     train_data = train_dataset or open_split(config.data.train, config.data.train_split, config.objective,
-                                             model_config, config.data.augment, config.data.train_source_options())
+                                             model_config, config.data.augment, config.data.train_source_options(),
+                                             config.data.cache_mb)
     if train_dataset is None:
         check_fits_objective(train_data, config.objective, config.data.train)
     model = build_run_model(config, model_config, payload is not None, train_data, base)

@@ -16,7 +16,7 @@ from vlm.config import to_dict
 from vlm.models.checkpoint import CHECKPOINT_NAME, model_payload, read_checkpoint, resolve_checkpoint, save_checkpoint
 from vlm.train.config import TrainConfig
 from vlm.train.distributed import DistributedEnv
-from vlm.train.optim import build_optimizer, build_scheduler
+from vlm.train.optim import build_optimizer, build_scheduler, sparse_embedding_gradients
 from vlm.train.tasks import build_task
 
 
@@ -38,6 +38,8 @@ class Trainer:
             task = torch.compile(task)
         self.task = DistributedDataParallel(task) if env.is_distributed else task
         self.optimizer = build_optimizer(self.model, config, env.device)
+        if not (env.is_distributed or config.compile):  # DDP and the compiler want dense gradients
+            sparse_embedding_gradients(self.model, self.optimizer)
         self.scheduler = build_scheduler(self.optimizer, config)
         self.step_count = 0
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=env.device)
