@@ -87,7 +87,7 @@ class Collator:
     def _token_ids(self, texts: list[str]) -> torch.Tensor:
         cache = self.token_cache
         new = [t for t in dict.fromkeys(texts) if t not in cache]
-        fresh = dict(zip(new, self.tokenizer(new))) if new else {}
+        fresh = dict(zip(new, self.tokenizer(new), strict=False)) if new else {}
         for text, row in fresh.items():
             if len(cache) < TOKEN_CACHE_SIZE:
                 cache[text] = row.clone()  # not a view that keeps the whole batch alive

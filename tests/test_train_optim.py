@@ -36,7 +36,7 @@ def test_sparse_embedding_steps_equal_dense_adamw(tmp_path, name, objective):
     # Summation order differs (the clip norm, the coalesced rows), and Adam turns the rounding noise of
     # near-zero gradients (attention key biases) into steps of up to lr: ~2e-5 here. A row stepped wrongly or
     # left behind would be off by ~lr (1e-2).
-    for (key, p), q in zip(sparse.model.state_dict().items(), reference.model.state_dict().values()):
+    for (key, p), q in zip(sparse.model.state_dict().items(), reference.model.state_dict().values(), strict=False):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-4, msg=key)
     if objective == "clip":  # (early fusion's MLM decoder shares the table, so its gradient is dense anyway)
         moved = sparse.model.text.token_embedding.weight != model.text.token_embedding.weight
@@ -48,5 +48,5 @@ def test_sparse_embedding_steps_equal_dense_adamw(tmp_path, name, objective):
     redone = dense(Trainer(copy.deepcopy(model), config))
     redone.load_state(sparse.state())
     resumed.step([batches[0]]), redone.step([batches[0]])
-    for p, q in zip(resumed.model.parameters(), redone.model.parameters()):
+    for p, q in zip(resumed.model.parameters(), redone.model.parameters(), strict=False):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-4)

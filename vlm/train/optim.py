@@ -57,9 +57,9 @@ class AdamW(torch.optim.AdamW):
         try:
             loss = super().step(closure)
         finally:
-            for (p, _), grad in zip(sparse, grads):
+            for (p, _), grad in zip(sparse, grads, strict=False):
                 p.grad = grad
-        for (p, group), grad in zip(sparse, grads):
+        for (p, group), grad in zip(sparse, grads, strict=False):
             self.step_rows(p, grad.coalesce(), group)
         return loss
 
@@ -83,7 +83,7 @@ class AdamW(torch.optim.AdamW):
         adam([tensors[0]], [dense_grad], [tensors[1]], [tensors[2]], [], [state["step"]], foreach=group["foreach"],
              fused=group["fused"], decoupled_weight_decay=True, amsgrad=False, beta1=beta1, beta2=beta2,
              lr=group["lr"], weight_decay=0.0, eps=group["eps"], maximize=False)
-        for target, values in zip((p, state["exp_avg"], state["exp_avg_sq"]), tensors):
+        for target, values in zip((p, state["exp_avg"], state["exp_avg_sq"]), tensors, strict=False):
             target.index_copy_(0, rows, values)
 
     def load_state_dict(self, state_dict: dict) -> None:
