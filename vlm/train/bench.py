@@ -29,7 +29,7 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fusion-batch", type=int, default=32)
     p.add_argument("--mlm-weight", type=float, default=1.0, help="early fusion: loss = ITM + this x MLM")
     p.add_argument("--rounds", type=int, default=25,
-                   help="timed steps per side (one step each; a step is noisy, hence many); each side reports its median")
+                   help="timed steps per side (one step each, and a step is noisy); each side reports its median")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="also write the report to this JSON file")
     p.set_defaults(func=cmd_bench_train)
