@@ -1,9 +1,10 @@
-"""`vlm models`, `vlm info`, `vlm openclip export|import`."""
+"""`vlm models`, `vlm info`, `vlm openclip export|import`, `vlm export onnx`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from vlm.config import to_dict
 from vlm.errors import UserError
@@ -38,6 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     i.add_argument("--quick-gelu", action="store_true",
                    help="force QuickGELU (OpenAI's weights under a GELU architecture name)")
     i.set_defaults(func=cmd_import)
+
+    p = subparsers.add_parser("export", help="write a checkpoint in another runtime's format")
+    sub = p.add_subparsers(dest="format", required=True)
+    o = sub.add_parser("onnx", help="vlm checkpoint -> ONNX graphs (late: image + text encoders; early: pair scorer)")
+    o.add_argument("checkpoint")
+    o.add_argument("out_dir")
+    o.add_argument("--no-check", action="store_true", help="skip comparing ONNX Runtime's outputs with torch's")
+    o.set_defaults(func=cmd_export_onnx)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -98,4 +107,23 @@ def cmd_import(args: argparse.Namespace) -> int:
     model.save(args.out)
     print(f"wrote {args.out}: {model.config.name}, {count_parameters(model):,} parameters")
     print(json.dumps(to_dict(model.config), indent=2))
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from vlm.models import load_model
+    from vlm.models.onnx_export import export_onnx
+
+    if not args.no_check:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as e:
+            raise UserError("vlm export onnx: the check needs onnxruntime (pip install 'vlm[onnx]'), or pass "
+                            "--no-check") from e
+    info = export_onnx(load_model(args.checkpoint), args.out_dir, check=not args.no_check)
+    for name, entry in info["graphs"].items():
+        checked = f", ONNX Runtime vs torch max abs {entry['max_abs_diff_vs_torch']:.1e}" \
+            if "max_abs_diff_vs_torch" in entry else ""
+        print(f"wrote {Path(args.out_dir) / name} (inputs {', '.join(entry['inputs'])}{checked})")
+    print(f"wrote {Path(args.out_dir) / 'onnx.json'}")
     return 0

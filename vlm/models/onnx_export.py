@@ -1,0 +1,145 @@
+"""`vlm export onnx`: a checkpoint as ONNX graphs that ONNX Runtime (or any ONNX runtime) serves without torch.
+
+Late fusion gives two graphs, `image_encoder.onnx` (images -> L2-normalised embeddings) and `text_encoder.onnx`
+(token ids at the model's full context -> L2-normalised embeddings), the embeddings `vlm index build` stores; early
+fusion gives `pair_scorer.onnx` ((images, token ids, text mask) -> the ITM log-odds `model.score` returns). The
+batch size is free in every graph. `onnx.json` records what a caller must do around them: the preprocessing
+(image size, mean, std), the tokenizer and context, and how far ONNX Runtime's outputs were from torch's.
+
+Float32 only: on these AVX2 CPUs ONNX Runtime's dynamic int8 was no faster than torch's (docs/BENCHMARKS.md).
+The graphs are traced at fixed text length (vlm.models.towers.static_shapes), so padding is not cut there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vlm.atomic_io import atomic_write
+from vlm.errors import UserError
+
+OPSET = 17
+VERIFY_TOLERANCE = 1e-4  # max abs difference of ONNX Runtime's outputs from torch's
+
+
+class ImageEncoder(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(images)
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(text)
+
+
+class PairScorer(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.score(images, text, text_mask)
+
+
+def example_inputs(model: nn.Module, batch: int = 2) -> dict[str, torch.Tensor]:
+    from vlm.models import image_size
+    from vlm.tokenizer import get_tokenizer, padding_mask
+
+    size = image_size(model)
+    tokenizer = get_tokenizer(model)
+    text = tokenizer(["a small red circle left of a blue square", "two stars"][:batch] * (batch // 2 or 1))
+    return {"images": torch.randn(len(text), 3, size, size, generator=torch.Generator().manual_seed(0)),
+            "text": text, "text_mask": padding_mask(text, getattr(tokenizer, "pad_id", 0))}
+
+
+def graphs(model: nn.Module) -> dict[str, tuple[nn.Module, list[str]]]:
+    """File name -> (module to trace, its input names), per family."""
+    if model.config.arch == "dual_encoder":
+        return {"image_encoder.onnx": (ImageEncoder(model), ["images"]),
+                "text_encoder.onnx": (TextEncoder(model), ["text"])}
+    if getattr(model.config, "layout", "vlm") == "vilt":
+        raise UserError("vlm export onnx: ViLT-layout models take images of any size with pixel masks, which these "
+                        "fixed-size graphs do not carry; export a vlm-layout early-fusion model")
+    if model.itm_head is None:
+        raise UserError(f"vlm export onnx: {model.config.name} has no matching head to score pairs with")
+    return {"pair_scorer.onnx": (PairScorer(model), ["images", "text", "text_mask"])}
+
+
+def export_graph(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str], path: Path) -> None:
+    """Trace `module` to `path` atomically, the batch dimension free."""
+    dynamic = {name: {0: "batch"} for name in [*names, "output"]}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
+            torch.onnx.export(module, inputs, tmp, input_names=names, output_names=["output"], dynamic_axes=dynamic,
+                              opset_version=OPSET, dynamo=False)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def verify(path: Path, module: nn.Module, inputs: dict[str, torch.Tensor]) -> float:
+    """Max abs difference between ONNX Runtime's output and torch's on `inputs` (a batch other than the traced one)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
+    theirs = torch.from_numpy(session.run(None, feed)[0])
+    with torch.no_grad():
+        ours = module(*(inputs[i.name] for i in session.get_inputs()))
+    return float((theirs - ours).abs().max())
+
+
+def export_onnx(model: nn.Module, out_dir: str | Path, check: bool = True) -> dict:
+    """Write the family's graphs and onnx.json into `out_dir`; returns what onnx.json holds."""
+    from vlm.models import image_size
+    from vlm.models.preprocess import config_transform
+    from vlm.tokenizer import get_tokenizer
+
+    model = model.eval()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    traced, other = example_inputs(model, 2), example_inputs(model, 4)
+    transform = config_transform(model.config, train=False)
+    tokenizer = get_tokenizer(model)
+    info = {"model": model.config.name, "arch": model.config.arch, "opset": OPSET, "precision": "fp32",
+            "image_size": image_size(model), "preprocess": " ".join(repr(transform).split()),
+            "context_length": tokenizer.context_length, "tokenizer": type(tokenizer).__name__, "graphs": {}}
+    for name, (module, names) in graphs(model).items():
+        export_graph(module, tuple(traced[n] for n in names), names, out / name)
+        entry = {"inputs": names, "output": "output"}
+        if check:
+            entry["max_abs_diff_vs_torch"] = difference = verify(out / name, module, other)
+            if not difference <= VERIFY_TOLERANCE:
+                raise RuntimeError(f"{out / name}: ONNX Runtime differs from torch by {difference:.2e} "
+                                   f"(tolerance {VERIFY_TOLERANCE:g})")
+        info["graphs"][name] = entry
+    if model.config.arch == "dual_encoder":
+        info["logit_scale"] = float(model.logit_scale.detach().exp())
+    with atomic_write(out / "onnx.json", "w") as f:
+        json.dump(info, f, indent=2)
+    return info
