@@ -115,3 +115,12 @@ def test_flops_of_openclips_fused_attention_are_counted_like_ours(clip_tiny, tmp
         # ours runs its last block at the CLS position only (vlm/models/towers.py block_at)
         assert count_flops(lambda: clip_tiny.encode_image(images)) < count_flops(full_forward)
     assert torch.backends.mha.get_fastpath_enabled()  # restored
+
+
+def test_bench_encode_runs_the_onnx_export_on_onnx_runtime_with_openclips_embeddings(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "encode.json"
+    assert main(["bench", "encode", "--model", "clip-tiny", "--precision", "onnx", "--rounds", "1",
+                 "--batch-size", "2", "--texts", "4", "--json", str(out)]) == 0
+    report, _ = read_report(out, capsys)
+    assert report["precision"] == "onnx" and all(r["max_abs_diff"] < 1e-5 for r in report["rows"])

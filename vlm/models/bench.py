@@ -15,7 +15,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "onnx")  # onnx: `vlm export onnx`'s float32 graphs on ONNX Runtime
 
 
 def register_bench(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +25,8 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, help="a shapes world: its val captions; with --checkpoint also zero-shot "
                    "acc1 and retrieval R@1 at --precision vs fp32 (default: a small world generated here)")
     p.add_argument("--against", choices=["openclip"], default="openclip")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="vlm's precision (OpenCLIP: fp32)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="vlm's precision, or its ONNX export on ONNX Runtime (OpenCLIP: fp32)")
     p.add_argument("--batch-size", type=int, default=16, help="images per round")
     p.add_argument("--texts", type=int, default=64, help="captions per round, per caption mix")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds; each side reports its median")
@@ -41,6 +42,15 @@ def at_precision(model, precision: str):
     from vlm.models.precision import with_precision
 
     return with_precision(model, precision)
+
+
+def onnx_encoder(model, folder: Path):
+    """vlm's ONNX export of `model` (vlm/models/onnx_export.py) on ONNX Runtime, with this process's threads."""
+    from vlm.models.onnx_export import OnnxEncoder, export_onnx
+    from vlm.tokenizer import get_tokenizer
+
+    export_onnx(model, folder, check=False)
+    return OnnxEncoder(folder, get_tokenizer(model))
 
 
 def openclip_twin(model, folder: Path):
@@ -86,7 +96,11 @@ def bench_encode(args: argparse.Namespace, model, reference, inputs: dict[str, t
     from vlm.bench_timing import count_flops, interleaved_seconds, rate
     from vlm.serve.encoder import Encoder
 
-    fp32, ours = Encoder(model), Encoder(at_precision(model, args.precision))
+    fp32 = Encoder(model)
+    if args.precision == "onnx":
+        ours = onnx_encoder(model, args.onnx_dir)
+    else:
+        ours = Encoder(at_precision(model, args.precision))
     context = model.config.text.context_length
 
     def theirs_text(captions):  # as open_clip's users call it: its tokenizer pads to the context
@@ -152,10 +166,11 @@ def cmd_bench_encode(args: argparse.Namespace) -> int:
     inputs = workloads(args, model)  # a wrong --data fails here, before any export
     with tempfile.TemporaryDirectory(prefix="vlm-bench-encode-") as tmp:
         reference = openclip_twin(model, Path(tmp) / "openclip")
-    report = {"model": model.config.name, "precision": args.precision, "against": args.against,
-              "rounds": args.rounds, **environment(), "matmul_ceiling_gflops_per_s": matmul_ceiling_gflops()}
-    report["rows"] = bench_encode(args, model, reference, inputs)
-    if args.checkpoint and args.data:
+        report = {"model": model.config.name, "precision": args.precision, "against": args.against,
+                  "rounds": args.rounds, **environment(), "matmul_ceiling_gflops_per_s": matmul_ceiling_gflops()}
+        args.onnx_dir = Path(tmp) / "onnx"
+        report["rows"] = bench_encode(args, model, reference, inputs)
+    if args.checkpoint and args.data and args.precision != "onnx":  # the export is exact (checked to 1e-4)
         report["quality"] = quality(model, args)
     report["peak_rss_mb"] = peak_rss_mb()
     table = markdown_rows(report["rows"], "items", "OpenCLIP")

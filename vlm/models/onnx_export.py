@@ -1,13 +1,15 @@
 """`vlm export onnx`: a checkpoint as ONNX graphs that ONNX Runtime (or any ONNX runtime) serves without torch.
 
 Late fusion gives two graphs, `image_encoder.onnx` (images -> L2-normalised embeddings) and `text_encoder.onnx`
-(token ids at the model's full context -> L2-normalised embeddings), the embeddings `vlm index build` stores; early
-fusion gives `pair_scorer.onnx` ((images, token ids, text mask) -> the ITM log-odds `model.score` returns). The
-batch size is free in every graph. `onnx.json` records what a caller must do around them: the preprocessing
-(image size, mean, std), the tokenizer and context, and how far ONNX Runtime's outputs were from torch's.
+(token ids -> L2-normalised embeddings), the embeddings `vlm index build` stores; early fusion gives
+`pair_scorer.onnx` ((images, token ids, text mask) -> the ITM log-odds `model.score` returns). The batch size is
+free in every graph, and so is the text length: ids cut after the batch's longest real token (end-of-text) give
+the same outputs as the full context, with less work, as vlm's own encoders cut them. `onnx.json` records what a
+caller must do around them: the preprocessing (image size, mean, std), the tokenizer and context, and how far
+ONNX Runtime's outputs were from torch's.
 
 Float32 only: on these AVX2 CPUs ONNX Runtime's dynamic int8 was no faster than torch's (docs/BENCHMARKS.md).
-The graphs are traced at fixed text length (vlm.models.towers.static_shapes), so padding is not cut there.
+The graphs are traced with every column (vlm.models.towers.static_shapes): the cut is the caller's.
 """
 
 from __future__ import annotations
@@ -55,15 +57,18 @@ class PairScorer(nn.Module):
         return self.model.score(images, text, text_mask)
 
 
-def example_inputs(model: nn.Module, batch: int = 2) -> dict[str, torch.Tensor]:
+def example_inputs(model: nn.Module, batch: int = 2, cut: bool = False) -> dict[str, torch.Tensor]:
     from vlm.models import image_size
     from vlm.tokenizer import get_tokenizer, padding_mask
 
     size = image_size(model)
     tokenizer = get_tokenizer(model)
     text = tokenizer(["a small red circle left of a blue square", "two stars"][:batch] * (batch // 2 or 1))
+    mask = padding_mask(text, getattr(tokenizer, "pad_id", 0))
+    if cut:  # to the longest real token: the graphs take any length, and the padding changes nothing
+        text, mask = text[:, : int(mask.sum(1).max())], mask[:, : int(mask.sum(1).max())]
     return {"images": torch.randn(len(text), 3, size, size, generator=torch.Generator().manual_seed(0)),
-            "text": text, "text_mask": padding_mask(text, getattr(tokenizer, "pad_id", 0))}
+            "text": text, "text_mask": mask}
 
 
 def graphs(model: nn.Module) -> dict[str, tuple[nn.Module, list[str]]]:
@@ -81,7 +86,8 @@ def graphs(model: nn.Module) -> dict[str, tuple[nn.Module, list[str]]]:
 
 def export_graph(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str], path: Path) -> None:
     """Trace `module` to `path` atomically, the batch dimension free."""
-    dynamic = {name: {0: "batch"} for name in [*names, "output"]}
+    dynamic = {name: {0: "batch", 1: "length"} if name.startswith("text") else {0: "batch"}
+               for name in [*names, "output"]}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -123,7 +129,7 @@ def export_onnx(model: nn.Module, out_dir: str | Path, check: bool = True) -> di
     model = model.eval()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    traced, other = example_inputs(model, 2), example_inputs(model, 4)
+    traced, other = example_inputs(model, 2), example_inputs(model, 4, cut=True)
     transform = config_transform(model.config, train=False)
     tokenizer = get_tokenizer(model)
     info = {"model": model.config.name, "arch": model.config.arch, "opset": OPSET, "precision": "fp32",
@@ -143,3 +149,29 @@ def export_onnx(model: nn.Module, out_dir: str | Path, check: bool = True) -> di
     with atomic_write(out / "onnx.json", "w") as f:
         json.dump(info, f, indent=2)
     return info
+
+
+class OnnxEncoder:
+    """A late-fusion export run by ONNX Runtime, called as `vlm.serve.encoder.Encoder` is (`vlm bench encode
+    --precision onnx`): texts tokenized and cut after the batch's longest real token, as vlm's encoder cuts them."""
+
+    def __init__(self, folder: str | Path, tokenizer, threads: int | None = None):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        folder = Path(folder)
+        self.image, self.text = (onnxruntime.InferenceSession(str(folder / name), options,
+                                                              providers=["CPUExecutionProvider"])
+                                 for name in ("image_encoder.onnx", "text_encoder.onnx"))
+        self.tokenizer = tokenizer
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.image.run(None, {"images": pixels.numpy()})[0])
+
+    def encode_texts(self, captions: list[str]) -> torch.Tensor:
+        from vlm.tokenizer import padding_mask
+
+        ids = self.tokenizer(captions)
+        ids = ids[:, : int(padding_mask(ids, getattr(self.tokenizer, "pad_id", 0)).sum(1).max())]
+        return torch.from_numpy(self.text.run(None, {"text": ids.numpy()})[0])
