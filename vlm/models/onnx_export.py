@@ -15,8 +15,6 @@ The graphs are traced with every column (vlm.models.towers.static_shapes): the c
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -30,31 +28,15 @@ OPSET = 17
 VERIFY_TOLERANCE = 1e-4  # max abs difference of ONNX Runtime's outputs from torch's
 
 
-class ImageEncoder(nn.Module):
-    def __init__(self, model: nn.Module):
+class ModelMethod(nn.Module):
+    """One method of a model as a module's forward, for the tracer: `encode_image`, `encode_text`, `score`."""
+
+    def __init__(self, model: nn.Module, method: str):
         super().__init__()
-        self.model = model
+        self.model, self.method = model, method
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(images)
-
-
-class TextEncoder(nn.Module):
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, text: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(text)
-
-
-class PairScorer(nn.Module):
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.score(images, text, text_mask)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model, self.method)(*inputs)
 
 
 def example_inputs(model: nn.Module, batch: int = 2, cut: bool = False) -> dict[str, torch.Tensor]:
@@ -63,7 +45,7 @@ def example_inputs(model: nn.Module, batch: int = 2, cut: bool = False) -> dict[
 
     size = image_size(model)
     tokenizer = get_tokenizer(model)
-    text = tokenizer(["a small red circle left of a blue square", "two stars"][:batch] * (batch // 2 or 1))
+    text = tokenizer((["a small red circle left of a blue square", "two stars"] * batch)[:batch])
     mask = padding_mask(text, getattr(tokenizer, "pad_id", 0))
     if cut:  # to the longest real token: the graphs take any length, and the padding changes nothing
         text, mask = text[:, : int(mask.sum(1).max())], mask[:, : int(mask.sum(1).max())]
@@ -74,38 +56,24 @@ def example_inputs(model: nn.Module, batch: int = 2, cut: bool = False) -> dict[
 def graphs(model: nn.Module) -> dict[str, tuple[nn.Module, list[str]]]:
     """File name -> (module to trace, its input names), per family."""
     if model.config.arch == "dual_encoder":
-        return {"image_encoder.onnx": (ImageEncoder(model), ["images"]),
-                "text_encoder.onnx": (TextEncoder(model), ["text"])}
+        return {"image_encoder.onnx": (ModelMethod(model, "encode_image"), ["images"]),
+                "text_encoder.onnx": (ModelMethod(model, "encode_text"), ["text"])}
     if getattr(model.config, "layout", "vlm") == "vilt":
         raise UserError("vlm export onnx: ViLT-layout models take images of any size with pixel masks, which these "
                         "fixed-size graphs do not carry; export a vlm-layout early-fusion model")
     if model.itm_head is None:
         raise UserError(f"vlm export onnx: {model.config.name} has no matching head to score pairs with")
-    return {"pair_scorer.onnx": (PairScorer(model), ["images", "text", "text_mask"])}
+    return {"pair_scorer.onnx": (ModelMethod(model, "score"), ["images", "text", "text_mask"])}
 
 
 def export_graph(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str], path: Path) -> None:
-    """Trace `module` to `path` atomically, the batch dimension free."""
+    """Trace `module` to `path` atomically, the batch dimension (and a text's length) free."""
     dynamic = {name: {0: "batch", 1: "length"} if name.startswith("text") else {0: "batch"}
                for name in [*names, "output"]}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
-            torch.onnx.export(module, inputs, tmp, input_names=names, output_names=["output"], dynamic_axes=dynamic,
-                              opset_version=OPSET, dynamo=False)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    with atomic_write(path) as f, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
+        torch.onnx.export(module, inputs, f, input_names=names, output_names=["output"], dynamic_axes=dynamic,
+                          opset_version=OPSET, dynamo=False)
 
 
 def verify(path: Path, module: nn.Module, inputs: dict[str, torch.Tensor]) -> float:
