@@ -41,6 +41,26 @@ def test_int8_fusion_scores_agree(fusion_tiny, images, captions):
     assert F.cosine_similarity(fp32_scores, int8_scores, dim=0) > 0.99
 
 
+@torch.inference_mode()
+def test_int8_embedding_of_an_input_does_not_depend_on_its_batch(clip_tiny, images, captions):
+    """An index built in batches of 64 and a query encoded alone must agree: each row is quantized on its own."""
+    int8 = with_precision(clip_tiny, "int8")
+    ids = get_tokenizer(clip_tiny)(captions)
+    louder = torch.cat([images[:1], 5 * images[1:]])  # batch mates with far larger activations
+    torch.testing.assert_close(int8.encode_image(images[:1]), int8.encode_image(louder)[:1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(int8.encode_image(images)[2:3], int8.encode_image(images[2:3]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(int8.encode_text(ids)[1:2], int8.encode_text(ids[1:2]), rtol=0, atol=1e-6)
+
+
+def test_row_scaled_linear_matches_the_float_linear_it_wraps():
+    from vlm.models.precision import RowScaledLinear
+
+    linear = torch.nn.Linear(12, 5)
+    x = torch.randn(3, 4, 12) * torch.logspace(-3, 3, 4)[:, None]  # rows of very different magnitudes
+    x[0, 0] = 0  # an all-zero row stays finite
+    torch.testing.assert_close(RowScaledLinear(linear)(x), linear(x))
+
+
 @pytest.mark.parametrize("size", [(32, 32), (40, 56)])
 def test_patch_linear_computes_the_patch_convolution(size):
     from vlm.models.precision import PatchLinear

@@ -29,17 +29,24 @@ def check_precision(precision: str) -> str:
 
 def with_precision(model: nn.Module, precision: str) -> nn.Module:
     """`model` for inference at `precision`: "fp32" returns it unchanged; "int8" an inference copy whose Linear
-    layers run int8 matmuls (weights per output channel, activations quantized per call: no calibration data);
-    the original is left untouched."""
+    layers run int8 matmuls (weights per output channel, activations quantized as they come: no calibration
+    data); the original is left untouched.
+
+    Late fusion's activations are quantized per row: its embeddings are stored in indexes and compared with
+    queries encoded alone, so an input's embedding must not depend on its batch. Early fusion's pair scores are
+    not stored, and per-row scales cost its scorer a fifth of its int8 speed (docs/BENCHMARKS.md)."""
     if check_precision(precision) == "fp32":
         return model
-    return int8_dynamic(model)
+    return int8_dynamic(model, per_row=getattr(getattr(model, "config", None), "arch", None) == "dual_encoder")
 
 
-def int8_dynamic(model: nn.Module) -> nn.Module:
-    """A copy whose every nn.Linear is dynamically quantized; LayerNorm, attention and embeddings stay float32."""
+def int8_dynamic(model: nn.Module, per_row: bool = True) -> nn.Module:
+    """A copy whose every nn.Linear runs an int8 matmul, its input quantized per row (`RowScaledLinear`) or with
+    one scale per call (torch's dynamic quantization); LayerNorm, attention and embeddings stay float32."""
     copied = copy.deepcopy(model).eval()
     patch_embeddings_as_linear(copied)
+    if per_row:
+        rows_scaled(copied)
     qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
     with warnings.catch_warnings(), quantized_engine():
         warnings.simplefilter("ignore")  # torch.ao.quantization says it moves to torchao; it still works here
@@ -56,6 +63,43 @@ def quantized_engine() -> Iterator[str]:
         yield torch.backends.quantized.engine
     finally:
         torch.backends.quantized.engine = before
+
+
+class RowScaledLinear(nn.Module):
+    """A Linear whose input is quantized per row (token) when its inner, bias-free Linear is made int8.
+
+    torch's dynamic int8 Linear quantizes its whole input with one scale taken from that input, so a token's
+    rounding, and so an image's embedding, depended on what else was in the batch (by up to 4e-3 on clip-base32),
+    and rows far smaller than the batch's largest were rounded coarsely. Each row is divided by its own largest
+    magnitude and multiplied back afterwards, and two extra rows of +1 and -1 pin the quantizer's range to [-1, 1]:
+    every row is rounded the same way in any batch."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.linear = nn.Linear(linear.in_features, linear.out_features, bias=False, device="meta")
+        self.linear.weight = linear.weight
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        # amax and amin: on CPU each is several times faster than aminmax or an infinity norm over rows
+        scale = torch.maximum(rows.amax(dim=1, keepdim=True), rows.amin(dim=1, keepdim=True).neg_())
+        scale = scale.clamp_min_(torch.finfo(rows.dtype).tiny)
+        scaled = rows.new_empty(rows.shape[0] + 2, rows.shape[1])
+        torch.div(rows, scale, out=scaled[:-2])
+        scaled[-2:] = torch.tensor([[1.0], [-1.0]], dtype=rows.dtype)
+        out = self.linear(scaled)[:-2].mul_(scale)  # the linear's own fresh output, scaled in place
+        if self.bias is not None:
+            out.add_(self.bias)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def rows_scaled(model: nn.Module) -> None:
+    """Wrap every nn.Linear of `model` in place in a `RowScaledLinear`."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if type(child) is nn.Linear:
+                setattr(module, name, RowScaledLinear(child))
 
 
 class PatchLinear(nn.Module):
