@@ -41,11 +41,12 @@ def block_at(block: Block, x: torch.Tensor, rows: torch.Tensor, attn_mask: torch
     h = block.norm1(x)
     q, k, v = attn.qkv(h).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q[at, :, rows].unsqueeze(2)), attn.k_norm(k)  # q: (B, heads, 1, head_dim)
-    # Written out: for one query, CPU's fused kernel gave a row results that depend on its place in the batch
-    scores = (q * attn.scale) @ k.transpose(-2, -1)  # (B, heads, 1, N)
+    # Written out, and as products and sums rather than matmuls: for one query, CPU's fused attention kernel and
+    # its batched matrix-vector products both gave a row results that depend on its place in the batch
+    scores = (q * attn.scale * k).sum(dim=-1).unsqueeze(2)  # (B, heads, 1, N)
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf"))
-    out = attn.attn_drop(scores.softmax(dim=-1)) @ v
+    out = (attn.attn_drop(scores.softmax(dim=-1)).transpose(-2, -1) * v).sum(dim=-2, keepdim=True)  # (B, heads, 1, d)
     out = attn.norm(out.transpose(1, 2).reshape(B, 1, attn.attn_dim))
     if attn.gate is not None:
         out = out * attn.gate(h[at, rows].unsqueeze(1)).sigmoid()
