@@ -32,7 +32,9 @@ def test_sparse_embedding_steps_equal_dense_adamw(tmp_path, name, objective):
     for step in range(6):  # later batches leave rows that earlier ones moved without a gradient
         a, b = sparse.step([batches[step % 3]]), reference.step([batches[step % 3]])
         assert a["loss"].item() == pytest.approx(b["loss"].item(), rel=1e-5)
-        assert a["grad_norm"].item() == pytest.approx(b["grad_norm"].item(), rel=1e-5)
+        # the norm sums the squares of every gradient, so it carries the parameters' rounding noise (below):
+        # up to 1.6e-5 relative after 6 steps here, where a wrongly stepped row would move it by far more
+        assert a["grad_norm"].item() == pytest.approx(b["grad_norm"].item(), rel=1e-4)
     # Summation order differs (the clip norm, the coalesced rows), and Adam turns the rounding noise of
     # near-zero gradients (attention key biases) into steps of up to lr: ~2e-5 here. A row stepped wrongly or
     # left behind would be off by ~lr (1e-2).
