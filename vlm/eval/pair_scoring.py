@@ -2,10 +2,9 @@
 
 Late fusion encodes each side once and compares by a dot product: no fusion pass at all. Early fusion has to
 run its joint transformer once per pair (a *fusion pass*); the patch embedding of each image is computed once
-and reused. Pairs go through the joint stack grouped by their text's width (`text_widths`: its length rounded
-up, a function of the text alone), in batches of one fixed shape per width (the last batch padded with copies
-of its first pair, whose scores are dropped), so a pair's score is the same number whichever other pairs share
-its batch: that is what makes hybrid re-ranking at k = N equal exhaustive scoring exactly.
+and reused. Pairs always go through the joint stack in batches of one fixed shape (the last batch padded
+with copies of its first pair, whose scores are dropped), so a pair's score is the same number whichever
+other pairs share its batch: that is what makes hybrid re-ranking at k = N equal exhaustive scoring exactly.
 """
 
 from __future__ import annotations
@@ -15,21 +14,6 @@ from torch import nn
 
 from vlm.models.preprocess import pixel_mask_of
 from vlm.tokenizer import padding_mask
-
-TEXT_WIDTH_STEP = 4  # texts run at their length rounded up to a multiple of this: few shapes, little padding
-
-
-def text_lengths(ids: torch.Tensor) -> torch.Tensor:
-    """Each text's length up to its last non-padding token, the one a causal tower or the fusion stack runs to."""
-    return ids.shape[1] - padding_mask(ids).int().flip(1).argmax(dim=1)
-
-
-def text_widths(ids: torch.Tensor, step: int = TEXT_WIDTH_STEP) -> torch.Tensor:
-    """The width each text's pairs run at. Padding is hidden from attention, so the columns after a text's last
-    token change no score, only the cost: in a mix of lengths (the shapes world's captions: 6-28 tokens, mean 16)
-    running each pair at its own text's width instead of the longest text's cuts the joint sequence by a fifth."""
-    widths = (text_lengths(ids).clamp_min(1) + step - 1) // step * step
-    return widths.clamp_max(ids.shape[1])
 
 
 @torch.no_grad()
@@ -50,7 +34,9 @@ def encode_texts(model: nn.Module, ids: torch.Tensor, batch_size: int = 256) -> 
     The text tower runs a batch up to its longest caption, so captions are batched by length (sorted, batched,
     put back in order): a mix of lengths does not pay for its longest caption in every batch.
     """
-    order = torch.sort(text_lengths(ids), stable=True).indices  # shortest first
+    # a caption's length: up to its last non-padding token, the one the text tower runs to
+    lengths = ids.shape[1] - padding_mask(ids).int().flip(1).argmax(dim=1)
+    order = torch.sort(lengths, stable=True).indices  # shortest first
     by_length = _batched(model.encode_text, ids[order], batch_size)
     return torch.empty_like(by_length).index_copy_(0, order, by_length)
 
@@ -71,9 +57,12 @@ class FusionPairScorer:
         self.patch_tokens = embed_images(model, images)  # (N_img, P, W)
         # ViLT images of different sizes are NaN-padded (vlm/models/preprocess.py): hide their padded patches
         self.image_mask = model.image_mask(pixel_mask_of(images)) if len(images) else None
-        self.text_ids = text_ids
-        self.text_mask = padding_mask(text_ids)
-        self.text_widths = text_widths(text_ids)
+        # Padding is hidden from attention, so cutting the columns no text uses changes no score, only the
+        # cost (short captions in a 32-token context: about a fifth of the joint sequence). One cut for
+        # all texts keeps every batch the same shape.
+        longest = max(1, int(padding_mask(text_ids).sum(dim=1).max())) if len(text_ids) else 1
+        self.text_ids = text_ids[:, :longest]
+        self.text_mask = padding_mask(self.text_ids)
         self.batch_size = batch_size
         self.pad_batches = pad_batches  # False only where speed matters and exact equality does not (latency)
         self.passes = 0
@@ -89,14 +78,6 @@ class FusionPairScorer:
     @torch.no_grad()
     def score_pairs(self, image_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
         """(M,) ITM log-odds of pairs (image_index[m], text_index[m])."""
-        scores = torch.empty(len(image_index))
-        widths = self.text_widths[text_index]
-        for width in widths.unique().tolist():
-            at = (widths == width).nonzero().squeeze(1)
-            scores[at] = self._score_at_width(image_index[at], text_index[at], width)
-        return scores
-
-    def _score_at_width(self, image_index: torch.Tensor, text_index: torch.Tensor, width: int) -> torch.Tensor:
         scores = []
         for start in range(0, len(image_index), self.batch_size):
             img = image_index[start : start + self.batch_size]
@@ -107,13 +88,12 @@ class FusionPairScorer:
                 img = torch.cat([img, img[:1].expand(pad)])
                 txt = torch.cat([txt, txt[:1].expand(pad)])
             image_mask = None if self.image_mask is None else self.image_mask[img]
-            # fixed shape: the columns are cut to the texts' width, not to this batch's longest text
-            batch_scores = self.model.score_embedded(self.patch_tokens[img], self.text_ids[txt, :width],
-                                                     self.text_mask[txt, :width], image_mask,
-                                                     cut_text=not self.pad_batches)
+            # fixed shape: the columns are cut once for all texts above, not per batch
+            batch_scores = self.model.score_embedded(self.patch_tokens[img], self.text_ids[txt], self.text_mask[txt],
+                                                     image_mask, cut_text=not self.pad_batches)
             scores.append(batch_scores[:real])
             self.passes += real
-        return torch.cat(scores)
+        return torch.cat(scores) if scores else torch.zeros(0)
 
     def score_all(self) -> torch.Tensor:
         """(N_images, N_texts): every pair, the exhaustive early-fusion score matrix."""
