@@ -14,7 +14,7 @@ import torch
 
 from data_pipelines.sample import Sample
 from data_pipelines.vqa import answer_targets
-from vlm.tokenizer import padding_mask
+from vlm.tokenizer import cut_padding, padding_mask
 
 TOKEN_CACHE_SIZE = 50_000  # texts; at most ~31 MB of ids at a 77-token context
 
@@ -80,8 +80,7 @@ class Collator:
         ids = self._token_ids(texts) if texts else torch.zeros(0, self.tokenizer.context_length, dtype=torch.long)
         mask = padding_mask(ids, getattr(self.tokenizer, "pad_id", 0))
         if self.pad_to_longest and len(texts):
-            longest = int(mask.sum(1).max())
-            ids, mask = ids[:, :longest], mask[:, :longest]
+            ids, mask = cut_padding(ids, mask)
         return ids, mask
 
     def _token_ids(self, texts: list[str]) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch
 
 from data_pipelines.shapes.language import make_negatives
 from data_pipelines.shapes.scene import ShapeObject, all_combos
-from vlm.tokenizer import padding_mask
+from vlm.tokenizer import cut_padding, padding_mask
 
 NEGATIVE_TYPES = ("attribute", "object", "relation")
 SHAPES_KIND = {"attribute": "attribute swap", "object": "object replace", "relation": "relation swap"}
@@ -224,6 +224,5 @@ class HardNegativeCollator:
         ids = tokenizer(texts)
         mask = padding_mask(ids, getattr(tokenizer, "pad_id", 0))
         if self.collate.pad_to_longest:
-            longest = int(mask.sum(1).max())
-            ids, mask = ids[:, :longest], mask[:, :longest]
+            ids, mask = cut_padding(ids, mask)
         return ids, mask

@@ -77,6 +77,13 @@ def padding_mask(ids: torch.Tensor, pad_id: int = PAD_ID) -> torch.Tensor:
     return ids != pad_id
 
 
+def cut_padding(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`ids` and `mask` without the columns after the longest text's last real token (a non-empty batch):
+    padding is hidden from attention, so every model gives the same outputs on less work."""
+    longest = int(mask.sum(1).max())
+    return ids[:, :longest], mask[:, :longest]
+
+
 def get_tokenizer(model) -> Tokenizer | WordPieceTokenizer:
     """The tokenizer a model expects (named by its config, at its context length), built once: loading a
     vocabulary takes ~0.1 s, too much to repeat for every evaluation."""

@@ -41,14 +41,14 @@ class ModelMethod(nn.Module):
 
 def example_inputs(model: nn.Module, batch: int = 2, cut: bool = False) -> dict[str, torch.Tensor]:
     from vlm.models import image_size
-    from vlm.tokenizer import get_tokenizer, padding_mask
+    from vlm.tokenizer import cut_padding, get_tokenizer, padding_mask
 
     size = image_size(model)
     tokenizer = get_tokenizer(model)
     text = tokenizer((["a small red circle left of a blue square", "two stars"] * batch)[:batch])
     mask = padding_mask(text, getattr(tokenizer, "pad_id", 0))
     if cut:  # to the longest real token: the graphs take any length, and the padding changes nothing
-        text, mask = text[:, : int(mask.sum(1).max())], mask[:, : int(mask.sum(1).max())]
+        text, mask = cut_padding(text, mask)
     return {"images": torch.randn(len(text), 3, size, size, generator=torch.Generator().manual_seed(0)),
             "text": text, "text_mask": mask}
 
@@ -138,8 +138,8 @@ class OnnxEncoder:
         return torch.from_numpy(self.image.run(None, {"images": pixels.numpy()})[0])
 
     def encode_texts(self, captions: list[str]) -> torch.Tensor:
-        from vlm.tokenizer import padding_mask
+        from vlm.tokenizer import cut_padding, padding_mask
 
         ids = self.tokenizer(captions)
-        ids = ids[:, : int(padding_mask(ids, getattr(self.tokenizer, "pad_id", 0)).sum(1).max())]
+        ids, _ = cut_padding(ids, padding_mask(ids, getattr(self.tokenizer, "pad_id", 0)))
         return torch.from_numpy(self.text.run(None, {"text": ids.numpy()})[0])
