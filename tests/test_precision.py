@@ -20,17 +20,22 @@ def test_unknown_precision_names_the_allowed_values(clip_tiny):
 
 
 @torch.inference_mode()
-def test_int8_embeddings_are_close_and_the_original_untouched(clip_tiny, images, captions):
+def test_int8_embeddings_are_close_and_the_original_untouched(clip_tiny, images):
     before = {k: v.clone() for k, v in clip_tiny.state_dict().items()}
     int8 = with_precision(clip_tiny, "int8")
-    ids = get_tokenizer(clip_tiny)(captions)
-    for encode in ("encode_image", "encode_text"):
-        fp32_out, int8_out = getattr(clip_tiny, encode)(images if "image" in encode else ids), \
-            getattr(int8, encode)(images if "image" in encode else ids)
-        assert F.cosine_similarity(fp32_out, int8_out).min() > 0.99
+    fp32_images, int8_images = clip_tiny.encode_image(images), int8.encode_image(images)
+    assert F.cosine_similarity(fp32_images, int8_images).min() > 0.99
+    assert not torch.equal(fp32_images, int8_images)  # int8 really ran
     after = clip_tiny.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert type(clip_tiny.image.trunk.blocks[0].mlp.fc1) is torch.nn.Linear
+
+
+@torch.inference_mode()
+def test_int8_late_fusion_keeps_text_queries_exact(clip_tiny, captions):
+    """Only the image tower goes int8: text int8 cost more accuracy (BENCHMARKS), and float32 text is fast."""
+    ids = get_tokenizer(clip_tiny)(captions)
+    assert torch.equal(with_precision(clip_tiny, "int8").encode_text(ids), clip_tiny.encode_text(ids))
 
 
 @torch.inference_mode()
@@ -42,14 +47,12 @@ def test_int8_fusion_scores_agree(fusion_tiny, images, captions):
 
 
 @torch.inference_mode()
-def test_int8_embedding_of_an_input_does_not_depend_on_its_batch(clip_tiny, images, captions):
+def test_int8_embedding_of_an_input_does_not_depend_on_its_batch(clip_tiny, images):
     """An index built in batches of 64 and a query encoded alone must agree: each row is quantized on its own."""
     int8 = with_precision(clip_tiny, "int8")
-    ids = get_tokenizer(clip_tiny)(captions)
     louder = torch.cat([images[:1], 5 * images[1:]])  # batch mates with far larger activations
     torch.testing.assert_close(int8.encode_image(images[:1]), int8.encode_image(louder)[:1], rtol=0, atol=1e-6)
     torch.testing.assert_close(int8.encode_image(images)[2:3], int8.encode_image(images[2:3]), rtol=0, atol=1e-6)
-    torch.testing.assert_close(int8.encode_text(ids)[1:2], int8.encode_text(ids[1:2]), rtol=0, atol=1e-6)
 
 
 def test_row_scaled_linear_matches_the_float_linear_it_wraps():

@@ -32,29 +32,36 @@ def with_precision(model: nn.Module, precision: str) -> nn.Module:
     layers run int8 matmuls (weights per output channel, activations quantized as they come: no calibration
     data); the original is left untouched.
 
-    Late fusion's activations are quantized per row: its embeddings are stored in indexes and compared with
-    queries encoded alone, so an input's embedding must not depend on its batch. Early fusion's pair scores are
-    not stored, and per-row scales cost its scorer a fifth of its int8 speed (docs/BENCHMARKS.md).
+    Late fusion quantizes its image tower only, per row: image embeddings are stored in indexes and compared with
+    queries encoded alone, so an input's embedding must not depend on its batch. Its text tower stays float32 and
+    exact: already 3.5-4.7x OpenCLIP's speed without padding work, and its int8 cost the quickstart model 0.45
+    points of zero-shot acc1 and 0.35 of image->text R@1 on 4,000 images, where the image tower's moved them by
+    +0.05 and -0.30 (docs/BENCHMARKS.md). Early fusion quantizes its whole stack with one scale per call: its
+    pair scores are not stored, and per-row scales cost its scorer a fifth of its int8 speed.
 
     The patch embedding (a convolution) stays float32: on a flat patch its output is the sum of a filter's
     weights, a small difference of large numbers that int8 weights get wrong. Quantized, it put real images'
     embeddings up to 0.14 off in cosine, for 2-3% of a ViT-B/32's FLOPs."""
     if check_precision(precision) == "fp32":
         return model
-    return int8_dynamic(model, per_row=getattr(getattr(model, "config", None), "arch", None) == "dual_encoder")
-
-
-def int8_dynamic(model: nn.Module, per_row: bool = True) -> nn.Module:
-    """A copy whose every nn.Linear runs an int8 matmul, its input quantized per row (`RowScaledLinear`) or with
-    one scale per call (torch's dynamic quantization); LayerNorm, attention, embeddings and the patch embedding
-    stay float32."""
     copied = copy.deepcopy(model).eval()
+    if getattr(getattr(model, "config", None), "arch", None) == "dual_encoder":
+        quantize_linears(copied.image, per_row=True)
+    else:
+        quantize_linears(copied, per_row=False)
+    return copied
+
+
+def quantize_linears(module: nn.Module, per_row: bool = True) -> None:
+    """Make every nn.Linear of `module` (in place) an int8 matmul, its input quantized per row
+    (`RowScaledLinear`) or with one scale per call (torch's dynamic quantization); LayerNorm, attention,
+    embeddings and the patch embedding stay float32."""
     if per_row:
-        rows_scaled(copied)
+        rows_scaled(module)
     qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
     with warnings.catch_warnings(), quantized_engine():
         warnings.simplefilter("ignore")  # torch.ao.quantization says it moves to torchao; it still works here
-        return torch.ao.quantization.quantize_dynamic(copied, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
+        torch.ao.quantization.quantize_dynamic(module, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
 
 
 @contextlib.contextmanager

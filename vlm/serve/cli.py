@@ -29,8 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--approximate", choices=["hnsw", "ivf"], help="faiss: the structure above --exact-max "
                    "(default: hnsw)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
-    b.add_argument("--precision", choices=PRECISIONS, default="fp32", help="run the encoder in int8 (faster on "
-                   "CPU, embeddings within cosine 0.99 of fp32) or fp32; recorded in the index, queries follow it")
+    b.add_argument("--precision", choices=PRECISIONS, default="fp32", help="run the image tower in int8 (faster "
+                   "on CPU, within cosine 0.99 of fp32; texts stay fp32) or fp32; recorded in the index, queries "
+                   "follow it")
     add_source_arguments(b)
     b.set_defaults(func=cmd_build)
     i = sub.add_parser("info", help="print an index folder's size, model and search structure")
