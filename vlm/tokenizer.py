@@ -78,9 +78,10 @@ def padding_mask(ids: torch.Tensor, pad_id: int = PAD_ID) -> torch.Tensor:
 
 
 def cut_padding(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`ids` and `mask` without the columns after the longest text's last real token (a non-empty batch):
-    padding is hidden from attention, so every model gives the same outputs on less work."""
-    longest = int(mask.sum(1).max())
+    """`ids` and `mask` without the columns after the longest text's last real token (at least one column, so an
+    empty batch keeps its shape): padding is hidden from attention, so every model gives the same outputs on less
+    work."""
+    longest = max(1, int(mask.sum(1).max())) if len(ids) else 1
     return ids[:, :longest], mask[:, :longest]
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from vlm.models.preprocess import pixel_mask_of
-from vlm.tokenizer import padding_mask
+from vlm.tokenizer import cut_padding, padding_mask
 
 
 @torch.no_grad()
@@ -60,9 +60,7 @@ class FusionPairScorer:
         # Padding is hidden from attention, so cutting the columns no text uses changes no score, only the
         # cost (short captions in a 32-token context: about a fifth of the joint sequence). One cut for
         # all texts keeps every batch the same shape.
-        longest = max(1, int(padding_mask(text_ids).sum(dim=1).max())) if len(text_ids) else 1
-        self.text_ids = text_ids[:, :longest]
-        self.text_mask = padding_mask(self.text_ids)
+        self.text_ids, self.text_mask = cut_padding(text_ids, padding_mask(text_ids))
         self.batch_size = batch_size
         self.pad_batches = pad_batches  # False only where speed matters and exact equality does not (latency)
         self.passes = 0
