@@ -226,11 +226,12 @@ class Service:
 
 def query_precision(asked: str | None, index_dir: str | Path) -> str:
     """The precision to encode queries at: the index's unless asked, and never another than the index's (an
-    int8 query against fp32 vectors is close, not equal; rebuild the index to change its precision)."""
+    int8 image query against fp32 vectors is close, not equal; text queries run float32 at either precision;
+    rebuild the index to change its precision)."""
     built = read_config(Path(index_dir)).precision
     if asked is not None and asked != built:
-        raise ValueError(f"{index_dir}: the index was built at {built}, --precision {asked} would encode queries "
-                         f"differently; omit --precision or rebuild the index with --precision {asked}")
+        raise ValueError(f"{index_dir}: the index was built at {built}, --precision {asked} would encode image "
+                         f"queries differently; omit --precision or rebuild the index with --precision {asked}")
     return built
 
 
