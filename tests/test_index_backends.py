@@ -8,7 +8,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from vlm.serve import (
+from vlm.index import (
     FaissBackend,
     FaissConfig,
     IndexConfig,

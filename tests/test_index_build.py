@@ -10,9 +10,9 @@ from test_index_backends import needs_milvus
 from test_serve_api import draw, make_collection
 
 from vlm.cli import main
-from vlm.serve import FaissConfig, ItemIndex
-from vlm.serve import build as build_module
-from vlm.serve.build import BuildOptions, build_index
+from vlm.index import FaissConfig, ItemIndex
+from vlm.index import build as build_module
+from vlm.index.build import BuildOptions, build_index
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 import vlm
 from vlm.cli import main
-from vlm.serve.encoder import Encoder, Reranker
+from vlm.index.encoder import Encoder, Reranker
 from vlm.serve.process import ServerProcess
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]

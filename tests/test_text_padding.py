@@ -83,7 +83,7 @@ def test_captions_encoded_by_length_come_back_in_their_order_with_their_embeddin
 
 
 def test_the_server_encoder_batches_by_length_and_keeps_the_order(clip_tiny):
-    from vlm.serve.encoder import Encoder
+    from vlm.index.encoder import Encoder
 
     encoder = Encoder(clip_tiny)
     texts = MIXED * 8  # 40 texts: batches of 16, 16 and 8

@@ -11,7 +11,7 @@ from PIL import Image
 import vlm
 from data_pipelines.shapes import generate_shapes_world
 from vlm.cli import main
-from vlm.serve.encoder import load_reranker
+from vlm.index.encoder import load_reranker
 
 transformers = pytest.importorskip("transformers")
 from test_vilt_interchange import save_tiny_vilt  # noqa: E402

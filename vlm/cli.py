@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "vlm.eval.cli",
     "vlm.adapt.cli",
     "vlm.sweep.cli",
+    "vlm.index.cli",
     "vlm.serve.cli",
     "vlm.bench_cli",
 ]

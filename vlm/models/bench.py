@@ -1,6 +1,6 @@
 """`vlm bench encode`: images/s and texts/s of vlm's encoder against OpenCLIP's, the same weights, one process.
 
-vlm runs its real path (`vlm.serve.encoder.Encoder`, what `vlm index build` and `vlm serve` embed with: texts
+vlm runs its real path (`vlm.index.encoder.Encoder`, what `vlm index build` and `vlm serve` embed with: texts
 tokenized, batched by length, each batch run to its last end-of-text). OpenCLIP runs the model it builds from
 vlm's export (`open_clip.create_model("local-dir:...")`), eager float32, texts padded to the context as its
 tokenizer pads them. Rounds are interleaved (vlm, OpenCLIP, ...) and each side reports its median round; a
@@ -94,7 +94,7 @@ def bench_encode(args: argparse.Namespace, model, reference, inputs: dict[str, t
     import torch
 
     from vlm.bench_timing import count_flops, interleaved_seconds, rate
-    from vlm.serve.encoder import Encoder
+    from vlm.index.encoder import Encoder
 
     fp32 = Encoder(model)
     if args.precision == "onnx":

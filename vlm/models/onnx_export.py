@@ -120,7 +120,7 @@ def export_onnx(model: nn.Module, out_dir: str | Path, check: bool = True) -> di
 
 
 class OnnxEncoder:
-    """A late-fusion export run by ONNX Runtime, called as `vlm.serve.encoder.Encoder` is (`vlm bench encode
+    """A late-fusion export run by ONNX Runtime, called as `vlm.index.encoder.Encoder` is (`vlm bench encode
     --precision onnx`): texts tokenized and cut after the batch's longest real token, as vlm's encoder cuts them."""
 
     def __init__(self, folder: str | Path, tokenizer, threads: int | None = None):

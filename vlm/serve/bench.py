@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vlm.atomic_io import atomic_write
-from vlm.serve.backends import FaissBackend
-from vlm.serve.index import IndexConfig, ItemIndex
-from vlm.serve.store import Item
+from vlm.index.backends import FaissBackend
+from vlm.index.folder import IndexConfig, ItemIndex
+from vlm.index.store import Item
 
 if TYPE_CHECKING:  # torch, fastapi and httpx load when the benchmark runs, not when `vlm` builds its parser
-    from vlm.serve.encoder import Encoder
+    from vlm.index.encoder import Encoder
 
 
 def register_bench(subparsers: argparse._SubParsersAction) -> None:
@@ -136,7 +136,7 @@ def bench_http(url: str, texts: list[str], concurrency: int) -> dict:
 
 
 def run_bench(checkpoint: str | None, sizes: list[int], concurrency: list[int], n_queries: int, out: Path) -> dict:
-    from vlm.serve.encoder import load_encoder
+    from vlm.index.encoder import load_encoder
     from vlm.serve.process import ServerProcess
     from vlm.serve.service import set_threads
 
@@ -188,7 +188,7 @@ def format_table(report: dict) -> str:
 
 
 def run_soak_bench(checkpoint: str | None, n_items: int, minutes: float, clients: int, out: Path) -> dict:
-    from vlm.serve.encoder import load_encoder
+    from vlm.index.encoder import load_encoder
     from vlm.serve.soak import run_soak
 
     work = Path(tempfile.mkdtemp(prefix="vlm-bench-soak-"))

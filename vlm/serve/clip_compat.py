@@ -17,11 +17,11 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from vlm.index.folder import Hit
+from vlm.index.store import Item
 from vlm.serve.errors import ApiError
-from vlm.serve.index import Hit
 from vlm.serve.schemas import ERROR_RESPONSES, MAX_ID, ErrorBody, Finite, Text, base64_image, index_dim
 from vlm.serve.service import Service
-from vlm.serve.store import Item
 
 DEDUPLICATE_THRESHOLD = 0.94  # clip-retrieval drops results whose embeddings are this similar to a better one
 

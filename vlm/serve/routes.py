@@ -13,8 +13,9 @@ from starlette.concurrency import run_in_threadpool
 
 from vlm.atomic_io import atomic_write
 from vlm.eval.zeroshot import class_prompts
+from vlm.index.folder import Hit
+from vlm.index.store import Item
 from vlm.serve.errors import ApiError, error_response
-from vlm.serve.index import Hit
 from vlm.serve.schemas import (
     ERROR_RESPONSES,
     MAX_ID,
@@ -27,7 +28,6 @@ from vlm.serve.schemas import (
     request_models,
 )
 from vlm.serve.service import Service, raise_storage_error
-from vlm.serve.store import Item
 
 ItemIdPath = Annotated[int, PathParam(ge=1, le=MAX_ID, description="an id POST /v1/items returned")]
 # A stateful fuzzer (and a reader) follows these from POST /v1/items to the item it created.

@@ -25,10 +25,10 @@ from starlette.concurrency import run_in_threadpool
 
 from data_pipelines.images import BadImage, decode_image
 from vlm.eval.zeroshot import zero_shot_classifier
+from vlm.index.encoder import Encoder, Reranker, load_encoder, load_reranker
+from vlm.index.folder import Hit, ItemIndex, read_config
 from vlm.serve.batching import MicroBatcher
-from vlm.serve.encoder import Encoder, Reranker, load_encoder, load_reranker
 from vlm.serve.errors import ApiError
-from vlm.serve.index import Hit, ItemIndex, read_config
 
 log = logging.getLogger("vlm.serve")
 

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from vlm.atomic_io import atomic_write
-from vlm.serve.backends import FaissBackend, FaissConfig, MilvusBackend, VectorBackend, release_milvus_lite
-from vlm.serve.store import MODALITIES, Item, ItemStore
+from vlm.index.backends import FaissBackend, FaissConfig, MilvusBackend, VectorBackend, release_milvus_lite
+from vlm.index.store import MODALITIES, Item, ItemStore
 
 CONFIG_NAME = "index.json"
 STORE_NAME = "items.sqlite"
 BACKENDS = ("faiss", "milvus")
-log = logging.getLogger("vlm.serve")
+log = logging.getLogger("vlm.index")
 
 
 class IndexFolderError(ValueError):
@@ -218,3 +218,8 @@ class ItemIndex:
         return {"directory": str(self.directory), "items": len(self), "dim": c.dim, "backend": c.backend,
                 "model": c.model, "precision": c.precision, "vectors": {m: self.store.count(m) for m in MODALITIES},
                 "search_structure": backends, "bytes_on_disk": size}
+
+
+def open(directory: str | Path) -> ItemIndex:  # noqa: A001 (vlm.index.open, as io.open for files)
+    """Open an existing index folder for searching, adding and removing items, with no server."""
+    return ItemIndex(directory)

@@ -20,7 +20,7 @@ import numpy as np
 
 from vlm.atomic_io import atomic_write
 
-log = logging.getLogger("vlm.serve")
+log = logging.getLogger("vlm.index")
 
 
 @dataclass(frozen=True)

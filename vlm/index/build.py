@@ -22,10 +22,10 @@ from data_pipelines.records import RecordDataset, validate_records
 from data_pipelines.sample import Sample
 from data_pipelines.sources import detect_format, open_source
 from vlm.atomic_io import atomic_write
-from vlm.serve.backends import FaissConfig
-from vlm.serve.encoder import Encoder, load_encoder
-from vlm.serve.index import CONFIG_NAME, IndexConfig, ItemIndex
-from vlm.serve.store import Item
+from vlm.index.backends import FaissConfig
+from vlm.index.encoder import Encoder, load_encoder
+from vlm.index.folder import CONFIG_NAME, IndexConfig, ItemIndex
+from vlm.index.store import Item
 
 
 @dataclass(frozen=True)

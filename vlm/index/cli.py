@@ -1,0 +1,66 @@
+"""`vlm index build|info|check|backup`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from data_pipelines.options import add_source_arguments, source_options
+
+PRECISIONS = ("fp32", "int8")  # vlm.models.precision.PRECISIONS, without importing torch for `vlm --help`
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("index", help="build, inspect, check or back up a retrieval index folder")
+    sub = p.add_subparsers(dest="index_command", required=True)
+    add_build_parser(sub)
+    i = sub.add_parser("info", help="print an index folder's size, model and search structure")
+    i.add_argument("directory")
+    i.set_defaults(func=cmd_info)
+
+
+def add_build_parser(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser("build", help="embed a collection (pairs source or image folder) into an index")
+    b.add_argument("--checkpoint", required=True, help="late-fusion (dual_encoder) checkpoint")
+    b.add_argument("--data", required=True, help="CSV/TSV/JSONL pairs, shards, COCO/Karpathy JSON, shapes world "
+                   "folder or a folder of images")
+    b.add_argument("--out", required=True, help="index folder to write")
+    b.add_argument("--split", help="Karpathy or shapes-world split")
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--backend", choices=["faiss", "milvus"], default="faiss")
+    b.add_argument("--milvus-uri", default="", help="Milvus server URI (default: a milvus-lite file in the index)")
+    b.add_argument("--exact-max", type=int, help="faiss: exact search up to this many items, approximate above "
+                   "(default: 1,000,000)")
+    b.add_argument("--approximate", choices=["hnsw", "ivf"], help="faiss: the structure above --exact-max "
+                   "(default: hnsw)")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing index at --out (refused while a "
+                   "server has it open)")
+    b.add_argument("--precision", choices=PRECISIONS, default="fp32", help="run the image tower in int8 (faster "
+                   "on CPU, within cosine 0.99 of fp32; texts stay fp32) or fp32; recorded in the index, queries "
+                   "follow it")
+    add_source_arguments(b)
+    b.set_defaults(func=cmd_build)
+
+
+def given(args: argparse.Namespace, *names: str) -> dict:
+    """The options among `names` given on the command line; the config dataclass keeps its own defaults."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from vlm.index.backends import FaissConfig
+    from vlm.index.build import BuildOptions, build_index
+
+    options = BuildOptions(split=args.split, batch_size=args.batch_size, backend=args.backend,
+                           faiss=FaissConfig(**given(args, "exact_max", "approximate")),
+                           milvus_uri=args.milvus_uri, overwrite=args.overwrite, source=source_options(args),
+                           precision=args.precision)
+    build_index(args.checkpoint, args.data, args.out, options)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from vlm.index.build import index_info
+
+    print(json.dumps(index_info(args.directory), indent=2))
+    return 0
