@@ -199,3 +199,18 @@ def test_a_low_itm_negative_temperature_draws_the_caption_that_differs_by_one_wo
 
     assert share_of_blue_circle(0.05) > 0.95  # as TrainConfig(itm_negative_temperature=0.05) draws them
     assert share_of_blue_circle(1.0) < 0.5  # temperature 1: nearly uniform over the other four
+
+
+def test_a_resumed_run_logs_each_step_once(shapes, tmp_path):
+    """A run that logged step 15 and died before its next checkpoint (10) resumes at 10 and logs 15 again."""
+    config = recipe(shapes)
+    out = tmp_path / "run"
+    train(config, out, stop_at_step=10)
+    at_ten = (out / "checkpoint.pt").read_bytes()
+    train(config, out, resume="auto", stop_at_step=15)  # logs step 15 ...
+    (out / "checkpoint.pt").write_bytes(at_ten)  # ... but its checkpoint was never written
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 16, "loss": 1.0')  # a line torn by the crash
+    train(config, out, resume="auto")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [5, 10, 15, 20]

@@ -164,7 +164,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, s
 
 def run_loop(trainer: Trainer, batches: TrainBatches, validation: list[dict], config: TrainConfig, out_dir: Path,
              env: DistributedEnv, last_step: int) -> None:
-    log = MetricsLog(out_dir, env.is_main)
+    log = MetricsLog(out_dir, env.is_main, start_step=trainer.step_count)
     checkpoint = out_dir / CHECKPOINT_NAME
     bar = tqdm(total=config.steps, initial=trainer.step_count, disable=not env.is_main, dynamic_ncols=True,
                desc=f"{config.objective} {trainer.model.config.name}")

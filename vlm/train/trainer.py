@@ -12,6 +12,7 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from vlm.atomic_io import atomic_write
 from vlm.config import to_dict
 from vlm.models.checkpoint import CHECKPOINT_NAME, model_payload, read_checkpoint, resolve_checkpoint, save_checkpoint
 from vlm.train.config import TrainConfig
@@ -129,16 +130,23 @@ class StopSignal:
 
 
 class MetricsLog:
-    """metrics.jsonl in the run folder (rank 0 only), plus TensorBoard when it is installed."""
+    """metrics.jsonl in the run folder (rank 0 only), plus TensorBoard when it is installed.
 
-    def __init__(self, out_dir: Path, enabled: bool):
+    `start_step`: the step a resumed run continues from. What an interrupted run logged after its last
+    checkpoint is logged again by the resumed run, so it is cut first: each step appears once.
+    """
+
+    def __init__(self, out_dir: Path, enabled: bool, start_step: int = 0):
         self.enabled = enabled
         self.path = out_dir / "metrics.jsonl"
         self.tensorboard = None
+        if enabled and start_step:
+            cut_metrics(self.path, start_step)
         if enabled:
             with contextlib.suppress(ImportError):
                 from torch.utils.tensorboard import SummaryWriter
-                self.tensorboard = SummaryWriter(out_dir / "tensorboard")
+                purge = start_step + 1 if start_step else None  # hides the events logged again after a resume
+                self.tensorboard = SummaryWriter(out_dir / "tensorboard", purge_step=purge)
 
     def write(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -152,6 +160,19 @@ class MetricsLog:
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+def cut_metrics(path: Path, last_step: int) -> None:
+    """Keep the lines of metrics.jsonl up to `last_step` (atomically); a line torn by a crash goes too."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line + "\n")
+    with atomic_write(path, "w") as f:
+        f.writelines(kept)
 
 
 def write_run_config(out_dir: Path, config: TrainConfig, model: nn.Module) -> None:
