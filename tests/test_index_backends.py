@@ -138,7 +138,9 @@ def test_folder_without_index_is_a_clear_error(tmp_path):
 def test_faiss_switches_to_approximate_search_above_the_threshold(tmp_path, approximate):
     config = IndexConfig(dim=DIM, faiss=FaissConfig(exact_max=100, approximate=approximate, ivf_nlist=4, nprobe=4))
     directory = tmp_path / "idx"
-    ItemIndex(directory, config).store.add(make_items(300))  # as `vlm index build` leaves it
+    built = ItemIndex(directory, config)
+    built.store.add(make_items(300))  # as `vlm index build` leaves it
+    built.close()
     index = ItemIndex(directory)
     assert index.info()["search_structure"]["image"] == approximate
     queries = np.stack([index.get(i, vectors=True).image_vec for i in (1, 50, 250)])
@@ -157,8 +159,8 @@ def test_exact_faiss_matches_brute_force_numpy(tmp_path):
     scores, ids = backend.search(queries, k=10)
     expected = np.argsort(-(queries @ vectors.T), axis=1)[:, :10] * 7
     np.testing.assert_array_equal(ids, expected)
-    backend.save()
-    assert len(FaissBackend(tmp_path / "v.faiss", DIM)) == 500
+    record = backend.save()
+    assert len(FaissBackend(tmp_path / "v.faiss", DIM, expected=record)) == 500
 
 
 @needs_milvus

@@ -82,8 +82,9 @@ def encoder(collection) -> Encoder:
 
 def test_health_and_readiness(http):
     assert http.get("/healthz").json() == {"status": "ok"}
-    ready = http.get("/readyz").json()
-    assert ready["status"] == "ready" and ready["items"] == 12 and ready["reranker"] is True
+    assert http.get("/readyz").json() == {"status": "ready"}  # nothing more without the key
+    stats = http.get("/v1/stats").json()
+    assert stats["index"]["items"] == 12 and stats["reranker"] is True and "directory" not in stats["index"]
 
 
 def test_search_by_an_indexed_image_finds_it_first(http, collection):
@@ -142,7 +143,9 @@ def test_rerank_orders_the_top_k_by_the_early_fusion_score(http, collection):
     assert out["reranked"]
     head = out["results"][:4]
     reranker = Reranker(vlm.load(collection["fusion"]))
-    expected = reranker.score("a red circle", [Image.open(r["path"]).convert("RGB") for r in head])
+    assert not any(Path(r["path"]).is_absolute() for r in out["results"])  # relative to the source's folder
+    expected = reranker.score("a red circle", [Image.open(collection["root"] / r["path"]).convert("RGB")
+                                               for r in head])
     assert [r["rerank_score"] for r in head] == pytest.approx(sorted(expected, reverse=True), abs=1e-4)
     assert all("rerank_score" not in r for r in out["results"][4:])
 

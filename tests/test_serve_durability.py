@@ -68,7 +68,7 @@ def test_acknowledged_items_survive_kill_9(collection):
     restarted = ServerProcess(collection["checkpoint"], collection["index"], log_path=log).start()
     try:
         with httpx.Client(base_url=restarted.url, timeout=30) as client:
-            assert client.get("/readyz").json()["items"] >= 12 + len(acknowledged) - len(deleted)
+            assert client.get("/v1/stats").json()["index"]["items"] >= 12 + len(acknowledged) - len(deleted)
             for seed, item_id in acknowledged.items():
                 if item_id in deleted:
                     assert client.get(f"/v1/items/{item_id}").status_code == 404

@@ -57,8 +57,8 @@ def test_serving_an_int8_index_encodes_queries_at_int8(collection):
     images = [Image.open(collection["root"] / "images" / f"{i}.png").convert("RGB") for i in range(12)]
     expected = encoder.encode_images(images) @ encoder.encode_texts(["a blue square"])[0]
     with process, httpx.Client(base_url=process.url, timeout=30) as http:
-        ready = http.get("/readyz").json()
-        assert ready["precision"] == "int8" and ready["reranker"] is True
+        stats = http.get("/v1/stats").json()
+        assert stats["precision"] == "int8" and stats["reranker"] is True
         assert http.get("/v1/stats").json()["index"]["precision"] == "int8"
         results = http.post("/v1/search", json={"text": "a blue square", "k": 12}).json()["results"]
         by_id = {int(Path(r["path"]).stem): r["score"] for r in results}

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from vlm.atomic_io import atomic_write
+from vlm.index.manifest import SnapshotRecord, digest, verify_snapshot
 
 log = logging.getLogger("vlm.index")
 
@@ -54,8 +55,8 @@ class VectorBackend(ABC):
     def ids(self) -> np.ndarray: ...
 
     @abstractmethod
-    def save(self) -> None:
-        """Make every change so far durable in the backend's own storage."""
+    def save(self) -> SnapshotRecord | None:
+        """Make every change so far durable in the backend's own storage; a file backend returns its record."""
 
     def close(self) -> None:
         self.save()
@@ -72,36 +73,45 @@ def _as_matrix(vectors: np.ndarray, dim: int) -> np.ndarray:
 
 
 class FaissBackend(VectorBackend):
-    def __init__(self, path: str | Path, dim: int, config: FaissConfig = FaissConfig()):
+    """`expected` is the snapshot's manifest record: a file that does not match it is never loaded (set aside
+    as `.corrupt` when `writable`), and the owner (`ItemIndex`) rebuilds the index from the item table."""
+
+    def __init__(self, path: str | Path, dim: int, config: FaissConfig = FaissConfig(),
+                 expected: SnapshotRecord | None = None, writable: bool = True):
         import faiss
 
         self._faiss = faiss
-        self.path, self.dim, self.config = Path(path), dim, config
+        self.path, self.dim, self.config, self.writable = Path(path), dim, config, writable
         self._lock = threading.RLock()
         self._tombstones: set[int] = set()  # approximate indexes hide deleted ids until the next save
-        self.index = self._read_or_empty() if self.path.exists() else self._empty()
+        self.rejected: str | None = None  # why the snapshot on disk was not loaded
+        self.index = self._load(expected) if self.path.exists() else self._empty()
 
-    def _read_or_empty(self):
-        """A snapshot faiss cannot read is moved aside and replaced by an empty index: the owner (`ItemIndex`)
-        then rebuilds it from the item table, which holds every vector."""
-        try:
-            return self._read()
-        except (RuntimeError, ValueError, OSError) as e:  # faiss reports a bad file as RuntimeError
-            aside = self.path.with_name(self.path.name + ".corrupt")
+    def _load(self, expected: SnapshotRecord | None):
+        data = self.path.read_bytes()
+        reason = verify_snapshot(self.path, data, expected)
+        if reason is None:
+            try:
+                index = self._faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+                if index.d != self.dim or index.ntotal != expected.count:
+                    raise ValueError(f"holds {index.ntotal} vectors of dimension {index.d}, the manifest says "
+                                     f"{expected.count} of {self.dim}")
+                return index
+            except (RuntimeError, ValueError) as e:  # faiss reports a bad file as RuntimeError
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        self.rejected = reason
+        self._set_aside(reason)
+        return self._empty()
+
+    def _set_aside(self, reason: str) -> None:
+        aside = self.path.with_name(self.path.name + ".corrupt")
+        if self.writable:
             try:
                 self.path.replace(aside)
             except OSError:
                 aside = self.path
-            log.warning("%s: unreadable faiss snapshot (%s); kept as %s, rebuilding it from the item table",
-                        self.path, str(e).splitlines()[0] if str(e) else type(e).__name__, aside)
-            return self._empty()
-
-    def _read(self):
-        data = np.frombuffer(self.path.read_bytes(), dtype=np.uint8)
-        index = self._faiss.deserialize_index(data)
-        if index.d != self.dim:
-            raise ValueError(f"{self.path}: index has dimension {index.d}, the model embeds in {self.dim}")
-        return index
+        log.warning("%s: snapshot not loaded (%s); %s, rebuilding it from the item table", self.path, reason,
+                    f"kept as {aside.name}" if self.writable else "left in place (read-only)")
 
     def _empty(self):
         return self._faiss.IndexIDMap2(self._faiss.IndexFlatIP(self.dim))
@@ -182,15 +192,21 @@ class FaissBackend(VectorBackend):
             ids = self._faiss.vector_to_array(self.index.id_map).astype(np.int64)
         return np.setdiff1d(ids, np.fromiter(self._tombstones, dtype=np.int64)) if self._tombstones else ids
 
-    def save(self) -> None:
+    def save(self) -> SnapshotRecord:
+        """Write the snapshot atomically; returns the record the manifest keeps for it."""
         with self._lock:
             if self._tombstones:  # compact: a saved HNSW index never holds deleted vectors
                 keep = self.ids()
                 self.rebuild(keep, np.stack([self.index.reconstruct(int(i)) for i in keep])
                              if len(keep) else np.zeros((0, self.dim), np.float32))
             data = self._faiss.serialize_index(self.index)
+            ids = self._faiss.vector_to_array(self.index.id_map)
+        record = SnapshotRecord(sha256=digest(data.tobytes()), bytes=int(data.nbytes), count=int(len(ids)),
+                                dim=self.dim, min_id=int(ids.min()) if len(ids) else 0,
+                                max_id=int(ids.max()) if len(ids) else 0)
         with atomic_write(self.path) as f:
             f.write(data.tobytes())
+        return record
 
 
 class _DropLiteTimestampWarning(logging.Filter):
@@ -264,6 +280,7 @@ class MilvusBackend(VectorBackend):
 
     def save(self) -> None:
         self.client.flush(self.collection)
+        return None
 
     def close(self) -> None:
         self.save()

@@ -25,6 +25,7 @@ from vlm.atomic_io import atomic_write
 from vlm.index.backends import FaissConfig
 from vlm.index.encoder import Encoder, load_encoder
 from vlm.index.folder import CONFIG_NAME, IndexConfig, ItemIndex
+from vlm.index.lock import FolderLock
 from vlm.index.store import Item
 
 
@@ -84,6 +85,8 @@ def build_index(checkpoint: str | Path, data: str | Path, out: str | Path,
     out = Path(out)
     if (out / CONFIG_NAME).exists() and not options.overwrite:
         raise ValueError(f"{out}: an index is already there (pass --overwrite to replace it)")
+    if (out / CONFIG_NAME).exists():
+        FolderLock(out).release()  # refuse now, not after the whole build, while a server has it open
     encoder = load_encoder(checkpoint, options.precision)
     dataset = open_collection(data, options.split, options.source)
     staging = out.with_name(out.name + ".partial")
@@ -96,11 +99,14 @@ def build_index(checkpoint: str | Path, data: str | Path, out: str | Path,
                                  or index.config.precision != options.precision):
         raise ValueError(f"{staging}: holds a partial build of {previous} with {index.config.model} at "
                          f"{index.config.precision}; delete it to build another source, model or precision")
-    index.store.set_meta({"source": source, "checkpoint": str(Path(checkpoint).resolve())})
-    added, skipped = _encode_into(index, encoder, dataset, staging, options)
-    index.store.set_meta({"built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                          "skipped": str(skipped)})
-    index.close()
+    try:
+        index.store.set_meta({"source": source, "checkpoint": str(Path(checkpoint).resolve()),
+                              "image_root": str(image_root(data))})
+        added, skipped = _encode_into(index, encoder, dataset, staging, options)
+        index.store.set_meta({"built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                              "skipped": str(skipped)})
+    finally:
+        index.close()  # also on an error: the staging folder's lock goes with it
     # A resumed build's first open built faiss from the part done then; without its snapshots the reopen
     # builds the search structures from the whole table (exact or approximate by the full count) and saves them.
     for snapshot in staging.glob("*.faiss"):
@@ -110,6 +116,12 @@ def build_index(checkpoint: str | Path, data: str | Path, out: str | Path,
     if options.progress:
         print(f"{out}: {added} items added ({skipped} images skipped as unreadable)")
     return out
+
+
+def image_root(data: str | Path) -> Path:
+    """What item paths are shown relative to: the source folder, or the folder of a pairs file."""
+    root = Path(data).resolve()
+    return root if root.is_dir() else root.parent
 
 
 def _encode_into(index: ItemIndex, encoder: Encoder, dataset, staging: Path, options: BuildOptions) -> tuple[int, int]:
@@ -172,14 +184,19 @@ def _extra(sample: Sample, captions: list[str]) -> dict:
 
 
 def _replace_dir(staging: Path, out: Path) -> None:
-    if out.exists():
+    """Swap the finished build in, holding the old folder's lock, so a server never loses its folder under it."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    lock = FolderLock(out)  # refuses while a server (or another build) has the index open
+    try:
         old = out.with_name(out.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out, old)
         os.replace(staging, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(staging, out)
+    finally:
+        lock.release()
+    shutil.rmtree(old)
 
 
 def index_info(directory: str | Path) -> dict:

@@ -17,6 +17,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     i = sub.add_parser("info", help="print an index folder's size, model and search structure")
     i.add_argument("directory")
     i.set_defaults(func=cmd_info)
+    c = sub.add_parser("check", help="check every file of an index folder (table, commit mark, snapshots) offline; "
+                       "exit 1 when something is wrong")
+    c.add_argument("directory")
+    c.add_argument("--repair", action="store_true", help="accept the table as it is (ids continue after the highest "
+                   "ever issued) and rebuild damaged snapshots; refused while a server holds the folder")
+    c.set_defaults(func=cmd_check)
+    k = sub.add_parser("backup", help="a consistent copy of an index folder, also while a server writes it "
+                       "(never copy a live folder with cp)")
+    k.add_argument("directory")
+    k.add_argument("out", help="a new folder")
+    k.set_defaults(func=cmd_backup)
 
 
 def add_build_parser(sub: argparse._SubParsersAction) -> None:
@@ -63,4 +74,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     from vlm.index.build import index_info
 
     print(json.dumps(index_info(args.directory), indent=2))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from vlm.index.check import check_index
+
+    report = check_index(args.directory, repair=args.repair)
+    print(json.dumps(report, indent=2))
+    return 0 if report["ok"] or report.get("repaired") else 1
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from vlm.index.check import backup_index
+
+    print(json.dumps(backup_index(args.directory, args.out), indent=2))
     return 0

@@ -3,37 +3,46 @@
     DIR/index.json      what built it: backend, dimension, model and its precision, faiss settings (written once,
                         atomically)
     DIR/items.sqlite    items with metadata and vectors (WAL, synchronous=FULL)
+    DIR/items.mark      the commit mark: the table's change counter and highest id, after every commit
     DIR/image.faiss     faiss snapshots (faiss backend), caught up from the table at open
+    DIR/snapshots.json  each snapshot's checksum, count and dimension, written after the snapshots
+    DIR/index.lock      held (flock) by the one process that writes the folder
     DIR/milvus.db       milvus-lite file (milvus backend without a server URI)
     DIR/images/         images added through the API
 
-Opening an index reconciles each backend with the table: ids missing from the backend are added, ids the
-table no longer has are deleted. That is what makes a `kill -9` harmless.
+Opening an index checks every file (the table with SQLite's quick_check and against its mark, each snapshot
+against the manifest), then reconciles each backend with the table: ids missing from the backend are added, ids
+the table no longer has are deleted. That is what makes a `kill -9` harmless and a damaged snapshot a rebuild.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import threading
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from vlm.atomic_io import atomic_write
 from vlm.index.backends import FaissBackend, FaissConfig, MilvusBackend, VectorBackend, release_milvus_lite
+from vlm.index.errors import IndexFolderError, IndexLockedError, IndexReadOnlyError
+from vlm.index.lock import FolderLock
+from vlm.index.manifest import Manifest, read_manifest, write_manifest
+from vlm.index.storage import StorageFailure, storage_failure
 from vlm.index.store import MODALITIES, Item, ItemStore
+
+__all__ = ["CONFIG_NAME", "Hit", "IndexConfig", "IndexFolderError", "IndexLockedError", "IndexReadOnlyError",
+           "ItemIndex", "open", "read_config"]
 
 CONFIG_NAME = "index.json"
 STORE_NAME = "items.sqlite"
 BACKENDS = ("faiss", "milvus")
 log = logging.getLogger("vlm.index")
-
-
-class IndexFolderError(ValueError):
-    """An index folder that cannot be opened or used as asked."""
 
 
 @dataclass(frozen=True)
@@ -55,25 +64,47 @@ class Hit:
 
 
 def read_config(directory: Path) -> IndexConfig:
-    path = directory / CONFIG_NAME
+    """index.json, checked field by field: a bad file is one line naming it and the field."""
+    path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise IndexFolderError(f"{directory}: not a vlm index (no {CONFIG_NAME})")
-    data = json.loads(path.read_text())
-    return IndexConfig(**{**data, "faiss": FaissConfig(**data.get("faiss", {}))})
+    try:
+        data = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise IndexFolderError(f"{path}: not valid JSON ({e}); restore it from a backup") from None
+    if not isinstance(data, dict):
+        raise IndexFolderError(f"{path}: must hold a JSON object, got {type(data).__name__}")
+    faiss = data.get("faiss", {})
+    if not isinstance(faiss, dict):
+        raise IndexFolderError(f"{path}: field 'faiss' must be an object")
+    _check_fields(path, data, IndexConfig, {"dim", "snapshot_every"})
+    _check_fields(path, faiss, FaissConfig, {"exact_max", "hnsw_m", "ef_search", "nprobe"}, "faiss.")
+    if data.get("backend", "faiss") not in BACKENDS:
+        raise IndexFolderError(f"{path}: field 'backend' must be one of {', '.join(BACKENDS)}, "
+                               f"got {data['backend']!r}")
+    return IndexConfig(**{**data, "faiss": FaissConfig(**faiss)})
+
+
+def _check_fields(path: Path, data: dict, cls: type, positive: set[str], prefix: str = "") -> None:
+    known = {f.name: f for f in fields(cls)}
+    for key, value in data.items():
+        if key not in known:
+            raise IndexFolderError(f"{path}: unknown field '{prefix}{key}' (known: {', '.join(known)})")
+        if key == "faiss":
+            continue
+        want = int if known[key].type == "int" else str
+        if not isinstance(value, want) or isinstance(value, bool) or (want is int and value < (key in positive)):
+            kind = "a positive integer" if key in positive else "an integer >= 0" if want is int else "a string"
+            raise IndexFolderError(f"{path}: field '{prefix}{key}' must be {kind}, got {value!r}")
+    if cls is IndexConfig and "dim" not in data:
+        raise IndexFolderError(f"{path}: field 'dim' is missing")
 
 
 def check_writable(directory: Path) -> None:
-    """Fail at open, with a clear message, on a folder this process cannot write (permissions, a read-only mount).
-
-    Creating a file is the only honest test: `os.access` says yes to root whatever the mode bits."""
+    """Creating a file is the only honest test: `os.access` says yes to root whatever the mode bits."""
     probe = directory / f".write-test-{os.getpid()}"
-    try:
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise IndexFolderError(f"{directory}: the index folder is not writable ({e.strerror}); the server writes "
-                               "its SQLite journal, faiss snapshots and added images there: give this user write "
-                               "access or serve a writable copy") from None
+    probe.touch()
+    probe.unlink()
 
 
 def write_config(directory: Path, config: IndexConfig) -> None:
@@ -82,9 +113,13 @@ def write_config(directory: Path, config: IndexConfig) -> None:
 
 
 class ItemIndex:
-    """Add, delete, get and search items; thread-safe."""
+    """Add, delete, get and search items; thread-safe.
 
-    def __init__(self, directory: str | Path, config: IndexConfig | None = None):
+    Opened writable, it holds the folder's lock (one writer per folder). Opened `read_only`, or fallen back to
+    read-only because the folder cannot be written (permissions, a full disk; `read_only_reason` says which file),
+    it serves searches, refuses writes, and `follow`s a writer's commits."""
+
+    def __init__(self, directory: str | Path, config: IndexConfig | None = None, read_only: bool = False):
         """Open the index in `directory`, or create it there when `config` is given and none exists."""
         self.directory = Path(directory)
         if config is not None and not (self.directory / CONFIG_NAME).exists():
@@ -93,22 +128,129 @@ class ItemIndex:
             self.directory.mkdir(parents=True, exist_ok=True)
             write_config(self.directory, config)
         self.config = read_config(self.directory)
-        check_writable(self.directory)
-        self.store = ItemStore(self.directory / STORE_NAME)
         self._lock = threading.RLock()
         self._changes = 0
-        self.backends: dict[str, VectorBackend] = {m: self._open_backend(m) for m in MODALITIES}
-        for modality in MODALITIES:
-            self.reconcile(modality)
+        self._followed_at = 0.0
+        self.snapshot_error: str | None = None
+        self.read_only_reason: str | None = "opened read-only" if read_only else None
+        self._folder_lock: FolderLock | None = None
+        if read_only:
+            self._open(read_only=True)
+            return
+        try:
+            self._open(read_only=False)
+        except StorageFailure as e:  # a full disk or a read-only folder: serve what is there, refuse writes
+            self._release()
+            log.error("%s: cannot write %s (%s); serving read-only: searches work, adds and deletes are refused",
+                      self.directory, e.path, e.reason)
+            self.read_only_reason = f"cannot write {e.path.name}: {e.reason}"
+            self.full = e.full
+            self._open(read_only=True)
 
-    def _open_backend(self, modality: str) -> VectorBackend:
+    @property
+    def read_only(self) -> bool:
+        return self.read_only_reason is not None
+
+    # --- opening
+    def _open(self, read_only: bool) -> None:
+        self.full = getattr(self, "full", False)
+        try:
+            with storage_failure(self.directory, self.directory):
+                if not read_only:
+                    self._folder_lock = FolderLock(self.directory)
+                    check_writable(self.directory)
+            self.store = self._open_store(read_only)
+            manifest = self._read_manifest()
+            self.backends = {m: self._open_backend(m, manifest, read_only) for m in MODALITIES}
+            self._refuse_emptied_table(manifest)
+            with storage_failure(self.directory):
+                changed = [self.reconcile(m, save=False) != (0, 0) for m in MODALITIES]
+                if not read_only:
+                    if any(changed) or not self._manifest_matches(manifest):
+                        self.save()
+                    self._remove_orphan_images()
+        except BaseException:
+            self._release()
+            raise
+
+    def _open_store(self, read_only: bool) -> ItemStore:
+        with storage_failure(self.directory, self.directory / STORE_NAME):
+            return ItemStore(self.directory / STORE_NAME, read_only=read_only)
+
+    def _read_manifest(self) -> Manifest | None:
+        manifest, why = read_manifest(self.directory)
+        if why:
+            log.warning("%s; its snapshots are rebuilt from the item table", why)
+        if manifest is not None and (manifest.changes > self.store.changes or manifest.max_id > self.store.max_id):
+            raise IndexFolderError(
+                f"{self.store.path}: the table is older than its snapshot manifest (it holds {self.store.changes} "
+                f"changes up to id {self.store.max_id}, the manifest {manifest.changes} up to id {manifest.max_id}):"
+                " committed items are missing; restore the folder from a backup, or accept the table as it is with "
+                f"`vlm index check {self.directory} --repair`")
+        return manifest
+
+    def _open_backend(self, modality: str, manifest: Manifest | None, read_only: bool) -> VectorBackend:
         c = self.config
         if c.backend == "faiss":
-            return FaissBackend(self.directory / f"{modality}.faiss", c.dim, c.faiss)
+            expected = (manifest.snapshots or {}).get(f"{modality}.faiss") if manifest else None
+            return FaissBackend(self.directory / f"{modality}.faiss", c.dim, c.faiss, expected, not read_only)
         uri = c.milvus_uri or str(self.directory / "milvus.db")
-        return MilvusBackend(uri, f"{c.milvus_collection}_{modality}", c.dim)
+        try:
+            return MilvusBackend(uri, f"{c.milvus_collection}_{modality}", c.dim)
+        except Exception as e:  # pymilvus raises its own MilvusException; milvus-lite one process per file
+            if not c.milvus_uri:
+                raise IndexFolderError(f"{uri}: milvus-lite could not open it ({str(e).splitlines()[0]}); a "
+                                       "milvus-lite file serves one process: stop the other one, or use a Milvus "
+                                       "server (--milvus-uri) to serve from several") from None
+            raise
 
-    def reconcile(self, modality: str) -> tuple[int, int]:
+    def _refuse_emptied_table(self, manifest: Manifest | None) -> None:
+        """An empty table beside vectors is a lost table, never an empty index to 'repair' the vectors down to."""
+        if self.store.count() or self.store.max_id:
+            return
+        for modality, backend in self.backends.items():
+            held = len(backend)
+            if held:
+                raise IndexFolderError(f"{self.store.path}: the item table is empty, but the {modality} vectors "
+                                       f"hold {held} items; refusing to serve (or empty) them: restore the folder "
+                                       "from a backup (vlm index backup)")
+
+    def _manifest_matches(self, manifest: Manifest | None) -> bool:
+        if self.config.backend != "faiss":
+            return True
+        return manifest is not None and all(
+            not b.rejected and f"{m}.faiss" in (manifest.snapshots or {}) for m, b in self.backends.items())
+
+    def _remove_orphan_images(self) -> None:
+        """Image files no row refers to: an add killed between writing its image and committing its row."""
+        folder = self.directory / "images"
+        if not folder.is_dir():
+            return
+        referenced = self.store.paths_under("images/")
+        orphans = [p for p in folder.iterdir() if p.is_file() and f"images/{p.name}" not in referenced]
+        for path in orphans:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if orphans:
+            log.info("%s: removed %d image files no item refers to (left by interrupted adds)", folder, len(orphans))
+
+    def _release(self) -> None:
+        for backend in getattr(self, "backends", {}).values():
+            with contextlib.suppress(Exception):
+                backend.close()
+        if getattr(self, "store", None) is not None:
+            with contextlib.suppress(Exception):
+                self.store.close()
+            self.store = None
+        if self.config.backend == "milvus" and not self.config.milvus_uri:
+            with contextlib.suppress(Exception):
+                release_milvus_lite(self.directory / "milvus.db")
+        self.backends = {}
+        if self._folder_lock is not None:
+            self._folder_lock.release()
+            self._folder_lock = None
+
+    def reconcile(self, modality: str, save: bool = True) -> tuple[int, int]:
         """Bring the backend in line with the table; returns (added, removed)."""
         backend = self.backends[modality]
         table_ids, backend_ids = self.store.ids(modality), backend.ids()
@@ -123,8 +265,8 @@ class ItemIndex:
                 backend.add(ids, vectors)
         if len(extra):
             backend.delete(extra)
-        if len(missing) or len(extra):
-            backend.save()
+        if save and (len(missing) or len(extra)):
+            self.save()
         return len(missing), len(extra)
 
     # --- items
@@ -135,6 +277,7 @@ class ItemIndex:
                 if vec is not None and vec.shape != (self.config.dim,):
                     raise ValueError(f"vector has shape {vec.shape}, the index holds dimension {self.config.dim}")
         with self._lock:
+            self._refuse_read_only()
             ids = self.store.add(items)
             for modality in MODALITIES:
                 pairs = [(i.id, getattr(i, f"{modality}_vec")) for i in items]
@@ -146,6 +289,7 @@ class ItemIndex:
 
     def delete(self, item_id: int) -> bool:
         with self._lock:
+            self._refuse_read_only()
             item = self.store.get(item_id)
             if item is None or not self.store.delete(item_id):
                 return False
@@ -160,6 +304,10 @@ class ItemIndex:
                 log.warning("deleted item %s, but could not remove its image %s: %s", item_id, image, e)
         return True
 
+    def _refuse_read_only(self) -> None:
+        if self.read_only:
+            raise IndexReadOnlyError(f"{self.directory}: the index is read-only ({self.read_only_reason})")
+
     def get(self, item_id: int, vectors: bool = False) -> Item | None:
         return self.store.get(item_id, vectors)
 
@@ -173,6 +321,7 @@ class ItemIndex:
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.shape[1] != self.config.dim:
             raise ValueError(f"embedding has dimension {queries.shape[1]}, the index holds {self.config.dim}")
+        self.follow()
         scores, ids = self.backends[modality].search(queries, k)
         results = []
         for row_scores, row_ids in zip(scores, ids, strict=True):
@@ -181,12 +330,42 @@ class ItemIndex:
             results.append([Hit(items[i], s) for i, s in valid if i in items])
         return results
 
+    def follow(self, every_s: float = 1.0) -> None:
+        """Read-only beside a writer: at most once a second, catch the search structures up with its commits."""
+        if not self.read_only or time.monotonic() - self._followed_at < every_s:
+            return
+        with self._lock:
+            self._followed_at = time.monotonic()
+            if self.store.refresh():
+                for modality in MODALITIES:
+                    self.reconcile(modality, save=False)
+
     def resolve_path(self, item: Item) -> Path | None:
         """The image file of an item: relative paths are relative to the index folder."""
         if not item.path:
             return None
         path = Path(item.path)
         return path if path.is_absolute() else self.directory / path
+
+    def public_path(self, item: Item) -> str | None:
+        """The item's image as a client may see it: relative to the index folder or to the source it was built
+        from, never a path on this server."""
+        if not item.path or not Path(item.path).is_absolute():
+            return item.path
+        root = self.image_root
+        if root is not None:
+            with contextlib.suppress(ValueError):
+                return Path(item.path).relative_to(root).as_posix()
+        return Path(item.path).name
+
+    @property
+    def image_root(self) -> Path | None:
+        if not hasattr(self, "_image_root"):
+            source = self.store.get_meta("image_root") or (self.store.get_meta("source") or "").split(" split=")[0]
+            self._image_root = Path(source) if source else None
+            if self._image_root is not None and self._image_root.suffix:  # a pairs file: its folder
+                self._image_root = self._image_root.parent
+        return self._image_root
 
     def __len__(self) -> int:
         return self.store.count()
@@ -195,31 +374,55 @@ class ItemIndex:
     def _changed(self, n: int) -> None:
         self._changes += n
         if self.config.backend == "faiss" and self._changes >= self.config.snapshot_every:
+            self.try_save()
+
+    def try_save(self) -> bool:
+        """Snapshot after a commit: a failure (a full disk) is logged and retried at the next change, and never
+        turns the committed change into an error."""
+        try:
             self.save()
+            self.snapshot_error = None
+            return True
+        except (OSError, RuntimeError) as e:
+            self.snapshot_error = str(e)
+            log.error("%s: snapshot failed (%s); the table holds every change, the snapshot is retried",
+                      self.directory, e)
+            return False
 
     def save(self) -> None:
         with self._lock:
-            for backend in self.backends.values():
-                backend.save()
+            records = {}
+            for modality, backend in self.backends.items():
+                record = backend.save()
+                if record is not None:
+                    records[f"{modality}.faiss"] = record
+            if self.config.backend == "faiss":
+                write_manifest(self.directory, Manifest(self.store.changes, self.store.max_id, records))
             self._changes = 0
 
     def close(self) -> None:
         with self._lock:
-            for backend in self.backends.values():
-                backend.close()
-            if self.config.backend == "milvus" and not self.config.milvus_uri:
-                release_milvus_lite(self.directory / "milvus.db")
-            self.store.close()
+            if not self.read_only and self._changes:
+                self.try_save()
+            self._release()
 
     def info(self) -> dict:
+        """Counts kept as items change and a few `stat`s: O(1) whatever the index holds."""
         c = self.config
         backends = {m: (b.kind if isinstance(b, FaissBackend) else "milvus") for m, b in self.backends.items()}
-        size = sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file())
+        size = 0
+        for path in self.directory.iterdir():
+            with contextlib.suppress(OSError):
+                if path.is_file():
+                    size += path.stat().st_size
         return {"directory": str(self.directory), "items": len(self), "dim": c.dim, "backend": c.backend,
                 "model": c.model, "precision": c.precision, "vectors": {m: self.store.count(m) for m in MODALITIES},
-                "search_structure": backends, "bytes_on_disk": size}
+                "search_structure": backends, "bytes_on_disk": size, "read_only": self.read_only,
+                "read_only_reason": self.read_only_reason,
+                "snapshot_error": self.snapshot_error}
 
 
-def open(directory: str | Path) -> ItemIndex:  # noqa: A001 (vlm.index.open, as io.open for files)
+def open(directory: str | Path, read_only: bool = False) -> ItemIndex:  # noqa: A001 (vlm.index.open, as io.open)
     """Open an existing index folder for searching, adding and removing items, with no server."""
-    return ItemIndex(directory)
+    return ItemIndex(directory, read_only=read_only)
+

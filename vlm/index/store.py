@@ -8,15 +8,23 @@ Ids come from AUTOINCREMENT and are never reused, so a stale snapshot can never 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
+from vlm.index.errors import IndexFolderError, IndexReadOnlyError
+from vlm.index.mark import MARK_NAME, Mark, MarkFile
+from vlm.index.storage import classify
+
+log = logging.getLogger("vlm.index")
 MODALITIES = ("image", "text")
 
 SCHEMA = """
@@ -58,20 +66,135 @@ def _vec(blob: bytes | None) -> np.ndarray | None:
 
 
 class ItemStore:
-    """Thread-safe SQLite table of items; every write is one fsynced transaction."""
+    """Thread-safe SQLite table of items; every write is one fsynced transaction, witnessed by the commit mark.
 
-    def __init__(self, path: str | Path):
+    `read_only` opens the table without writing anything (a folder this process cannot write, or a second
+    server beside the writer); it can `refresh` to see the writer's later commits."""
+
+    def __init__(self, path: str | Path, read_only: bool = False, verify_mark: bool = True):
         self.path = Path(path)
+        self.read_only = read_only
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        mark_path = self.path.with_name(MARK_NAME)
+        self.mark = MarkFile(mark_path, writable=not read_only) if not read_only or mark_path.exists() else None
+        recorded = self._read_mark() if verify_mark else None
+        if recorded is not None and recorded.changes and (not self.path.exists() or self.path.stat().st_size == 0):
+            state = "missing" if not self.path.exists() else "empty (0 bytes)"
+            raise IndexFolderError(f"{self.path}: the item table is {state}, but {mark_path.name} records "
+                                   f"{recorded.changes} committed changes up to id {recorded.max_id}; refusing to "
+                                   "serve an empty index: restore the folder from a backup (vlm index backup)")
+        self._db = self._connect()
+        self._verify()
+        self.changes, self.max_id = self._table_state()
+        self._check_against(recorded)
+        if verify_mark and self.mark is not None and not read_only and recorded != Mark(self.changes, self.max_id):
+            self._write_mark()  # a new table, an index from before marks, or killed between commit and mark
+        self._counts = self._count_all()
+
+    def _read_mark(self) -> Mark | None:
+        if self.mark is None:
+            return None
+        try:
+            return self.mark.read()
+        except ValueError as e:
+            raise IndexFolderError(f"{e}; the table cannot be checked against it: run `vlm index check "
+                                   f"{self.path.parent} --repair` to accept the table as it is") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            if not self.read_only:
+                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                db.executescript(SCHEMA)
+                return db
+            return _connect_read_only(self.path)
+        except sqlite3.DatabaseError as e:
+            if classify(e) is not None:  # a full disk or a folder that cannot be written: not the table's fault
+                raise
+            raise _table_error(self.path, e) from None
+
+    def _verify(self) -> None:
+        """SQLite's own check of the file's structure (quick_check: pages, not index contents)."""
+        try:
+            result = self._db.execute("PRAGMA quick_check").fetchall()
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as e:
+            if classify(e) is not None:
+                raise
+            raise _table_error(self.path, e) from None
+        if result != [("ok",)]:
+            raise IndexFolderError(f"{self.path}: the item table is damaged ({result[0][0]}); restore the folder "
+                                   "from a backup (vlm index backup)")
+        if not {"items", "meta"} <= tables:
+            raise IndexFolderError(f"{self.path}: not a vlm item table (no items/meta tables)")
+
+    def _table_state(self) -> tuple[int, int]:
+        """(committed changes, highest id ever issued) as the table itself records them."""
+        changes = self._db.execute("SELECT value FROM meta WHERE key = 'changes'").fetchone()
+        seq = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
+        return int(changes[0]) if changes else 0, int(seq[0]) if seq else 0
+
+    def _check_against(self, recorded: Mark | None) -> None:
+        if recorded is None or (self.changes >= recorded.changes and self.max_id >= recorded.max_id):
+            return
+        raise IndexFolderError(
+            f"{self.path}: the table is behind its commit mark ({MARK_NAME}): it holds {self.changes} committed "
+            f"changes up to id {self.max_id}, the mark records {recorded.changes} up to id {recorded.max_id}, so "
+            "committed items are missing (a damaged or truncated items.sqlite-wal, or an older copy of the table); "
+            "restore the folder from a backup, or accept the table as it is with `vlm index check "
+            f"{self.path.parent} --repair`")
+
+    def _write_mark(self) -> None:
+        """After a commit: a mark that cannot be written leaves the commit standing (a mark behind its table is
+        harmless, it is caught up at the next open), so it is logged, never raised."""
+        try:
+            self.mark.write(Mark(self.changes, self.max_id))
+        except OSError as e:
+            log.error("%s: could not update the commit mark (%s); the change is committed", self.mark.path, e)
+
+    def _count_all(self) -> dict[str | None, int]:
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*), COUNT(image_vec), COUNT(text_vec) FROM items").fetchone()
+        return {None: row[0], "image": row[1], "text": row[2]}
+
+    def refresh(self) -> bool:
+        """Read-only: catch up with the writer's commits; True when the table changed."""
+        with self._lock:
+            state = self._table_state()
+            if state == (self.changes, self.max_id):
+                return False
+            self.changes, self.max_id = state
+            self._counts = self._count_all()
+            return True
+
+    def repair_mark(self, floor: Mark | None = None) -> None:
+        """Accept the table as it is: the mark takes the table's state, and ids continue after the highest ever
+        issued (by the table, the mark, or `floor`), so an id a lost item had is never given to another."""
+        recorded = None
+        with contextlib.suppress(ValueError):
+            recorded = self.mark.read()
+        recorded = recorded or Mark()
+        floor = floor or Mark()
+        highest = max(self.max_id, recorded.max_id, floor.max_id)
+        changes = max(self.changes, recorded.changes, floor.changes) + 1
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            if self._db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'items'", (highest,)).rowcount == 0:
+                self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('items', ?)", (highest,))
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('changes', ?)", (str(changes),))
+            self._db.execute("COMMIT")
+            self.changes, self.max_id = changes, highest
+            self._write_mark()
 
     def close(self) -> None:
         with self._lock:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if not self.read_only:
+                with contextlib.suppress(sqlite3.Error):  # a full disk: the WAL stays, and is replayed at open
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
+            if self.mark is not None:
+                self.mark.close()
 
     # --- metadata of the index itself
     def get_meta(self, key: str, default: str | None = None) -> str | None:
@@ -80,6 +203,7 @@ class ItemStore:
 
     def set_meta(self, values: dict[str, str]) -> None:
         with self._lock:
+            self._writable()
             self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
 
     # --- items
@@ -88,23 +212,52 @@ class ItemStore:
         rows = [(i.path, i.caption, json.dumps(i.extra), _blob(i.image_vec), _blob(i.text_vec), i.source_key)
                 for i in items]
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            self._writable()
+            with self._transaction():
                 ids = [self._db.execute(
                     "INSERT INTO items (path, caption, extra, image_vec, text_vec, source_key) "
                     "VALUES (?, ?, ?, ?, ?, ?)", row).lastrowid for row in rows]
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:  # a failed COMMIT (disk full, I/O error) has already rolled back
-                    self._db.execute("ROLLBACK")
-                raise
+            self.max_id = max([self.max_id, *ids])
+            self._counts[None] += len(rows)
+            for modality, column in (("image", 3), ("text", 4)):
+                self._counts[modality] += sum(row[column] is not None for row in rows)
+            self._write_mark()
         for item, item_id in zip(items, ids, strict=True):
             item.id = item_id
         return ids
 
     def delete(self, item_id: int) -> bool:
         with self._lock:
-            return self._db.execute("DELETE FROM items WHERE id = ?", (item_id,)).rowcount > 0
+            self._writable()
+            row = self._db.execute("SELECT image_vec IS NOT NULL, text_vec IS NOT NULL FROM items WHERE id = ?",
+                                   (item_id,)).fetchone()
+            if row is None:
+                return False
+            with self._transaction():
+                self._db.execute("DELETE FROM items WHERE id = ?", (item_id,))
+            self._counts[None] -= 1
+            self._counts["image"] -= row[0]
+            self._counts["text"] -= row[1]
+            self._write_mark()
+            return True
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        """One committed change: the statements, plus the change counter the commit mark is checked against."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('changes', ?)", (str(self.changes + 1),))
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:  # a failed COMMIT (disk full, I/O error) has already rolled back
+                self._db.execute("ROLLBACK")
+            raise
+        self.changes += 1
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise IndexReadOnlyError(f"{self.path.parent}: the index is open read-only")
 
     def get(self, item_id: int, vectors: bool = False) -> Item | None:
         items = self.get_many([item_id], vectors)
@@ -132,11 +285,17 @@ class ItemStore:
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT source_key FROM items WHERE source_key IS NOT NULL")}
 
-    def count(self, modality: str | None = None) -> int:
-        """Number of items, or of items that have a vector of `modality`."""
-        where = f" WHERE {_column(modality)} IS NOT NULL" if modality is not None else ""
+    def paths_under(self, prefix: str) -> set[str]:
+        """The image paths of items stored under `prefix` (the index's own images/ folder)."""
         with self._lock:
-            return self._db.execute(f"SELECT COUNT(*) FROM items{where}").fetchone()[0]
+            rows = self._db.execute("SELECT path FROM items WHERE substr(path, 1, ?) = ?", (len(prefix), prefix))
+            return {r[0] for r in rows}
+
+    def count(self, modality: str | None = None) -> int:
+        """Number of items, or of items that have a vector of `modality`: kept as items change, so O(1)."""
+        if modality is not None:
+            _column(modality)
+        return self._counts[modality]
 
     def ids(self, modality: str) -> np.ndarray:
         """Ids of the items that have a vector of this modality."""
@@ -167,3 +326,27 @@ def _column(modality: str) -> str:
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
     return f"{modality}_vec"
+
+
+def _table_error(path: Path, e: sqlite3.DatabaseError) -> IndexFolderError:
+    return IndexFolderError(f"{path}: not a readable item table ({e}); restore the folder from a backup "
+                            "(vlm index backup)")
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """mode=ro reads a live WAL beside a writer; in a folder nobody can write (no -shm can be made), a table with
+    no WAL is opened immutable, and one with a WAL is refused rather than read without its last commits."""
+    if not path.exists():
+        raise sqlite3.OperationalError("no such file")
+    uri = f"file:{quote(str(path.resolve()))}"
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
+    try:
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return db
+    except sqlite3.OperationalError:
+        db.close()
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise sqlite3.OperationalError(f"cannot read {wal.name} without writing beside it (the folder is "
+                                       "read-only); open it once writable to fold the WAL into the table")
+    return sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False, isolation_level=None)

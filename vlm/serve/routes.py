@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from vlm.atomic_io import atomic_write
 from vlm.eval.zeroshot import class_prompts
-from vlm.index.folder import Hit
+from vlm.index.folder import Hit, ItemIndex
 from vlm.index.store import Item
 from vlm.serve.errors import ApiError, error_response
 from vlm.serve.schemas import (
@@ -38,12 +38,13 @@ ITEM_LINKS = {name: {"operationId": op, "parameters": {"item_id": "$response.bod
 DEFAULT_TEMPLATES = ("a photo of a {}.", "{}")
 
 
-def item_view(item: Item) -> dict:
-    return {**item.public(), "image_url": f"/v1/items/{item.id}/image"}
+def item_view(item: Item, index: ItemIndex) -> dict:
+    """An item as clients see it: its path relative to the index or its source, never a path on this server."""
+    return {**item.public(), "path": index.public_path(item), "image_url": f"/v1/items/{item.id}/image"}
 
 
-def hit_view(hit: Hit) -> dict:
-    return {**item_view(hit.item), "score": hit.score}
+def hit_view(hit: Hit, index: ItemIndex) -> dict:
+    return {**item_view(hit.item, index), "score": hit.score}
 
 
 def build_router(service: Service) -> APIRouter:
@@ -70,10 +71,10 @@ def build_router(service: Service) -> APIRouter:
         else:
             vector = service.query_vector(body.embedding)
         hits = await service.search(vector, max(body.k, body.rerank_k or 0), body.modality)
-        results = [hit_view(h) for h in hits]
+        results = [hit_view(h, service.index) for h in hits]
         if body.rerank_k is not None:
             hits, rerank_scores = await service.rerank(body.text, hits, body.rerank_k)
-            results = [hit_view(h) for h in hits]
+            results = [hit_view(h, service.index) for h in hits]
             for result, score in zip(results, rerank_scores, strict=False):
                 result["rerank_score"] = score
         return {"results": results[: body.k], "reranked": body.rerank_k is not None}
@@ -118,18 +119,19 @@ def build_router(service: Service) -> APIRouter:
                  responses={200: {"model": ItemOut, "description": "the new item", "links": ITEM_LINKS}})
     async def add_item(body: AddItemRequest) -> dict:
         service.require_ready()
+        refuse_read_only(service)
         image = service.decode_base64_image(body.image)
         image_vec = (await service.embed_images([image]))[0]
         text_vec = (await service.embed_texts([body.caption]))[0] if body.caption else None
         item = Item(path=f"images/{uuid.uuid4().hex}.png", caption=body.caption, extra=body.metadata,
                     image_vec=image_vec, text_vec=text_vec)
         await run_in_threadpool(persist, service, item, image)
-        return item_view(item)  # not read back: a concurrent delete may already have removed it
+        return item_view(item, service.index)  # not read back: a concurrent delete may already have removed it
 
     @router.get("/items/{item_id}", summary="One item's metadata", operation_id="get_item",
                 response_model=None, responses={200: {"model": ItemOut}})
     async def get_item(item_id: ItemIdPath) -> dict:
-        return item_view(_item(service, item_id))
+        return item_view(_item(service, item_id), service.index)
 
     @router.get("/items/{item_id}/image", summary="One item's image file", operation_id="get_item_image",
                 response_class=FileResponse, responses={200: {"content": {"image/*": {}}, "description": "the file"}})
@@ -143,6 +145,7 @@ def build_router(service: Service) -> APIRouter:
                    response_model=None, responses={200: {"model": DeletedOut}})
     async def delete_item(item_id: ItemIdPath) -> dict:
         service.require_ready()
+        refuse_read_only(service)
         try:
             deleted = await run_in_threadpool(service.index.delete, item_id)
         except Exception as e:
@@ -155,7 +158,10 @@ def build_router(service: Service) -> APIRouter:
     @router.get("/stats", summary="Index size and micro-batching counters", operation_id="stats")
     async def stats() -> dict:
         service.require_ready()
-        return {"index": service.index.info(), "text_batches": vars(service.text_batcher.stats),
+        info = await run_in_threadpool(service.index.info)  # a few stats: off the event loop all the same
+        info.pop("directory")
+        return {"index": info, "model": service.encoder.name, "precision": service.encoder.precision,
+                "reranker": service.reranker is not None, "text_batches": vars(service.text_batcher.stats),
                 "image_batches": vars(service.image_batcher.stats)}
 
     return router
@@ -176,6 +182,17 @@ def persist(service: Service, item: Item, image) -> int:
         raise
 
 
+def refuse_read_only(service: Service) -> None:
+    """Before any work: 507 when the disk was full at start-up, 403 for a folder opened read-only."""
+    index = service.index
+    if index.read_only:
+        if index.full:
+            raise ApiError(507, "storage_full", "the index's disk was full when this server started: it serves "
+                           "searches read-only until restarted with space; nothing was changed")
+        raise ApiError(403, "index_read_only", "this server serves its index read-only: searches work, adds and "
+                       "deletes do not; nothing was changed")
+
+
 def _item(service: Service, item_id: int) -> Item:
     service.require_ready()
     item = service.index.get(item_id)
@@ -194,10 +211,8 @@ def build_health_router(service: Service) -> APIRouter:
     @router.get("/readyz", summary="The model and the index are loaded", operation_id="readyz",
                 responses={503: ERROR_RESPONSES[503]})
     async def readyz():
-        if not service.ready:
-            return error_response(503, "not_ready", service.not_ready_reason)
-        return {"status": "ready", "items": len(service.index), "model": service.encoder.name,
-                "precision": service.encoder.precision, "index": service.config.name,
-                "reranker": service.reranker is not None}
+        if not service.ready:  # the reason (it may name files) is in the log and, with the key, in /v1/stats
+            return error_response(503, "not_ready", f"not ready: {service.not_ready_reason}")
+        return {"status": "ready"}
 
     return router
