@@ -30,6 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="threads per forward pass (default 1; raise for big batches on a dedicated machine)")
     s.add_argument("--search-threads", type=int, help="faiss OpenMP threads (default 1)")
     s.add_argument("--allow-image-urls", action="store_true", help="let clients ask the server to fetch image_url")
+    s.add_argument("--allow-private-urls", action="store_true", help="let image_url reach loopback, private and "
+                   "link-local addresses too (default: only globally routable ones)")
+    s.add_argument("--max-decoding-pixels", type=int,
+                   help="pixels decoded at once over all requests (default 2 x 4096 x 4096); past it, 503 busy")
+    s.add_argument("--trusted-hosts", type=comma_list, help="Host headers to answer, comma-separated ('*': any; "
+                   "default: --host, localhost, 127.0.0.1, ::1)")
+    s.add_argument("--cors-origins", type=comma_list, default=(), help="browser origins allowed to call the API, "
+                   "comma-separated ('*': any; default: none, no CORS headers)")
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=cmd_serve)
 
@@ -50,9 +58,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     query_precision(args.precision, args.index)  # refuse a contradicting --precision before the server starts
     config = ServeConfig(checkpoint=args.checkpoint, index=args.index, rerank_checkpoint=args.rerank_checkpoint,
                          api_key=args.api_key or None, index_name=args.index_name,
-                         allow_image_urls=args.allow_image_urls, precision=args.precision,
+                         allow_image_urls=args.allow_image_urls, allow_private_urls=args.allow_private_urls,
+                         host=args.host, trusted_hosts=args.trusted_hosts, cors_origins=args.cors_origins,
+                         precision=args.precision,
                          rerank_precision=args.rerank_precision,
                          **given(args, "max_body_bytes", "max_image_pixels", "max_k", "max_batch", "torch_threads",
-                                 "search_threads"))
+                                 "search_threads", "max_decoding_pixels"))
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())

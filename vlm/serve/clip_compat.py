@@ -21,9 +21,10 @@ from vlm.index.folder import Hit
 from vlm.index.store import Item
 from vlm.serve.errors import ApiError
 from vlm.serve.schemas import ERROR_RESPONSES, MAX_ID, ErrorBody, Finite, Text, base64_image, index_dim
-from vlm.serve.service import Service
+from vlm.serve.service import EncodedImage, Service
 
 DEDUPLICATE_THRESHOLD = 0.94  # clip-retrieval drops results whose embeddings are this similar to a better one
+ITEM_IMAGE_WAIT_S = 5.0  # a result's own image waits this long for the decoding budget, then the answer is 503
 
 
 class ClipResult(BaseModel):
@@ -70,7 +71,8 @@ def clip_request_models(max_k: int, max_body_bytes: int, dim: int | None) -> tup
         use_safety_model: bool | None = Field(None, description="accepted, no effect")
         use_violence_detector: bool | None = Field(None, description="accepted, no effect")
         use_mclip: bool | None = Field(None, description="accepted, no effect")
-        aesthetic_score: int | None = Field(None, description="accepted, no effect")
+        aesthetic_score: Annotated[int, Field(ge=0, le=9)] | None = Field(
+            None, description="accepted, no effect (clip-retrieval's aesthetic ratings are 0..9)")
         aesthetic_weight: Finite | None = Field(None, description="accepted, no effect")
 
     class MetadataRequest(BaseModel):
@@ -99,10 +101,17 @@ def parse_body(model: type[BaseModel], body: dict) -> BaseModel:
 
 
 async def read_json_body(request: Request) -> dict:
+    """The body as a JSON object; any body json.loads refuses is a one-line 400, never a 500."""
     try:
         body = json.loads(await request.body() or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+    except json.JSONDecodeError as e:
         raise ApiError(400, "bad_json", f"request body is not JSON ({e})") from None
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad_json", "request body is not JSON (not UTF-8 text)") from None
+    except RecursionError:
+        raise ApiError(400, "bad_json", "request body is not JSON we accept (nested too deeply)") from None
+    except ValueError:  # Python refuses integers of over 4300 digits (sys.get_int_max_str_digits)
+        raise ApiError(400, "bad_json", "request body is not JSON we accept (an integer has too many digits)") from None
     if not isinstance(body, dict):
         raise ApiError(400, "bad_json", "request body must be a JSON object")
     return body
@@ -115,8 +124,13 @@ def image_base64(service: Service, item: Item) -> str | None:
         return None
     buffer = io.BytesIO()
     try:
-        service.decode_image(path.read_bytes(), str(item.id)).save(buffer, format="JPEG")
-    except (ApiError, OSError):  # unreadable, or deleted since the search
+        with service.decoded(EncodedImage(service, path.read_bytes(), str(item.id)), ITEM_IMAGE_WAIT_S) as image:
+            image.save(buffer, format="JPEG")
+    except ApiError as e:
+        if e.code == "busy":
+            raise
+        return None  # unreadable
+    except OSError:  # deleted since the search
         return None
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 

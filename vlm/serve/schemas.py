@@ -82,7 +82,8 @@ class ErrorBody(BaseModel):
 ERRORS = {"400": "bad value (the message names the field)", "401": "missing or wrong API key",
           "404": "no such item, index or path", "413": "body, image, batch or label set over the server's limit",
           "422": "the body or a parameter does not match this schema (the message names the field)",
-          "503": "not ready (loading), or the index folder cannot be written (read-only, full)",
+          "503": "not ready (loading), busy decoding images (retry after Retry-After), or the index folder "
+                 "cannot be written (read-only, full)",
           "507": "no space left to store the item"}
 ERROR_RESPONSES: dict[int | str, dict] = {int(s): {"model": ErrorBody, "description": d} for s, d in ERRORS.items()}
 

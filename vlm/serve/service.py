@@ -2,8 +2,9 @@
 
 The models run on one worker thread (`ThreadPoolExecutor(1)`) fed by micro-batchers, so concurrent requests
 share forward passes instead of fighting over the CPU. Searches run on their own executor (4 threads); with the
-faiss backend they still run one at a time, serialised on the backend's lock. Image preprocessing and adding or
-deleting items run in Starlette's pool.
+faiss backend they still run one at a time, serialised on the backend's lock. Image decoding and preprocessing and
+adding or deleting items run in Starlette's pool, never on the event loop; the pixels being decoded at once,
+over all requests, are bounded by `max_decoding_pixels` (503 `busy` past it).
 """
 
 from __future__ import annotations
@@ -12,9 +13,15 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
+import contextlib
+import dataclasses
 import errno
+import io
 import logging
 import sqlite3
+import threading
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +34,7 @@ from data_pipelines.images import BadImage, decode_image
 from vlm.eval.zeroshot import zero_shot_classifier
 from vlm.index.encoder import Encoder, Reranker, load_encoder, load_reranker
 from vlm.index.folder import Hit, ItemIndex, read_config
+from vlm.serve import fetch
 from vlm.serve.batching import MicroBatcher
 from vlm.serve.errors import ApiError
 
@@ -46,6 +54,11 @@ class ServeConfig:
     max_batch: int = 64  # inputs per /v1/embed request
     max_rerank_k: int = 200
     allow_image_urls: bool = False  # off: the server never makes requests on a client's behalf
+    allow_private_urls: bool = False  # off: image_url may only reach globally routable addresses (no SSRF)
+    max_decoding_pixels: int = 2 * 4096 * 4096  # decoded at once over all requests; past it, 503 busy
+    host: str = "127.0.0.1"  # the address served (`vlm serve --host`), a trusted Host by default
+    trusted_hosts: tuple[str, ...] | None = None  # Host headers served; None: `host` and loopback; "*": any
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none: no CORS headers
     micro_batch: int = 32
     micro_batch_wait_ms: float = 2.0
     # Threads inside one forward pass / one faiss search. Requests bring the parallelism; on a busy 2-core
@@ -60,6 +73,54 @@ class ServeConfig:
         return self.index_name or Path(self.index).resolve().name
 
 
+    @property
+    def allowed_hosts(self) -> tuple[str, ...]:
+        """Host headers answered: a page on another site that rebinds its name to this address gets a 400."""
+        if self.trusted_hosts is not None:
+            return self.trusted_hosts
+        return (self.host, "localhost", "127.0.0.1", "::1")
+
+
+class PixelBudget:
+    """The pixels being decoded at once, over all requests: sixteen images each within max_image_pixels
+    would otherwise take gigabytes together. A reservation waits at most `wait` seconds, then is refused."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.used = max(1, capacity), 0
+        self.changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, pixels: int, wait: float = 0.0) -> Iterator[None]:
+        pixels = min(max(1, pixels), self.capacity)  # an image over the whole budget waits until it is free
+        with self.changed:
+            if not self.changed.wait_for(lambda: self.used + pixels <= self.capacity, timeout=wait):
+                raise ApiError(503, "busy", "the server is decoding as many images as it can at once; retry "
+                               "shortly", headers={"Retry-After": "1"})
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.used -= pixels
+                self.changed.notify_all()
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """A client's image, still encoded: `Service.embed_images` decodes it off the event loop, within the
+    pixel budget. `fetched`: it came from image_url, so every failure is the one image_url_failed."""
+
+    service: Service = dataclasses.field(repr=False)
+    data: bytes = dataclasses.field(repr=False)
+    field: str = "image"
+    fetched: bool = False
+
+    def save(self, fp, format: str) -> None:  # noqa: A002 (PIL's name)
+        """Decode (within the budget) and save: `routes.persist` stores an added image as PNG."""
+        with self.service.decoded(self) as image:
+            image.save(fp, format=format)
+
+
 class Service:
     def __init__(self, config: ServeConfig):
         self.config = config
@@ -71,6 +132,7 @@ class Service:
         threads = (config.torch_threads, config.search_threads)
         self.executor = concurrent.futures.ThreadPoolExecutor(1, "vlm-model", set_threads, threads)
         self.search_executor = concurrent.futures.ThreadPoolExecutor(4, "vlm-search", set_threads, threads)
+        self.pixel_budget = PixelBudget(config.max_decoding_pixels)
 
     @property
     def ready(self) -> bool:
@@ -110,58 +172,106 @@ class Service:
             raise ApiError(503, "not_ready", self.not_ready_reason)
 
     # --- inputs
-    def decode_image(self, data: bytes, field: str = "image") -> Image.Image:
+    def image_size(self, data: bytes, field: str = "image") -> tuple[int, int]:
+        """(width, height) from the header alone, refused when over the per-image limits: nothing decoded."""
         limit = self.config.max_image_pixels
         try:
-            image = decode_image(data, limit, name=field)
-        except BadImage as e:
-            if e.reason == "too many pixels":
-                raise ApiError(413, "image_too_large", f"{e.detail} (limit {limit} pixels)") from None
-            raise ApiError(400, "not_an_image", f"{field}: not a readable image ({e.detail})") from None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is checked below
+                with Image.open(io.BytesIO(data)) as im:
+                    width, height = im.size
+        except Image.DecompressionBombError:
+            raise ApiError(413, "image_too_large", f"{field}: over {limit} pixels (a decompression bomb?)") from None
+        except (OSError, SyntaxError, ValueError) as e:  # PIL's exceptions name objects: logged, not answered
+            log.info("%s: not a readable image: %s", field, e)
+            raise ApiError(400, "not_an_image", f"{field}: not a readable image") from None
+        if width * height > limit:
+            raise ApiError(413, "image_too_large", f"{field}: {width}x{height} is over {limit} pixels")
         # The transform resizes the short side to the model's size: a 1 x 10^6 strip would become 10^8 pixels.
         size = self.encoder.transform.image_size if self.encoder is not None else 224
-        if size * size * max(image.size) > limit * min(image.size):
-            raise ApiError(413, "image_too_large", f"{field}: {image.width}x{image.height} is too elongated: resized "
+        if size * size * max(width, height) > limit * min(width, height):
+            raise ApiError(413, "image_too_large", f"{field}: {width}x{height} is too elongated: resized "
                            f"to {size} px on its short side it would be over {limit} pixels")
-        return image
+        return width, height
 
-    def decode_base64_image(self, text: str, field: str = "image") -> Image.Image:
+    def decode_image(self, data: bytes, field: str = "image") -> Image.Image:
+        """Decode without reserving pixels: callers go through `decoded`, which holds them in the budget."""
+        try:
+            return decode_image(data, self.config.max_image_pixels, name=field)
+        except BadImage as e:
+            log.info("%s: not decoded: %s", field, e)
+            if e.reason == "too many pixels":
+                raise ApiError(413, "image_too_large", f"{field}: over {self.config.max_image_pixels} pixels") from None
+            raise ApiError(400, "not_an_image", f"{field}: not a readable image ({e.reason})") from None
+
+    @contextlib.contextmanager
+    def decoded(self, image: EncodedImage, wait: float = 0.0) -> Iterator[Image.Image]:
+        """The decoded image; its pixels stay reserved in the budget until the block ends. Past the budget
+        (after `wait` seconds): 503 busy with Retry-After."""
+        try:
+            width, height = self.image_size(image.data, image.field)
+        except ApiError as e:
+            raise self.input_error(image, e) from None
+        with self.pixel_budget.reserve(width * height, wait):
+            try:
+                decoded = self.decode_image(image.data, image.field)
+            except ApiError as e:
+                raise self.input_error(image, e) from None
+            yield decoded
+
+    @staticmethod
+    def input_error(image: EncodedImage, error: ApiError) -> ApiError:
+        """A fetched image's failures all read the same: which one it was could map the server's network."""
+        if not image.fetched:
+            return error
+        log.warning("image_url: fetched, but %s", error.message)
+        return image_url_failed()
+
+    def decode_base64_image(self, text: str, field: str = "image") -> EncodedImage:
+        """The image's bytes: decoded later, off the event loop and within the pixel budget (embed_images)."""
         if text.startswith("data:") and "," in text:  # a data URL from a browser's FileReader
             text = text.split(",", 1)[1]
         try:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
             raise ApiError(400, "bad_base64", f"{field}: not valid base64") from None
-        return self.decode_image(data, field)
+        return EncodedImage(self, data, field)
 
-    def fetch_image_url(self, url: str) -> Image.Image:
+    def fetch_image_url(self, url: str) -> EncodedImage:
+        """image_url's bytes (vlm.serve.fetch refuses non-public addresses unless --allow-private-urls); run off
+        the event loop. Every failure is the same 400 to the client; the cause goes to the log."""
         if not self.config.allow_image_urls:
             raise ApiError(403, "image_url_disabled", "image_url fetching is off on this server "
                            "(start it with --allow-image-urls); send the image as base64 instead")
-        import httpx
-
         if not url.startswith(("http://", "https://")):
             raise ApiError(400, "bad_image_url", "image_url must be http:// or https://")
         try:
-            with httpx.stream("GET", url, timeout=10, follow_redirects=True) as response:
-                response.raise_for_status()
-                data = b""
-                for chunk in response.iter_bytes():
-                    data += chunk
-                    if len(data) > self.config.max_body_bytes:
-                        raise ApiError(413, "image_too_large", f"{url}: over {self.config.max_body_bytes} bytes")
-        except httpx.HTTPError as e:
-            raise ApiError(400, "image_url_failed", f"could not fetch {url}: {e}") from None
-        return self.decode_image(data, "image_url")
+            data = fetch.fetch(url, self.config.max_body_bytes, self.config.allow_private_urls)
+        except fetch.FetchError as e:
+            log.warning("image_url not fetched: %s", e)
+            raise image_url_failed() from None
+        return EncodedImage(self, data, "image_url", fetched=True)
+
+    def preprocess(self, images: list[Image.Image | EncodedImage]) -> list[torch.Tensor]:
+        """The model's pixel tensors, one image at a time: each encoded image is decoded and resized while its
+        pixels are held in the budget, and let go before the next."""
+        pixels = []
+        for image in images:
+            if isinstance(image, EncodedImage):
+                with self.decoded(image) as decoded:
+                    pixels.append(self.encoder.preprocess([decoded])[0])
+            else:
+                pixels.append(self.encoder.preprocess([image])[0])
+        return pixels
 
     # --- models
     async def embed_texts(self, texts: list[str]) -> np.ndarray:
         self.require_ready()
         return await self.text_batcher.submit(list(texts))
 
-    async def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+    async def embed_images(self, images: list[Image.Image | EncodedImage]) -> np.ndarray:
         self.require_ready()
-        pixels = await run_in_threadpool(lambda: list(self.encoder.preprocess(images)))
+        pixels = await run_in_threadpool(self.preprocess, images)  # decoding never blocks the event loop
         return await self.image_batcher.submit(pixels)
 
     async def zero_shot_classifier(self, labels: list[str], templates: list[str]) -> np.ndarray:
@@ -222,6 +332,10 @@ class Service:
         reranked = [head[i] for i in order]
         rest = [h for h in hits if all(h is not r for r in reranked)]
         return reranked + rest, [float(scores[i]) for i in order]
+
+
+def image_url_failed() -> ApiError:
+    return ApiError(400, "image_url_failed", "could not fetch image_url as an image")
 
 
 def query_precision(asked: str | None, index_dir: str | Path) -> str:
