@@ -30,7 +30,8 @@ PNG = PNG.getvalue()
 
 class Handler(http.server.BaseHTTPRequestHandler):
     """/png: an image; /text: not an image; /forbidden: 403; /hop/N: a redirect to /hop/N-1, /hop/0 the image;
-    /to?url=U: a redirect to U; /big: a body over any limit here. Every request is counted by path."""
+    /to?url=U: a redirect to U; /big: a body over any limit here, /stream the same without a Content-Length.
+    Every request is counted by path."""
 
     def do_GET(self):  # noqa: N802 (http.server's name)
         self.server.hits.append((self.path, self.headers.get("Host")))
@@ -40,6 +41,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.reply(302, location=f"/hop/{left - 1}") if left else self.reply(200, PNG)
         if path == "/to":
             return self.reply(302, location=query.removeprefix("url="))
+        if path == "/stream":  # HTTP/1.0: the body ends when the connection closes
+            self.send_response(200)
+            self.end_headers()
+            return self.wfile.write(b"x" * 200_000)
         bodies = {"/png": (200, PNG), "/text": (200, b"internal secret"), "/forbidden": (403, b"no"),
                   "/big": (200, b"x" * 200_000)}
         self.reply(*bodies.get(path, (404, b"")))
@@ -144,8 +149,10 @@ def test_the_connection_goes_to_the_address_checked_with_one_lookup(origin, monk
 
 def test_the_size_cap_holds_while_streaming(origin):
     url, _ = origin()
-    with pytest.raises(fetch.FetchError, match="over 100000 bytes"):
+    with pytest.raises(fetch.FetchError, match="Content-Length 200000 is over 100000 bytes"):
         fetch.fetch(f"{url}/big", 100_000, allow_private=True)
+    with pytest.raises(fetch.FetchError, match="body over 100000 bytes"):
+        fetch.fetch(f"{url}/stream", 100_000, allow_private=True)
 
 
 @pytest.fixture(scope="module")
