@@ -236,6 +236,26 @@ def test_a_failed_snapshot_never_turns_a_committed_add_into_an_error(tmp_path, m
     reopened.close()
 
 
+# --- /v1/stats costs O(1) (finding 10)
+def test_info_never_walks_the_folder_and_its_counts_follow_every_change(tmp_path, monkeypatch):
+    directory, items = built(tmp_path)
+    index = ItemIndex(directory)
+    index.delete(items[0].id)
+    index.add([vlm.index.Item(path="images/a.png", image_vec=make_items(1)[0].image_vec)])  # an image, no caption
+    (directory / "images").mkdir()
+    for i in range(50):
+        (directory / "images" / f"{i}.png").write_bytes(b"x")
+
+    def walked(*args, **kwargs):
+        raise AssertionError("info() walked a folder")
+
+    monkeypatch.setattr(type(directory), "rglob", walked)
+    monkeypatch.setattr(os, "walk", walked)
+    info = index.info()
+    assert info["items"] == 40 and info["vectors"] == {"image": 40, "text": 39}
+    index.close()
+
+
 # --- start-up errors name the file and field (finding 13)
 @pytest.mark.parametrize(("content", "message"), [
     (b"{not json", "index.json: not valid JSON"),

@@ -214,6 +214,7 @@ def test_clip_retrieval_client_works_unchanged(server, collection):
     assert len(by_text) == 5
     for result in by_text:
         assert {"id", "similarity", "caption", "url", "image_path", "image"} <= set(result)
+        assert not Path(result["image_path"]).is_absolute()  # relative to the source, never a server path
         assert Image.open(io.BytesIO(base64.b64decode(result["image"]))).format == "JPEG"
     by_image = client.query(image=str(collection["root"] / "images" / "7.png"))
     assert by_image[0]["caption"] == collection["captions"][7]

@@ -17,7 +17,6 @@ import resource
 import shutil
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 import httpx

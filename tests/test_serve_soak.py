@@ -14,7 +14,7 @@ def test_a_short_soak_has_no_errors_and_loses_nothing(tmp_path):
                       log_path=tmp_path / "server.log")
     print(format_soak(report))
     assert report["errors"] == 0, report["first_errors"]
-    assert all(report["requests"][kind]["requests"] > 0 for kind in ("search", "add", "delete"))
+    assert all(report["requests"][kind]["requests"] > 0 for kind in ("search", "add", "delete", "stats", "healthz"))
     consistency = report["consistency"]
     assert consistency["passed"], consistency["problems"]
     assert consistency["adds_checked"] > 0 and consistency["deletes_checked"] > 0

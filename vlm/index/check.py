@@ -30,12 +30,13 @@ def check_index(directory: str | Path, repair: bool = False) -> dict:
     if repair and holder is not None:
         raise IndexLockedError(f"{directory}: in use by process {holder}; stop it before --repair")
     report: dict = {"directory": str(directory), "backend": config.backend, "locked_by": holder, "problems": []}
+    recorded = _read_mark(directory, report)  # before the table: a live writer only ever moves the table ahead
     store = _check_table(directory, report, writable=repair)
     if store is None:
         report["ok"] = False
         return report
     try:
-        _check_mark(directory, store, report)
+        _check_mark(recorded, store, report)
         _check_snapshots(directory, store, report, config.backend)
         report["orphan_images"] = _count_orphans(directory, store)
         report["ok"] = not report["problems"]
@@ -65,19 +66,21 @@ def _check_table(directory: Path, report: dict, writable: bool) -> ItemStore | N
     return store
 
 
-def _check_mark(directory: Path, store: ItemStore, report: dict) -> None:
+def _read_mark(directory: Path, report: dict) -> Mark | None:
     path = directory / MARK_NAME
     if not path.exists():
-        report["mark"] = None
-        return
+        return None
     mark = MarkFile(path, writable=False)
     try:
-        recorded = mark.read()
+        return mark.read()
     except ValueError as e:
         report["problems"].append(str(e))
-        return
+        return None
     finally:
         mark.close()
+
+
+def _check_mark(recorded: Mark | None, store: ItemStore, report: dict) -> None:
     report["mark"] = {"changes": recorded.changes, "max_id": recorded.max_id} if recorded else None
     if recorded and (store.changes < recorded.changes or store.max_id < recorded.max_id):
         report["problems"].append(

@@ -37,10 +37,11 @@ def register_bench(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--queries", type=int, default=200, help="HTTP queries per (size, concurrency)")
     p.add_argument("--out", default="runs/bench/serve.json")
     p.add_argument("--soak", type=float, metavar="MINUTES",
-                   help="instead: searches, adds and deletes from --clients clients for MINUTES on the first size; "
-                        "reports errors, memory and a consistency check (exit 1 if any fails)")
-    p.add_argument("--clients", type=int, default=8, help="--soak: clients (half search, a quarter add, the rest "
-                   "delete)")
+                   help="instead: searches, adds, deletes and /v1/stats polling from --clients clients for MINUTES "
+                        "on the first size, with a /healthz probe every 50 ms; reports errors, memory, the probe's "
+                        "p99 and a consistency check (exit 1 if any fails)")
+    p.add_argument("--clients", type=int, default=8, help="--soak: clients (half search, a quarter add, an eighth "
+                   "poll /v1/stats, the rest delete)")
     p.set_defaults(func=cmd_bench_serve)
 
 
@@ -216,7 +217,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         report = run_soak_bench(args.checkpoint, sizes[0], args.soak, args.clients, out)
         print(format_soak(report))
         print(f"wrote {out}")
-        return 0 if report["passed"] else 1
+        return 0 if report["passed"] and report["healthz_ok"] else 1
     concurrency = [int(c) for c in args.concurrency.split(",")]
     report = run_bench(args.checkpoint, sizes, concurrency, args.queries, Path(args.out))
     print(format_table(report))

@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "default: --host, localhost, 127.0.0.1, ::1)")
     s.add_argument("--cors-origins", type=comma_list, default=(), help="browser origins allowed to call the API, "
                    "comma-separated ('*': any; default: none, no CORS headers)")
+    s.add_argument("--read-only", action="store_true", help="serve searches only, beside the folder's writer (or "
+                   "from a folder nobody may write), following its commits; adds and deletes answer 403")
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=cmd_serve)
 
@@ -45,7 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from vlm.index.errors import IndexLockedError
     from vlm.index.folder import CONFIG_NAME
+    from vlm.index.lock import lock_holder
     from vlm.models.checkpoint import resolve_checkpoint
     from vlm.serve.app import create_app
     from vlm.serve.service import ServeConfig, query_precision
@@ -56,11 +60,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not (Path(args.index) / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{args.index}: not an index folder (build one with `vlm index build`)")
     query_precision(args.precision, args.index)  # refuse a contradicting --precision before the server starts
+    holder = None if args.read_only else lock_holder(args.index)
+    if holder is not None:  # the same refusal the index gives at open, before minutes of model loading
+        raise IndexLockedError(f"{args.index}: the index is in use by process {holder} (a vlm serve or index build); "
+                               "stop it first, or serve this folder with --read-only")
     config = ServeConfig(checkpoint=args.checkpoint, index=args.index, rerank_checkpoint=args.rerank_checkpoint,
                          api_key=args.api_key or None, index_name=args.index_name,
                          allow_image_urls=args.allow_image_urls, allow_private_urls=args.allow_private_urls,
                          host=args.host, trusted_hosts=args.trusted_hosts, cors_origins=args.cors_origins,
-                         precision=args.precision,
+                         precision=args.precision, read_only=args.read_only,
                          rerank_precision=args.rerank_precision,
                          **given(args, "max_body_bytes", "max_image_pixels", "max_k", "max_batch", "torch_threads",
                                  "search_threads", "max_decoding_pixels"))

@@ -136,7 +136,7 @@ def image_base64(service: Service, item: Item) -> str | None:
 
 
 def metadata(service: Service, item: Item) -> dict:
-    meta = {"caption": item.caption, "url": item.extra.get("url"), "image_path": item.path}
+    meta = {"caption": item.caption, "url": item.extra.get("url"), "image_path": service.index.public_path(item)}
     image = image_base64(service, item)
     if image is not None:
         meta["image"] = image

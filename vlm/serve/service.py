@@ -15,7 +15,6 @@ import binascii
 import concurrent.futures
 import contextlib
 import dataclasses
-import errno
 import io
 import logging
 import sqlite3
@@ -33,7 +32,9 @@ from starlette.concurrency import run_in_threadpool
 from data_pipelines.images import BadImage, decode_image
 from vlm.eval.zeroshot import zero_shot_classifier
 from vlm.index.encoder import Encoder, Reranker, load_encoder, load_reranker
+from vlm.index.errors import IndexReadOnlyError
 from vlm.index.folder import Hit, ItemIndex, read_config
+from vlm.index.storage import classify
 from vlm.serve import fetch
 from vlm.serve.batching import MicroBatcher
 from vlm.serve.errors import ApiError
@@ -66,12 +67,12 @@ class ServeConfig:
     torch_threads: int = 1
     search_threads: int = 1
     precision: str | None = None  # the query encoder's; None: the precision the index was built with
+    read_only: bool = False  # serve searches beside the folder's writer, following its commits; never write
     rerank_precision: str = "fp32"
 
     @property
     def name(self) -> str:
         return self.index_name or Path(self.index).resolve().name
-
 
     @property
     def allowed_hosts(self) -> tuple[str, ...]:
@@ -140,7 +141,8 @@ class Service:
 
     @property
     def not_ready_reason(self) -> str:
-        return f"failed to load: {self.load_error}" if self.load_error else "model and index are loading"
+        """Said to clients: the detail (which names files on this server) is in the log."""
+        return "failed to load (see the server log)" if self.load_error else "model and index are loading"
 
     def load(self) -> None:
         """Load the models and open (and reconcile) the index; run off the event loop at start-up."""
@@ -148,7 +150,7 @@ class Service:
         try:
             encoder = load_encoder(c.checkpoint, query_precision(c.precision, c.index))
             self.reranker = load_reranker(c.rerank_checkpoint, c.rerank_precision) if c.rerank_checkpoint else None
-            index = ItemIndex(c.index)
+            index = ItemIndex(c.index, read_only=c.read_only)
             if index.config.dim != encoder.dim:
                 raise ValueError(f"{c.index}: index vectors have dimension {index.config.dim}, "
                                  f"{c.checkpoint} embeds in {encoder.dim}")
@@ -162,8 +164,12 @@ class Service:
             log.error("could not load the service: %s", e)
 
     def close(self) -> None:
+        """Shut down without a traceback whatever the disk says: the table already holds every change."""
         if self.index is not None:
-            self.index.close()
+            try:
+                self.index.close()
+            except Exception as e:
+                log.error("%s: closing the index: %s", self.config.index, e)
         self.executor.shutdown(wait=False)
         self.search_executor.shutdown(wait=False)
 
@@ -349,24 +355,22 @@ def query_precision(asked: str | None, index_dir: str | Path) -> str:
     return built
 
 
-READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
-FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-
-
 def raise_storage_error(e: BaseException, directory: Path) -> None:
-    """A write that the file system refused becomes a clear 503/507 naming the folder; other errors pass."""
-    if not isinstance(e, OSError | sqlite3.Error):
+    """A write the index refused becomes a clear status (the folder is named in the log, never to the client);
+    other errors pass. Reached only before the commit: a 2xx means committed, a 507 or 403 means not."""
+    if isinstance(e, IndexReadOnlyError):
+        raise ApiError(403, "index_read_only", "this server serves its index read-only (see /v1/stats): "
+                       "searches work, adds and deletes do not; nothing was changed") from e
+    kind = classify(e)
+    if kind is None and not isinstance(e, OSError | sqlite3.Error):
         return
-    message = str(e).lower()
-    if isinstance(e, OSError) and e.errno in READ_ONLY_ERRNOS or "readonly" in message or "read-only" in message:
-        raise ApiError(503, "index_read_only", f"{directory}: the index folder cannot be written ({e}); "
-                       "searches still work, adds and deletes do not") from e
-    if isinstance(e, OSError) and e.errno in FULL_ERRNOS or isinstance(e, sqlite3.Error) and "full" in message:
-        raise ApiError(507, "storage_full", f"{directory}: no space to store the item ({e}); "
-                       "nothing was added") from e
-    # SQLite reports a write cut short by a file-size limit (EFBIG) as SQLITE_IOERR_WRITE
-    raise ApiError(503, "storage_error", f"{directory}: could not write the index folder ({e}); "
-                   "the change was not made") from e
+    log.error("%s: a write failed: %s", directory, e)
+    if kind == "read_only":
+        raise ApiError(403, "index_read_only", "the index folder cannot be written: searches work, adds and "
+                       "deletes do not; nothing was changed") from e
+    if kind == "full":
+        raise ApiError(507, "storage_full", "no space left to store the change; nothing was changed") from e
+    raise ApiError(503, "storage_error", "could not write the index folder; nothing was changed") from e
 
 
 def set_threads(torch_threads: int, search_threads: int) -> None:

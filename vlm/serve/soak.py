@@ -1,7 +1,10 @@
-"""`vlm bench serve --soak MINUTES`: searches, adds and deletes from several clients at once, for a bounded time.
+"""`vlm bench serve --soak MINUTES`: searches, adds, deletes and stats polling from several clients at once, for a
+bounded time, with a liveness probe beside them.
 
 A real `vlm serve` on 127.0.0.1 (never another interface) over an index of random vectors. Searchers send text
-queries, adders post noise images, deleters delete items the adders were told were added. At the end it
+queries, adders post noise images, deleters delete items the adders were told were added, pollers read
+/v1/stats as a dashboard does, and one probe calls /healthz every 50 ms as an orchestrator would (its p99 must
+stay under 50 ms: a probe that times out gets a healthy server restarted). At the end it
 reports queries/s and p50/p99 per kind, the errors (anything but a 200: must be 0), the server's resident
 memory after the first tenth of the run under full load and at the end (flat: within 10%), and checks
 consistency: every acknowledged add is there and found by a search with its own image, every acknowledged
@@ -25,6 +28,8 @@ from PIL import Image
 from vlm.serve.process import ServerProcess
 
 RSS_TOLERANCE = 0.10
+HEALTHZ_P99_MS = 50.0
+KINDS = ("search", "add", "delete", "stats", "healthz")
 
 
 def noise_png(seed: int, size: int = 32) -> str:
@@ -51,7 +56,7 @@ class SoakState:
 
     deadline: float
     lock: threading.Lock = field(default_factory=threading.Lock)
-    latencies: dict[str, list[float]] = field(default_factory=lambda: {"search": [], "add": [], "delete": []})
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {kind: [] for kind in KINDS})
     errors: list[str] = field(default_factory=list)
     added: dict[int, int] = field(default_factory=dict)  # id -> seed of its image, acknowledged and not deleted
     deleted: dict[int, int] = field(default_factory=dict)  # id -> seed, acknowledged deletes
@@ -120,6 +125,19 @@ def deleter(url: str, state: SoakState, rng: random.Random) -> None:
                     state.deleted[item_id] = seed
 
 
+def poller(url: str, state: SoakState, path: str, kind: str, pause_s: float = 0.0) -> None:
+    """GET `path` over and over (a dashboard on /v1/stats, a liveness probe on /healthz every `pause_s`)."""
+    with httpx.Client(base_url=url, timeout=60) as http:
+        while time.monotonic() < state.deadline:
+            started = time.perf_counter()
+            try:
+                response = http.get(path)
+            except httpx.HTTPError as e:
+                response = e
+            state.record(kind, started, response)
+            time.sleep(pause_s)
+
+
 def check_consistency(url: str, state: SoakState, sample: int = 200) -> dict:
     """Every acknowledged add is there and found by its own image; every acknowledged delete is gone."""
     problems: list[str] = []
@@ -153,7 +171,8 @@ def warm_up(url: str) -> None:
 def run_soak(checkpoint: str, index: Path, minutes: float, clients: int, log_path: Path) -> dict:
     n_search = max(1, clients // 2)
     n_add = max(1, clients // 4)
-    n_delete = max(1, clients - n_search - n_add)
+    n_stats = max(1, clients // 8)
+    n_delete = max(1, clients - n_search - n_add - n_stats)
     with ServerProcess(checkpoint, index, log_path=log_path) as server:  # binds 127.0.0.1 only
         warm_up(server.url)
         state = SoakState(deadline=time.monotonic() + minutes * 60)
@@ -161,7 +180,10 @@ def run_soak(checkpoint: str, index: Path, minutes: float, clients: int, log_pat
                     for i in range(n_search)] + [threading.Thread(target=adder, args=(server.url, state))
                                                  for _ in range(n_add)]
                    + [threading.Thread(target=deleter, args=(server.url, state, random.Random(100 + i)))
-                      for i in range(n_delete)])
+                      for i in range(n_delete)]
+                   + [threading.Thread(target=poller, args=(server.url, state, "/v1/stats", "stats"))
+                      for _ in range(n_stats)]
+                   + [threading.Thread(target=poller, args=(server.url, state, "/healthz", "healthz", 0.05))])
         started = time.perf_counter()
         for t in threads:
             t.start()
@@ -174,10 +196,10 @@ def run_soak(checkpoint: str, index: Path, minutes: float, clients: int, log_pat
         wall = time.perf_counter() - started
         rss_end = rss_bytes(server.process.pid)
         consistency = check_consistency(server.url, state)
-    return soak_report(state, wall, (n_search, n_add, n_delete), rss_start, rss_end, consistency)
+    return soak_report(state, wall, (n_search, n_add, n_delete, n_stats, 1), rss_start, rss_end, consistency)
 
 
-def soak_report(state: SoakState, wall: float, clients: tuple[int, int, int], rss_start: int | None,
+def soak_report(state: SoakState, wall: float, clients: tuple[int, ...], rss_start: int | None,
                 rss_end: int | None, consistency: dict) -> dict:
     kinds = {}
     for kind, latencies in state.latencies.items():
@@ -186,7 +208,9 @@ def soak_report(state: SoakState, wall: float, clients: tuple[int, int, int], rs
                        "p50_ms": round(float(np.percentile(ms, 50)), 2),
                        "p99_ms": round(float(np.percentile(ms, 99)), 2)}
     growth = (rss_end - rss_start) / rss_start if rss_start and rss_end else None
-    return {"seconds": round(wall, 1), "clients": dict(zip(("search", "add", "delete"), clients, strict=True)),
+    healthz_p99 = kinds["healthz"]["p99_ms"]
+    return {"seconds": round(wall, 1), "clients": dict(zip(KINDS, clients, strict=True)),
+            "healthz_p99_ms": healthz_p99, "healthz_ok": healthz_p99 < HEALTHZ_P99_MS,
             "requests": kinds, "errors": len(state.errors), "first_errors": state.errors[:10],
             "rss_start_mb": round(rss_start / 2**20, 1) if rss_start else None,
             "rss_end_mb": round(rss_end / 2**20, 1) if rss_end else None,
@@ -203,7 +227,8 @@ def format_soak(report: dict) -> str:
                      f"{r['p99_ms']} |")
     c = report["consistency"]
     growth = "unknown" if report["rss_growth"] is None else f"{report['rss_growth']:+.1%}"
-    lines += ["", f"{report['seconds']} s; errors: {report['errors']}; server RSS {report['rss_start_mb']} MB in the "
+    lines += ["", f"{report['seconds']} s; errors: {report['errors']}; /healthz p99 {report['healthz_p99_ms']} ms "
+              f"(under {HEALTHZ_P99_MS:.0f}: {report['healthz_ok']}); server RSS {report['rss_start_mb']} MB in the "
               f"first tenth -> {report['rss_end_mb']} MB at the end ({growth}, flat within {RSS_TOLERANCE:.0%}: "
               f"{report['rss_flat']}); consistency ({c['adds_checked']} adds, {c['deletes_checked']} deletes "
               f"checked): {'passed' if c['passed'] else 'FAILED'}"]
