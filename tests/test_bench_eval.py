@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
+from vlm.bench.eval import peak_rss_mb
 from vlm.cli import main
-from vlm.eval.bench import peak_rss_mb
 
 
 def test_peak_rss_is_measured_per_process_not_the_largest_child_so_far():

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import vlm
+from vlm.bench.inputs import coco_like_captions, shapes_captions
 from vlm.cli import main
-from vlm.models.bench_inputs import coco_like_captions, shapes_captions
 from vlm.tokenizer import padding_mask
 
 pytest.importorskip("transformers")
@@ -92,7 +92,7 @@ def test_bench_commands_refuse_the_other_family_and_a_folder_that_is_no_shapes_w
 
 
 def test_the_vilt_twin_holds_the_reference_weights():
-    from vlm.models.bench_score import vilt_at_shape, vlm_twin, wordpiece_vocab
+    from vlm.bench.score import vilt_at_shape, vlm_twin, wordpiece_vocab
 
     vocab = wordpiece_vocab(100)
     config = vlm.get_model_config("fusion-tiny")
@@ -104,8 +104,8 @@ def test_the_vilt_twin_holds_the_reference_weights():
 
 def test_flops_of_openclips_fused_attention_are_counted_like_ours(clip_tiny, tmp_path):
     """nn.MultiheadAttention's inference fast path hides its matmuls from FlopCounterMode."""
-    from vlm.bench_timing import count_flops
-    from vlm.models.bench import openclip_twin
+    from vlm.bench.encode import openclip_twin
+    from vlm.bench.timing import count_flops
 
     theirs = openclip_twin(clip_tiny, tmp_path / "openclip")
     images = torch.randn(2, 3, 32, 32)

@@ -5,7 +5,7 @@ import json
 from PIL import Image
 
 from data_pipelines import open_source
-from data_pipelines.bench import bench_data
+from vlm.bench.data import bench_data
 from vlm.cli import main
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from test_serve_api import make_collection
 
-from vlm.serve.soak import format_soak, run_soak
+from vlm.bench.soak import format_soak, run_soak
 
 
 def test_a_short_soak_has_no_errors_and_loses_nothing(tmp_path):

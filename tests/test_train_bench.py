@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import vlm
+from vlm.bench.train import shapes_batch
+from vlm.bench.train_reference import TodaysFusionStep
 from vlm.cli import main
-from vlm.train.bench import shapes_batch
-from vlm.train.bench_reference import TodaysFusionStep
 from vlm.train.config import TrainConfig
 from vlm.train.tasks import build_task
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vlm
-from vlm.train.bench import shapes_batch
+from vlm.bench.train import shapes_batch
 from vlm.train.config import TrainConfig
 from vlm.train.trainer import Trainer
 

@@ -25,7 +25,7 @@ COMMAND_MODULES = [
     "vlm.sweep.cli",
     "vlm.index.cli",
     "vlm.serve.cli",
-    "vlm.bench_cli",
+    "vlm.bench.cli",
 ]
 # A user's mistake: one line and exit status 2. UserError is raised where vlm detects a mistake; ValueError and
 # the missing-path errors are what the readers raise for bad files and values. Anything else is a bug and keeps

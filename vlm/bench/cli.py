@@ -1,7 +1,7 @@
 """`vlm bench ...`: throughput benchmarks, one sub-command per stage of the data flow.
 
-Each stage keeps its benchmark next to its code and exposes `register_bench(subparsers)`, which adds one
-sub-command (`data`, `train`, `serve`) to `vlm bench`.
+Each module of vlm/bench/ named in `BENCH_MODULES` exposes `register_bench(subparsers)`, which adds one
+sub-command (`data`, `serve`, `eval`, `encode`, `score`, `train`) to `vlm bench`.
 """
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib
 
-# Benchmark modules, one per stage, each with register_bench(sub).
+# Benchmark modules, one per thing measured, each with register_bench(sub).
 BENCH_MODULES = [
-    "data_pipelines.bench",  # vlm bench data
-    "vlm.serve.bench",  # vlm bench serve
-    "vlm.eval.bench",  # vlm bench eval
-    "vlm.models.bench",  # vlm bench encode
-    "vlm.models.bench_score",  # vlm bench score
-    "vlm.train.bench",  # vlm bench train
+    "vlm.bench.data",  # vlm bench data
+    "vlm.bench.serve",  # vlm bench serve
+    "vlm.bench.eval",  # vlm bench eval
+    "vlm.bench.encode",  # vlm bench encode
+    "vlm.bench.score",  # vlm bench score
+    "vlm.bench.train",  # vlm bench train
 ]
 
 

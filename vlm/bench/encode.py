@@ -77,8 +77,8 @@ def workloads(args: argparse.Namespace, model) -> dict[str, tuple[str, object]]:
     """name -> (kind, input): a batch of images and the two caption mixes."""
     import torch
 
+    from vlm.bench.inputs import coco_like_captions, shapes_captions
     from vlm.models import image_size
-    from vlm.models.bench_inputs import coco_like_captions, shapes_captions
 
     generator = torch.Generator().manual_seed(args.seed)
     size = image_size(model)
@@ -93,7 +93,7 @@ def bench_encode(args: argparse.Namespace, model, reference, inputs: dict[str, t
     import open_clip
     import torch
 
-    from vlm.bench_timing import count_flops, interleaved_seconds, rate
+    from vlm.bench.timing import count_flops, interleaved_seconds, rate
     from vlm.index.encoder import Encoder
 
     fp32 = Encoder(model)
@@ -157,8 +157,8 @@ def load_late_model(args: argparse.Namespace):
 
 
 def cmd_bench_encode(args: argparse.Namespace) -> int:
-    from vlm.bench_timing import environment, matmul_ceiling_gflops, peak_rss_mb
-    from vlm.models.bench_inputs import markdown_rows, write_report
+    from vlm.bench.inputs import markdown_rows, write_report
+    from vlm.bench.timing import environment, matmul_ceiling_gflops, peak_rss_mb
 
     if min(args.batch_size, args.texts, args.rounds) < 1:
         raise ValueError("--batch-size, --texts and --rounds must be at least 1")

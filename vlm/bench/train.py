@@ -2,7 +2,7 @@
 
 vlm runs `Trainer.step` (the task `build_task` makes, the optimizer and gradient clipping the trainer uses) on
 one real batch of the shapes world, collated as training collates it, repeated every round. Late fusion is timed
-against OpenCLIP's step, early fusion (MLM on) against today's fusion step (vlm/train/bench_reference.py).
+against OpenCLIP's step, early fusion (MLM on) against today's fusion step (vlm/bench/train_reference.py).
 Rounds are interleaved and each side reports its median; the float32 matmul ceiling measured in the same run
 puts the achieved GFLOP/s (forward + backward, FlopCounterMode) in proportion. Before the first step both sides
 compute the loss of the batch on the same weights: they must agree to float tolerance.
@@ -67,7 +67,7 @@ def late_runs(args: argparse.Namespace, folder: Path) -> dict:
     import torch
 
     import vlm
-    from vlm.train.bench_reference import OpenClipStep
+    from vlm.bench.train_reference import OpenClipStep
     from vlm.train.config import TrainConfig
     from vlm.train.trainer import Trainer
 
@@ -90,7 +90,7 @@ def early_runs(args: argparse.Namespace, folder: Path) -> dict:
     import torch
 
     import vlm
-    from vlm.train.bench_reference import TodaysFusionStep
+    from vlm.bench.train_reference import TodaysFusionStep
     from vlm.train.config import TrainConfig
     from vlm.train.trainer import Trainer
 
@@ -110,7 +110,7 @@ def early_runs(args: argparse.Namespace, folder: Path) -> dict:
 
 def bench_family(runs: dict, rounds: int) -> dict:
     """Time both sides interleaved; one report row."""
-    from vlm.bench_timing import interleaved_seconds, rate
+    from vlm.bench.timing import interleaved_seconds, rate
 
     flops = {side: step_flops(runs[side]) for side in ("vlm", "reference")}  # also the warm-up step
     seconds = interleaved_seconds({side: runs[side] for side in ("vlm", "reference")}, rounds)
@@ -136,7 +136,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     import json
 
     from vlm.atomic_io import atomic_write
-    from vlm.bench_timing import environment, matmul_ceiling_gflops, peak_rss_mb
+    from vlm.bench.timing import environment, matmul_ceiling_gflops, peak_rss_mb
 
     if min(args.clip_batch, args.fusion_batch, args.rounds) < 1:
         raise ValueError("--clip-batch, --fusion-batch and --rounds must be at least 1")

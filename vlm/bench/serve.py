@@ -189,8 +189,8 @@ def format_table(report: dict) -> str:
 
 
 def run_soak_bench(checkpoint: str | None, n_items: int, minutes: float, clients: int, out: Path) -> dict:
+    from vlm.bench.soak import run_soak
     from vlm.index.encoder import load_encoder
-    from vlm.serve.soak import run_soak
 
     work = Path(tempfile.mkdtemp(prefix="vlm-bench-soak-"))
     if checkpoint is None:
@@ -211,7 +211,7 @@ def run_soak_bench(checkpoint: str | None, n_items: int, minutes: float, clients
 def cmd_bench_serve(args: argparse.Namespace) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.soak is not None:
-        from vlm.serve.soak import format_soak
+        from vlm.bench.soak import format_soak
 
         out = Path(args.out if args.out != "runs/bench/serve.json" else "runs/bench/serve-soak.json")
         report = run_soak_bench(args.checkpoint, sizes[0], args.soak, args.clients, out)

@@ -49,7 +49,7 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
 
 def make_pool(out: Path, n: int, size: int) -> list[str]:
     """`n` photo-like JPEGs of size x size; their paths relative to `out`."""
-    from data_pipelines.bench import make_photo_like_jpegs
+    from vlm.bench.data import make_photo_like_jpegs
 
     if not (out / "pool" / "pairs.csv").is_file() or len(list((out / "pool").glob("*.jpg"))) < n:
         make_photo_like_jpegs(out / "pool", n, (size, size))

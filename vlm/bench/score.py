@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vlm.models.bench import PRECISIONS
+from vlm.bench.encode import PRECISIONS
 
 
 def register_bench(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +30,7 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
 
 def wordpiece_vocab(size: int) -> list[str]:
     """BERT's special tokens, the caption words, then unused entries up to `size` (30522 as bert-base)."""
-    from vlm.models.bench_inputs import COCO_WORDS
+    from vlm.bench.inputs import COCO_WORDS
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(COCO_WORDS)]
     return words + [f"[unused{i}]" for i in range(max(0, size - len(words)))]
@@ -71,10 +71,10 @@ def bench_score(args: argparse.Namespace, hf_model, shared, native) -> dict:
     """Pairs/s of the three scorers on the same pairs, interleaved; the shared-weights scores compared."""
     import torch
 
-    from vlm.bench_timing import count_flops, interleaved_seconds, rate
+    from vlm.bench.encode import at_precision
+    from vlm.bench.inputs import coco_like_captions
+    from vlm.bench.timing import count_flops, interleaved_seconds, rate
     from vlm.eval.pair_scoring import FusionPairScorer
-    from vlm.models.bench import at_precision
-    from vlm.models.bench_inputs import coco_like_captions
     from vlm.tokenizer import get_tokenizer
 
     n, size = args.batch_size, shared.config.image_size
@@ -112,8 +112,8 @@ def bench_score(args: argparse.Namespace, hf_model, shared, native) -> dict:
 
 def cmd_bench_score(args: argparse.Namespace) -> int:
     import vlm
-    from vlm.bench_timing import environment, matmul_ceiling_gflops, peak_rss_mb
-    from vlm.models.bench_inputs import markdown_rows, write_report
+    from vlm.bench.inputs import markdown_rows, write_report
+    from vlm.bench.timing import environment, matmul_ceiling_gflops, peak_rss_mb
 
     if min(args.batch_size, args.rounds) < 1:
         raise ValueError("--batch-size and --rounds must be at least 1")

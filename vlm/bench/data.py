@@ -109,7 +109,7 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def register_bench(subparsers) -> None:
-    """Adds `vlm bench data` (called from vlm/bench_cli.py)."""
+    """Adds `vlm bench data` (called from vlm/bench/cli.py)."""
     p = subparsers.add_parser("data", help="samples/s of decode + transform + tokenise (shapes 64 px, JPEG shards)")
     p.add_argument("--workers", default="0,1,2", help="comma-separated DataLoader worker counts (0: main process)")
     p.add_argument("--batch-size", type=int, default=64)
