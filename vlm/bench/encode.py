@@ -44,9 +44,40 @@ def at_precision(model, precision: str):
     return with_precision(model, precision)
 
 
+class OnnxEncoder:
+    """A late-fusion export (`vlm export onnx`) run by ONNX Runtime, called as `vlm.index.encoder.Encoder` is:
+    texts tokenized and cut after the batch's longest real token, as vlm's encoder cuts them."""
+
+    def __init__(self, folder: str | Path, tokenizer, threads: int | None = None):
+        import onnxruntime
+        import torch
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        folder = Path(folder)
+        self.image, self.text = (onnxruntime.InferenceSession(str(folder / name), options,
+                                                              providers=["CPUExecutionProvider"])
+                                 for name in ("image_encoder.onnx", "text_encoder.onnx"))
+        self.tokenizer = tokenizer
+
+    def encode_pixels(self, pixels):
+        import torch
+
+        return torch.from_numpy(self.image.run(None, {"images": pixels.numpy()})[0])
+
+    def encode_texts(self, captions: list[str]):
+        import torch
+
+        from vlm.tokenizer import cut_padding, padding_mask
+
+        ids = self.tokenizer(captions)
+        ids, _ = cut_padding(ids, padding_mask(ids, getattr(self.tokenizer, "pad_id", 0)))
+        return torch.from_numpy(self.text.run(None, {"text": ids.numpy()})[0])
+
+
 def onnx_encoder(model, folder: Path):
     """vlm's ONNX export of `model` (vlm/models/onnx_export.py) on ONNX Runtime, with this process's threads."""
-    from vlm.models.onnx_export import OnnxEncoder, export_onnx
+    from vlm.models.onnx_export import export_onnx
     from vlm.tokenizer import get_tokenizer
 
     export_onnx(model, folder, check=False)

@@ -118,28 +118,3 @@ def export_onnx(model: nn.Module, out_dir: str | Path, check: bool = True) -> di
         json.dump(info, f, indent=2)
     return info
 
-
-class OnnxEncoder:
-    """A late-fusion export run by ONNX Runtime, called as `vlm.index.encoder.Encoder` is (`vlm bench encode
-    --precision onnx`): texts tokenized and cut after the batch's longest real token, as vlm's encoder cuts them."""
-
-    def __init__(self, folder: str | Path, tokenizer, threads: int | None = None):
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        folder = Path(folder)
-        self.image, self.text = (onnxruntime.InferenceSession(str(folder / name), options,
-                                                              providers=["CPUExecutionProvider"])
-                                 for name in ("image_encoder.onnx", "text_encoder.onnx"))
-        self.tokenizer = tokenizer
-
-    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.image.run(None, {"images": pixels.numpy()})[0])
-
-    def encode_texts(self, captions: list[str]) -> torch.Tensor:
-        from vlm.tokenizer import cut_padding, padding_mask
-
-        ids = self.tokenizer(captions)
-        ids, _ = cut_padding(ids, padding_mask(ids, getattr(self.tokenizer, "pad_id", 0)))
-        return torch.from_numpy(self.text.run(None, {"text": ids.numpy()})[0])
