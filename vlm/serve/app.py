@@ -15,10 +15,14 @@ from fastapi.responses import HTMLResponse
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from vlm.serve.clip_compat import build_clip_router
+from vlm.serve.clip_compat import clip_request_models, clip_router
+from vlm.serve.embed import embed_router
 from vlm.serve.errors import BodyLimitMiddleware, check_api_key, error_response, install_error_handlers
-from vlm.serve.routes import build_health_router, build_router
+from vlm.serve.items import items_router
+from vlm.serve.schemas import index_dim, request_models
+from vlm.serve.search import search_router
 from vlm.serve.service import ServeConfig, Service
+from vlm.serve.status import health_router, stats_router
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 CORS_METHODS = ["GET", "POST", "DELETE"]
@@ -47,10 +51,15 @@ def create_app(config: ServeConfig) -> FastAPI:
     def require_key(request: Request) -> None:
         check_api_key(request, config.api_key)
 
+    # Bodies are made for this server: its limits and the index's dimension are part of the schema.
+    dim = index_dim(config.index)
+    models = request_models(config.max_k, config.max_rerank_k, config.max_batch, config.max_body_bytes, dim)
+    app.state.clip_models = clip_request_models(config.max_k, config.max_body_bytes, dim)
     guarded = [Depends(require_key)]
-    app.include_router(build_health_router(service))
-    app.include_router(build_router(service), dependencies=guarded)
-    app.include_router(build_clip_router(service), dependencies=guarded)
+    app.include_router(health_router)
+    for router in (search_router(models), embed_router(models), items_router(models), stats_router,
+                   clip_router(app.state.clip_models)):
+        app.include_router(router, dependencies=guarded)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:

@@ -19,8 +19,9 @@ from starlette.concurrency import run_in_threadpool
 
 from vlm.index.folder import Hit
 from vlm.index.store import Item
+from vlm.serve.deps import ServiceDep
 from vlm.serve.errors import ApiError
-from vlm.serve.schemas import ERROR_RESPONSES, MAX_ID, ErrorBody, Finite, Text, base64_image, index_dim
+from vlm.serve.schemas import ERROR_RESPONSES, MAX_ID, ErrorBody, Finite, Text, base64_image
 from vlm.serve.service import EncodedImage, Service
 
 DEDUPLICATE_THRESHOLD = 0.94  # clip-retrieval drops results whose embeddings are this similar to a better one
@@ -155,56 +156,62 @@ def deduplicate(service: Service, hits: list[Hit], modality: str) -> list[Hit]:
     return [hits[i] for i in keep]
 
 
-def build_clip_router(service: Service) -> APIRouter:
+async def indices_list(service: ServiceDep) -> list[str]:
+    return [service.config.name]
+
+
+def check_index(service: Service, name: str | None) -> None:
+    if name is not None and name != service.config.name:
+        raise ApiError(404, "unknown_index", f"no index named {name!r}; this server has {[service.config.name]}")
+
+
+async def knn_service(request: Request, service: ServiceDep) -> list[dict]:
+    service.require_ready()
+    body = parse_body(request.app.state.clip_models[0], await read_json_body(request))
+    check_index(service, body.indice_name)
+    num_images = body.num_images or 40
+    num_result_ids = body.num_result_ids or num_images
+    service.check_k(num_images, "num_images")
+    service.check_k(num_result_ids, "num_result_ids")
+    vector = await query_vector(service, body)
+    hits = await service.search(vector, max(num_result_ids, num_images), body.modality)
+    if body.deduplicate:
+        hits = await run_in_threadpool(deduplicate, service, hits, body.modality)
+
+    def results() -> list[dict]:
+        return [{**metadata(service, h.item), "id": h.item.id, "similarity": h.score} for h in hits[:num_images]]
+
+    return await run_in_threadpool(results)
+
+
+async def metadata_service(request: Request, service: ServiceDep) -> list[dict]:
+    service.require_ready()
+    body = parse_body(request.app.state.clip_models[1], await read_json_body(request))
+    check_index(service, body.indice_name)
+    ids = body.ids
+
+    def lookup() -> list[dict]:
+        items = {it.id: it for it in service.index.get_many(ids)}
+        return [{"id": i, "metadata": metadata(service, items[i]) if i in items else {}} for i in ids]
+
+    return await run_in_threadpool(lookup)
+
+
+def clip_router(models: tuple[type[BaseModel], type[BaseModel]]) -> APIRouter:
+    """`models`: this server's (KnnRequest, MetadataRequest), documented here and parsed by the handlers
+    (from `app.state.clip_models`), since ClipClient sends JSON without a Content-Type."""
+    knn, meta = models
     router = APIRouter(tags=["clip-retrieval"], responses=ERROR_RESPONSES)
-    KnnRequest, MetadataRequest = clip_request_models(  # noqa: N806 (classes)
-        service.config.max_k, service.config.max_body_bytes, index_dim(service.config.index))
-
-    @router.get("/indices-list", summary="clip-retrieval: names of the indexes served", operation_id="indices_list")
-    async def indices_list() -> list[str]:
-        return [service.config.name]
-
-    def check_index(name: str | None) -> None:
-        if name is not None and name != service.config.name:
-            raise ApiError(404, "unknown_index", f"no index named {name!r}; this server has {[service.config.name]}")
-
-    @router.post("/knn-service", summary="clip-retrieval: nearest neighbours of a text, image or embedding",
-                 operation_id="knn_service", response_model=None, openapi_extra=openapi_body(KnnRequest),
-                 responses={200: {"model": list[ClipResult]}, 403: {"model": ErrorBody,
-                            "description": "image_url fetching is off on this server"}})
-    async def knn_service(request: Request) -> list[dict]:
-        service.require_ready()
-        body = parse_body(KnnRequest, await read_json_body(request))
-        check_index(body.indice_name)
-        num_images = body.num_images or 40
-        num_result_ids = body.num_result_ids or num_images
-        service.check_k(num_images, "num_images")
-        service.check_k(num_result_ids, "num_result_ids")
-        vector = await query_vector(service, body)
-        hits = await service.search(vector, max(num_result_ids, num_images), body.modality)
-        if body.deduplicate:
-            hits = await run_in_threadpool(deduplicate, service, hits, body.modality)
-
-        def results() -> list[dict]:
-            return [{**metadata(service, h.item), "id": h.item.id, "similarity": h.score} for h in hits[:num_images]]
-
-        return await run_in_threadpool(results)
-
-    @router.post("/metadata", summary="clip-retrieval: metadata of ids", operation_id="clip_metadata",
-                 response_model=None, openapi_extra=openapi_body(MetadataRequest),
-                 responses={200: {"model": list[ClipMetadataResult]}})
-    async def metadata_service(request: Request) -> list[dict]:
-        service.require_ready()
-        body = parse_body(MetadataRequest, await read_json_body(request))
-        check_index(body.indice_name)
-        ids = body.ids
-
-        def lookup() -> list[dict]:
-            items = {it.id: it for it in service.index.get_many(ids)}
-            return [{"id": i, "metadata": metadata(service, items[i]) if i in items else {}} for i in ids]
-
-        return await run_in_threadpool(lookup)
-
+    router.add_api_route("/indices-list", indices_list, methods=["GET"],
+                         summary="clip-retrieval: names of the indexes served", operation_id="indices_list")
+    router.add_api_route("/knn-service", knn_service, methods=["POST"],
+                         summary="clip-retrieval: nearest neighbours of a text, image or embedding",
+                         operation_id="knn_service", response_model=None, openapi_extra=openapi_body(knn),
+                         responses={200: {"model": list[ClipResult]}, 403: {
+                             "model": ErrorBody, "description": "image_url fetching is off on this server"}})
+    router.add_api_route("/metadata", metadata_service, methods=["POST"], summary="clip-retrieval: metadata of ids",
+                         operation_id="clip_metadata", response_model=None, openapi_extra=openapi_body(meta),
+                         responses={200: {"model": list[ClipMetadataResult]}})
     return router
 
 
