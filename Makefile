@@ -27,6 +27,7 @@ test-deps: install browser
 		|| echo "make test-deps: could not install clip-retrieval; the ClipClient test will skip"
 
 test: install test-deps
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 test-all: install test-deps
@@ -37,6 +38,7 @@ quickstart: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) runs data/shapes
