@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlm.models.checkpoint import save_model
+from vlm.models.checkpoint_file import save_model
 from vlm.models.config import DualEncoderConfig
 from vlm.models.heads import LateFusionVQAHead
 from vlm.models.towers import ImageTower, TextTower

@@ -21,7 +21,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vlm.models.checkpoint import save_model
+from vlm.models.checkpoint_file import save_model
 from vlm.models.config import EarlyFusionConfig
 from vlm.models.heads import MLMHead, VQAHead
 from vlm.models.preprocess import pixel_mask_of
