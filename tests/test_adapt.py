@@ -11,12 +11,12 @@ import torch
 
 import vlm
 from data_pipelines import generate_shapes_world
-from vlm.adapt.lora import lora_model
-from vlm.adapt.methods import add_lora, apply_adaptation, parameter_counts
 from vlm.cli import main
 from vlm.models.checkpoint import read_checkpoint
+from vlm.models.config import LoraConfig
+from vlm.models.lora import add_lora, lora_model
 from vlm.train import TrainConfig, load_train_config, train
-from vlm.train.config import LoraConfig
+from vlm.train.trainable import apply_adaptation, parameter_counts
 
 TOLERANCE = dict(rtol=0, atol=1e-5)
 

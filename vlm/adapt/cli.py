@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_lora_merge(args: argparse.Namespace) -> int:
-    from vlm.adapt.lora import merge_lora_checkpoint
+    from vlm.models.lora import merge_lora_checkpoint
 
     print(f"wrote {merge_lora_checkpoint(args.checkpoint, args.out)}")
     return 0

@@ -22,7 +22,6 @@ from pathlib import Path
 from torch import nn
 
 from vlm.adapt.measure import PeakMemory, WorldSets, measure
-from vlm.adapt.methods import apply_adaptation, parameter_counts
 from vlm.adapt.wise_ft import interpolate, plain_payload
 from vlm.atomic_io import atomic_write
 from vlm.config import to_dict
@@ -30,6 +29,7 @@ from vlm.errors import UserError
 from vlm.models.checkpoint import model_from_weights, resolve_checkpoint
 from vlm.models.config import model_config_from_dict
 from vlm.train.config import TrainConfig, load_train_config
+from vlm.train.trainable import apply_adaptation, parameter_counts
 
 RECIPES = {"lora": "adapt-lora.yaml", "lit": "adapt-lit.yaml", "full": "adapt-full.yaml"}
 METHODS = {"dual_encoder": ("zeroshot", "linear-probe", "lora", "lit", "full", "wise-ft"),

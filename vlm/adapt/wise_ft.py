@@ -14,12 +14,11 @@ import torch
 
 from vlm.errors import UserError
 from vlm.models.checkpoint import model_payload, read_checkpoint, save_checkpoint
+from vlm.models.lora import lora_of, merged_model
 
 
 def plain_payload(path: str | Path) -> dict[str, Any]:
     """A checkpoint's config and weights, a LoRA run's merged first (WiSE-FT needs both in the same names)."""
-    from vlm.adapt.lora import lora_of, merged_model
-
     payload = read_checkpoint(path)
     if lora_of(payload) is not None:
         payload = model_payload(merged_model(payload, str(path)))

@@ -34,7 +34,7 @@ def load_model(path: str | Path) -> nn.Module:
     if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("model"), dict):
         raise CheckpointError(f"{path}: checkpoint lacks its 'config' or 'model' entry")
     if (payload.get("train_config") or {}).get("lora"):  # a LoRA run's: its adapters folded into the weights
-        from vlm.adapt.lora import lora_of, merged_model
+        from vlm.models.lora import lora_of, merged_model
 
         if lora_of(payload) is not None:
             return merged_model(payload, str(path))

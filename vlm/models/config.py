@@ -97,6 +97,30 @@ class EarlyFusionConfig:
         return self.vocab.index("[PAD]") if self.tokenizer == "wordpiece" else 0
 
 
+LORA_TARGETS = ("qkv", "proj", "mlp")  # in every ViT block: attn.qkv, attn.proj, mlp.fc1 + mlp.fc2
+LORA_STACKS = ("image", "text", "fusion")  # the late-fusion towers, the early-fusion stack
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters (peft) on the blocks' linear layers; everything else is frozen (but a fresh VQA head).
+    CLIP-LoRA's defaults are r 2, alpha 1, dropout 0.25 on q/k/v of both towers; these suit a small model.
+    A training recipe's `lora:` field, and part of a LoRA run's checkpoint (vlm/models/lora.py rebuilds it)."""
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = LORA_TARGETS
+    stacks: tuple[str, ...] = LORA_STACKS  # those the model has: image/text (late fusion) or fusion (early)
+
+    def __post_init__(self):
+        for name, given, known in (("targets", self.targets, LORA_TARGETS), ("stacks", self.stacks, LORA_STACKS)):
+            bad = [t for t in given if t not in known]
+            if bad or not given:
+                raise ConfigError(f"lora.{name}: {bad or 'empty'}; choose from {list(known)}")
+        if self.r <= 0:
+            raise ConfigError(f"lora.r must be positive, got {self.r}")
+
+
 ModelConfig = DualEncoderConfig | EarlyFusionConfig
 ARCHS: dict[str, type] = {"dual_encoder": DualEncoderConfig, "early_fusion": EarlyFusionConfig}
 

@@ -7,10 +7,9 @@ from pathlib import Path
 
 from data_pipelines.options import pairs_options
 from vlm.config import ConfigError, apply_overrides, from_dict, read_yaml
+from vlm.models.config import LoraConfig  # the `lora:` field; it lives with the model it changes
 
 OBJECTIVES = ("clip", "siglip", "fusion", "vqa")
-LORA_TARGETS = ("qkv", "proj", "mlp")  # in every ViT block: attn.qkv, attn.proj, mlp.fc1 + mlp.fc2
-LORA_STACKS = ("image", "text", "fusion")  # the late-fusion towers, the early-fusion stack
 
 
 @dataclass(frozen=True)
@@ -41,25 +40,6 @@ class DataConfig:
     def val_source_options(self) -> dict:
         return pairs_options(self.val_image_column or self.image_column, self.val_caption_column or self.caption_column,
                              self.val_separator or self.separator)
-
-
-@dataclass(frozen=True)
-class LoraConfig:
-    """Low-rank adapters (peft) on the blocks' linear layers; everything else is frozen (but a fresh VQA head).
-    CLIP-LoRA's defaults are r 2, alpha 1, dropout 0.25 on q/k/v of both towers; these suit a small model."""
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: tuple[str, ...] = LORA_TARGETS
-    stacks: tuple[str, ...] = LORA_STACKS  # those the model has: image/text (late fusion) or fusion (early)
-
-    def __post_init__(self):
-        for name, given, known in (("targets", self.targets, LORA_TARGETS), ("stacks", self.stacks, LORA_STACKS)):
-            bad = [t for t in given if t not in known]
-            if bad or not given:
-                raise ConfigError(f"lora.{name}: {bad or 'empty'}; choose from {list(known)}")
-        if self.r <= 0:
-            raise ConfigError(f"lora.r must be positive, got {self.r}")
 
 
 @dataclass(frozen=True)
@@ -103,7 +83,8 @@ class TrainConfig:
     vqa_max_answers: int = 500  # vqa: answer vocabulary = the most frequent training answers
     freeze_towers: bool = False  # vqa with late fusion: train the head only
     head_lr_scale: float = 1.0  # vqa: learning-rate multiplier for the freshly initialised head
-    # Adaptation (vlm/adapt/): full fine-tuning unless one of these is set. See configs/train/adapt-*.yaml.
+    # Adaptation (vlm/train/trainable.py; LoRA itself: vlm/models/lora.py): full fine-tuning unless one of these
+    # is set. See configs/train/adapt-*.yaml.
     lora: LoraConfig | None = None  # train low-rank adapters only; `vlm lora merge` folds them into the weights
     lock_image: bool = False  # LiT: the image side is frozen, the text side (or fusion stack) learns
     freeze: tuple[str, ...] = ()  # parameter-name patterns (fnmatch) to freeze, e.g. "text.blocks.0.*"

@@ -14,9 +14,9 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from data_pipelines.sources import detect_format
-from vlm.adapt.methods import apply_adaptation, parameter_counts
 from vlm.models.checkpoint import CHECKPOINT_NAME, model_payload, read_checkpoint
 from vlm.models.config import ModelConfig
+from vlm.models.lora import lora_of, merged_model
 from vlm.models.registry import build_model, get_model_config, model_config_from_dict
 from vlm.tokenizer import get_tokenizer
 from vlm.train.config import TrainConfig
@@ -32,6 +32,7 @@ from vlm.train.data import (
 )
 from vlm.train.distributed import DistributedEnv, all_reduce_mean, broadcast_flag, init_distributed
 from vlm.train.plots import plot_metrics
+from vlm.train.trainable import apply_adaptation, parameter_counts
 from vlm.train.trainer import (
     MetricsLog,
     StopSignal,
@@ -52,8 +53,6 @@ def starting_config(config: TrainConfig, checkpoint: dict | None, where: str) ->
 
 def starting_checkpoint(path: str) -> dict:
     """The checkpoint a run fine-tunes from; a LoRA run's with its adapters merged, so it loads as plain weights."""
-    from vlm.adapt.lora import lora_of, merged_model
-
     payload = read_checkpoint(path)
     return model_payload(merged_model(payload, path)) if lora_of(payload) is not None else payload
 

@@ -1,4 +1,5 @@
-"""Which parameters a run trains: LoRA adapters (peft), a locked image side (LiT), frozen name patterns.
+"""Which parameters a run trains: LoRA adapters (peft, vlm/models/lora.py), a locked image side (LiT), frozen
+name patterns.
 
 Full fine-tuning (nothing set) stays the default. Applied after the starting weights are loaded and before the
 optimizer is built, so the optimizer only ever sees what trains, and a resumed run is rebuilt the same way.
@@ -11,36 +12,12 @@ import fnmatch
 from torch import nn
 
 from vlm.config import ConfigError
-from vlm.train.config import LoraConfig, TrainConfig
+from vlm.models.lora import add_lora
+from vlm.train.config import TrainConfig
 
-# Module paths of each stack's ViT blocks, and each target's layers inside a timm Block.
-STACK_BLOCKS = {"image": r"image\.trunk\.blocks", "text": r"text\.blocks", "fusion": r"blocks"}
-TARGET_LAYERS = {"qkv": r"attn\.qkv", "proj": r"attn\.proj", "mlp": r"mlp\.fc1|mlp\.fc2"}
 # The image side of each family, for lock_image (LiT locks the whole image tower, its projection included).
 IMAGE_SIDE = {"dual_encoder": ("image.*",), "early_fusion": ("patch_embed.*", "image_pos")}
 FRESH_HEAD = "vqa_head."  # a head the run just created learns whatever else is frozen
-
-
-def lora_target_regex(lora: LoraConfig, arch: str) -> str:
-    """A full-match regex over module names, as peft's `target_modules` takes it."""
-    stacks = [s for s in lora.stacks if (s == "fusion") == (arch == "early_fusion")]
-    if not stacks:
-        raise ConfigError(f"lora.stacks {list(lora.stacks)} name no stack of a {arch} model "
-                          f"({'fusion' if arch == 'early_fusion' else 'image, text'})")
-    blocks = "|".join(STACK_BLOCKS[s] for s in stacks)
-    layers = "|".join(TARGET_LAYERS[t] for t in lora.targets)
-    return rf"({blocks})\.\d+\.({layers})"
-
-
-def add_lora(model: nn.Module, lora: LoraConfig) -> nn.Module:
-    """Inject LoRA layers in place (the model keeps its class and methods) and freeze all but the adapters."""
-    from peft import LoraConfig as PeftLoraConfig
-    from peft.tuners.lora import LoraModel
-
-    peft_config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                 target_modules=lora_target_regex(lora, model.config.arch))
-    LoraModel(model, peft_config, "default")  # injects into `model` itself and marks only adapters trainable
-    return model
 
 
 def freeze_matching(model: nn.Module, patterns: tuple[str, ...], field: str) -> None:
