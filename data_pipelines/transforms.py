@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from data_pipelines.images import to_rgb
+
 # OpenAI CLIP's normalisation, which OpenCLIP uses for its ViT models; vlm.models.openclip_compat imports these.
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -28,8 +30,7 @@ class ToNormalizedTensor:
         self.offset = np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        if image.mode != "RGB":  # convert() copies even when the mode is already right
-            image = image.convert("RGB")
+        image = to_rgb(image)  # the decoder's rules, for an image opened elsewhere; no copy when already RGB
         pixels = np.asarray(image, dtype=np.float32)  # (H, W, 3)
         pixels *= self.scale
         pixels -= self.offset

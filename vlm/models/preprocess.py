@@ -5,6 +5,11 @@ the model's own mean/std, or ViLT's processor (shorter side to `image_size`, lon
 1333/800 of it, both floored to multiples of 32, mean = std = 0.5, bicubic with antialiasing on uint8
 tensors, as transformers' ViltImageProcessor does).
 
+An extreme aspect ratio (a 4000x10 strip, a 1-pixel line) would round its short side to 0 px there and
+crash the resize (transformers crashes too): each side is clamped to at least `VILT_SIZE_DIVISOR` (32 px,
+one ViLT patch), stretching the short side rather than padding it, so every patch holds real pixels. An image
+whose resized sides are 32 px or more (up to 20:1 at ViLT's 384 px) is unchanged.
+
 ViLT images keep their aspect ratio, so they differ in size. To batch them through the same code as square
 images, each is placed top-left on a canvas of the largest size the rule allows and the rest is filled with
 NaN: the pixel mask travels inside the pixels. `EarlyFusionModel` reads it back (`pixel_mask_of`), zeroes
@@ -19,6 +24,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from data_pipelines.images import to_rgb
 from data_pipelines.transforms import ImageTransform, ToNormalizedTensor, eval_transform, train_transform
 
 VILT_MEAN = VILT_STD = (0.5, 0.5, 0.5)
@@ -40,6 +46,11 @@ def vilt_resize_shape(height: int, width: int, shorter: int) -> tuple[int, int]:
     return new_h // VILT_SIZE_DIVISOR * VILT_SIZE_DIVISOR, new_w // VILT_SIZE_DIVISOR * VILT_SIZE_DIVISOR
 
 
+def clamped_to_a_patch(size: tuple[int, int]) -> tuple[int, int]:
+    """Each side at least one patch (`VILT_SIZE_DIVISOR`): a strip's short side is stretched, never 0 px."""
+    return max(size[0], VILT_SIZE_DIVISOR), max(size[1], VILT_SIZE_DIVISOR)
+
+
 def vilt_canvas_size(shorter: int) -> int:
     """The longest side ViLT's resize can give: every image fits a square canvas of this size."""
     return int(MAX_LONGER_EDGE / MAX_SHORTER_EDGE * shorter) // VILT_SIZE_DIVISOR * VILT_SIZE_DIVISOR
@@ -55,9 +66,9 @@ class ViltImageTransform:
         self.decode_size = None  # full JPEG decodes (no libjpeg draft scaling), as transformers reads images
 
     def unpadded(self, image: Image.Image) -> torch.Tensor:
-        """(3, h, w): exactly what ViltImageProcessor gives for this one image."""
-        pixels = TF.pil_to_tensor(image.convert("RGB"))  # uint8 (3, H, W)
-        size = vilt_resize_shape(pixels.shape[1], pixels.shape[2], self.shorter)
+        """(3, h, w): exactly what ViltImageProcessor gives for this one image, each side at least one patch."""
+        pixels = TF.pil_to_tensor(to_rgb(image))  # uint8 (3, H, W)
+        size = clamped_to_a_patch(vilt_resize_shape(pixels.shape[1], pixels.shape[2], self.shorter))
         pixels = TF.resize(pixels, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
         return (pixels.float() / 255 - 0.5) / 0.5
 

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from data_pipelines.images import BadImage, decode_image
+from data_pipelines.images import BadImage, allow_pixels, decode_image
 from vlm.eval.zeroshot import zero_shot_classifier
 from vlm.index.encoder import Encoder, Reranker, load_encoder, load_reranker
 from vlm.index.errors import IndexReadOnlyError
@@ -181,6 +181,7 @@ class Service:
     def image_size(self, data: bytes, field: str = "image") -> tuple[int, int]:
         """(width, height) from the header alone, refused when over the per-image limits: nothing decoded."""
         limit = self.config.max_image_pixels
+        allow_pixels(limit)  # Pillow refuses over twice its own limit inside open(): not over a higher one of ours
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is checked below
