@@ -29,7 +29,8 @@ def pairs_options(image_column: str | None = None, caption_column: str | None = 
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """--image-column, --caption-column, --separator, --image-root, with OpenCLIP's names as aliases."""
+    """--image-column, --caption-column, --separator, --image-root, with OpenCLIP's names as aliases, and
+    --max-pixels."""
     group = parser.add_argument_group("pairs file columns (CSV/TSV/JSONL)")
     group.add_argument("--image-column", "--csv-img-key", dest="image_column", metavar="NAME",
                        help="column (JSONL: field) with the image path (default: image)")
@@ -39,6 +40,25 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
                        help="column separator, '\\t' for a tab (default: tab for .tsv, comma otherwise)")
     group.add_argument("--image-root", metavar="DIR",
                        help="folder image paths are relative to (default: the file's folder)")
+    add_max_pixels_argument(parser)
+
+
+def add_max_pixels_argument(parser: argparse.ArgumentParser) -> None:
+    """--max-pixels, on every command that decodes images; `vlm.cli.main` sets it for the command's run."""
+    parser.add_argument("--max-pixels", type=positive_int, metavar="N",
+                        help="refuse images over N pixels, as a guard against decompression bombs; raise it for "
+                             "large photos (default: Pillow's, 89,478,485; the recipe key is data.max_pixels)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 ("108_000_000" too)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
 
 
 def source_options(args: argparse.Namespace) -> dict:

@@ -8,6 +8,7 @@ answers at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -59,13 +60,23 @@ def debug_from_env() -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with pixel_limit(getattr(args, "max_pixels", None)):
+            return int(args.func(args) or 0)
     except USER_ERRORS as e:
         if args.debug:
             raise
         message = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the message held
         print(f"{args.command_name}: error: {message}", file=sys.stderr)
         return 2
+
+
+def pixel_limit(limit: int | None) -> contextlib.AbstractContextManager:
+    """--max-pixels: the process's image pixel limit while the command runs (Pillow imported only if given)."""
+    if limit is None:
+        return contextlib.nullcontext()
+    from data_pipelines.images import max_pixels_set
+
+    return max_pixels_set(limit)
 
 
 def console_main() -> None:

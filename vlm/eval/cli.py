@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from data_pipelines.options import add_source_arguments, source_options
+from data_pipelines.options import add_max_pixels_argument, add_source_arguments, source_options
 from vlm.atomic_io import atomic_write
 from vlm.eval.vqa_metric import DEFAULT_VQA_METRIC, VQA_METRICS
 
@@ -48,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="run the model(s) in int8, as `vlm index build|serve --precision int8` do (default fp32)")
         if task in ("retrieval", "compositional"):  # the evaluations that read pairs files
             add_source_arguments(t)
+        else:
+            add_max_pixels_argument(t)
         if task != "compositional":
             t.add_argument("--predictions", type=Path, default=None, help=PREDICTION_HELP[task])
             add_stream_options(t)
@@ -73,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--shots", default="1,2,4,8,16", help="training images per class, comma-separated (0: all)")
     t.add_argument("--seed", type=int, default=0, help="which k images of each class")
     t.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
+    add_max_pixels_argument(t)
     t.set_defaults(func=cmd_linear_probe)
 
     register_classify(subparsers)

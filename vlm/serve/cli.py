@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="require this key (Bearer or X-API-Key); default: $VLM_API_KEY, none if unset")
     s.add_argument("--index-name", default="", help="name in /indices-list (default: the folder name)")
     s.add_argument("--max-body-bytes", type=int)
-    s.add_argument("--max-image-pixels", type=int)
+    s.add_argument("--max-image-pixels", "--max-pixels", dest="max_image_pixels", type=int, metavar="N",
+                   help="refuse a query or added image over N pixels (413), before decoding it (default 4096 x 4096)")
     s.add_argument("--max-k", type=int)
     s.add_argument("--max-batch", type=int)
     s.add_argument("--torch-threads", type=int,

@@ -33,13 +33,21 @@ class DataConfig:
     val_image_column: str | None = None  # the same for `val`; None: as for `train`
     val_caption_column: str | None = None
     val_separator: str | None = None
+    # Refuse images over this many pixels (decompression bombs); raise it for large photos, 108 MP and up.
+    # None: Pillow's limit, 89,478,485 (or `--max-pixels` where the command has it).
+    max_pixels: int | None = None
 
     def train_source_options(self) -> dict:
-        return pairs_options(self.image_column, self.caption_column, self.separator)
+        return {**pairs_options(self.image_column, self.caption_column, self.separator), **self.decode_options()}
 
     def val_source_options(self) -> dict:
-        return pairs_options(self.val_image_column or self.image_column, self.val_caption_column or self.caption_column,
-                             self.val_separator or self.separator)
+        return {**pairs_options(self.val_image_column or self.image_column,
+                                self.val_caption_column or self.caption_column, self.val_separator or self.separator),
+                **self.decode_options()}
+
+    def decode_options(self) -> dict:
+        """`open_source`'s image-decoding keywords that the recipe sets."""
+        return {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,8 @@ class TrainConfig:
             raise ConfigError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
         if self.steps <= 0:
             raise ConfigError(f"steps must be positive, got {self.steps}")
+        if self.data.max_pixels is not None and self.data.max_pixels < 1:
+            raise ConfigError(f"data.max_pixels must be positive, got {self.data.max_pixels}")
         check_hard_negatives(self.hard_negatives, self.objective)
 
 
