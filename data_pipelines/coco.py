@@ -9,12 +9,14 @@ from typing import Any
 
 from data_pipelines.records import RecordDataset, resolve_image_path, validate_records
 from data_pipelines.sample import DEFAULT_MAX_BAD_FRACTION, Sample
+from data_pipelines.text_files import open_text
 
 
 def read_json(path: str | Path) -> Any:
+    """A JSON file, with or without a BOM; bad JSON or bad UTF-8 is one error naming the file and line."""
     path = Path(path)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_text(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None

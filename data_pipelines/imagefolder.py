@@ -14,12 +14,9 @@ from pathlib import Path
 from data_pipelines.images import IMAGE_EXTENSIONS
 from data_pipelines.records import RecordDataset, validate_records
 from data_pipelines.sample import DEFAULT_MAX_BAD_FRACTION, Sample
+from data_pipelines.text_files import read_lines  # BOM-free, with decode errors that name the line
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
-
-
-def read_lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def open_imagefolder(

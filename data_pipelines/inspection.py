@@ -39,8 +39,21 @@ def inspect_source(path: str | Path, split: str | None = None, samples: int = 3,
               "images": len({s.image_id for s in items}), "images_checked": checked}
     report.update(_content_counts(items, source))
     report["examples"] = [_describe(s) for s in items[:samples]]
-    report["problems"] = {"skipped": dict(source.stats.skipped), "examples": source.stats.examples}
+    report["problems"] = _problems(source)
+    if getattr(source, "info", {}).get("separator") not in (None, ",", "\t"):
+        report["separator"] = source.info["separator"]  # detected from the header (`pairs.detect_separator`)
     return report
+
+
+def _problems(source) -> dict:
+    """Skipped items by reason, and the rows of a pairs file whose field spans many lines or thousands of
+    characters: an unclosed quote swallows the rows below it without any item being skipped."""
+    problems = {"skipped": dict(source.stats.skipped), "examples": list(source.stats.examples)}
+    long_fields = getattr(source, "info", {}).get("long_fields") or {}
+    if long_fields.get("count"):
+        problems["long_fields"] = long_fields["count"]
+        problems["examples"] += long_fields["examples"]
+    return problems
 
 
 def _check_images(source: RecordDataset, n: int) -> dict:
@@ -122,7 +135,9 @@ def format_report(report: dict, indent: str = "") -> str:
         for split, sub in report["splits"].items():
             lines += [f"{indent}split {split}:", format_report(sub, indent + "  ")]
         return "\n".join(lines)
-    lines = [f"{indent}format: {report['format']}", f"{indent}items: {report['items']}  images: {report['images']}"]
+    separator = f" (separator {report['separator']!r})" if "separator" in report else ""
+    lines = [f"{indent}format: {report['format']}{separator}",
+             f"{indent}items: {report['items']}  images: {report['images']}"]
     for key in ("questions", "answer_types", "question_families", "classes", "classes_with_images", "templates"):
         if key in report:
             lines.append(f"{indent}{key.replace('_', ' ')}: {report[key]}")
@@ -134,8 +149,12 @@ def format_report(report: dict, indent: str = "") -> str:
     lines += [f"{indent}  {example}" for example in report["examples"]]
     lines.append(f"{indent}{_checked_line(report['images_checked'])}")
     problems = report["problems"]
-    if problems["skipped"]:
-        lines.append(f"{indent}problems: {problems['skipped']}")
+    if problems["skipped"] or problems.get("long_fields"):
+        if problems["skipped"]:
+            lines.append(f"{indent}problems: {problems['skipped']}")
+        if problems.get("long_fields"):
+            lines.append(f"{indent}problems: {problems['long_fields']} row(s) with a field spanning many lines or "
+                         "thousands of characters (an unclosed quote?)")
         lines += [f"{indent}  {e}" for e in problems["examples"]]
     else:
         sampled = report["images_checked"]["sampled"]

@@ -14,6 +14,13 @@ from pathlib import Path
 
 from data_pipelines.records import RecordDataset, resolve_image_path, validate_records
 from data_pipelines.sample import DEFAULT_MAX_BAD_FRACTION, Sample
+from data_pipelines.text_files import open_text, raise_csv_field_limit
+
+raise_csv_field_limit()  # a 200,000-character caption is data, not `_csv.Error: field larger than field limit`
+SEPARATORS = (",", "\t", ";", "|")  # tried, in this order, when none is named
+LONG_FIELD_LINES = 5  # a quoted caption may hold a line break or two; an unclosed quote swallows the rows below
+LONG_FIELD_CHARS = 2000
+LONG_FIELD_EXAMPLES = 5
 
 
 def open_pairs(
@@ -31,35 +38,84 @@ def open_pairs(
     """A map-style dataset of (image, caption) items from a .csv, .tsv or .jsonl file."""
     path = Path(path)
     base = Path(image_root) if image_root is not None else path.parent
+    long_fields: dict = {"count": 0, "examples": []}  # filled as the rows are read (`_long_field`)
     if path.suffix.lower() == ".jsonl":
         rows = _jsonl_rows(path, image_column, caption_column, id_column)
         fmt = "jsonl"
     else:
-        sep = sep or ("\t" if path.suffix.lower() == ".tsv" else ",")
-        rows = _csv_rows(path, sep, image_column, caption_column, id_column)
+        sep = sep or detect_separator(path, [c for c in (image_column, caption_column, id_column) if c])
+        rows = _csv_rows(path, sep, image_column, caption_column, id_column, long_fields)
         fmt = "tsv" if sep == "\t" else "csv"
     candidates = _records(rows, base, image_column, caption_column, id_column)
     records, rows, stats = validate_records(candidates, str(path), max_bad_fraction, check_files, need_caption=True)
-    return RecordDataset(records, stats, fmt, transform, max_pixels, rows=rows)
+    info = {"separator": sep, "long_fields": long_fields} if fmt != "jsonl" else {}
+    return RecordDataset(records, stats, fmt, transform, max_pixels, info, rows=rows)
 
 
-def _csv_rows(path: Path, sep: str, image_column: str, caption_column: str, id_column: str | None
-              ) -> Iterator[tuple[dict, str]]:
-    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets start CSVs with a BOM
+def detect_separator(path: Path, columns: list[str]) -> str:
+    """The separator whose split of the header holds every named column; else the one that splits the header
+    into the most columns; else the suffix's (tab for .tsv, comma otherwise). A spreadsheet in a
+    semicolon locale saves `image;caption`, which a comma would read as one column."""
+    default = "\t" if path.suffix.lower() == ".tsv" else ","
+    with open_text(path, newline="") as f:
+        header = f.readline()
+    splits = {sep: _split_header(header, sep) for sep in dict.fromkeys((default, *SEPARATORS))}
+    fitting = [sep for sep, names in splits.items() if set(columns) <= set(names)]
+    if fitting:
+        return fitting[0]
+    widest = max(splits, key=lambda sep: len(splits[sep]))
+    return widest if len(splits[widest]) > len(splits[default]) else default
+
+
+def _split_header(header: str, sep: str) -> list[str]:
+    return next(csv.reader([header.rstrip("\r\n")], delimiter=sep), [])
+
+
+def _separated_by(path: Path, sep: str) -> str:
+    """Said in an error only when the header was read with another separator than the suffix's."""
+    default = "\t" if path.suffix.lower() == ".tsv" else ","
+    return "" if sep == default else f"; separated by {'a tab' if sep == chr(9) else repr(sep)}"
+
+
+def _csv_rows(path: Path, sep: str, image_column: str, caption_column: str, id_column: str | None,
+              long_fields: dict) -> Iterator[tuple[dict, str]]:
+    """Rows with where they end ("pairs.csv line 7"); a field spanning many lines or thousands of characters
+    is counted in `long_fields` (an unclosed quote reads every row below it into one caption)."""
+    with open_text(path, newline="") as f:  # spreadsheets start CSVs with a BOM; open_text drops it
         reader = csv.DictReader(f, delimiter=sep)
         columns = reader.fieldnames or []
         for option, column in (("image_column", image_column), ("caption_column", caption_column),
                                ("id_column", id_column)):
             if column is not None and column not in columns:
-                raise ValueError(f"{path}: no column {column!r} (columns: {', '.join(columns) or 'none'}); "
-                                 f"{_how_to_name(option)}")
+                raise ValueError(f"{path}: no column {column!r} (columns: {', '.join(columns) or 'none'}"
+                                 f"{_separated_by(path, sep)}); {_how_to_name(option)}")
         for row in reader:
+            note = _long_field(row, path, reader.line_num)
+            if note:
+                long_fields["count"] += 1
+                if len(long_fields["examples"]) < LONG_FIELD_EXAMPLES:
+                    long_fields["examples"].append(note)
             yield row, f"{path.name} line {reader.line_num}"
+
+
+def _long_field(row: dict, path: Path, last_line: int) -> str | None:
+    """What is suspect about a row whose longest field spans many lines or thousands of characters, else None."""
+    name, value = max(((k, v) for k, v in row.items() if isinstance(v, str)), key=lambda kv: len(kv[1]),
+                      default=(None, ""))
+    lines = value.rstrip("\r\n").count("\n") + 1  # a quote left open at the end swallows the last line end too
+    if lines < LONG_FIELD_LINES and len(value) < LONG_FIELD_CHARS:
+        return None
+    if lines == 1:
+        return (f"{path.name} line {last_line}: field {name!r} holds {len(value):,} characters; if it is not one "
+                "caption, a quote or a line end is missing")
+    return (f"{path.name} lines {last_line - lines + 1}-{last_line}: field {name!r} spans {lines} lines "
+            f"({len(value):,} characters); an unclosed quote reads the rows below it into one field: close the "
+            "quote, or double the quotes inside it")
 
 
 def _jsonl_rows(path: Path, image_column: str, caption_column: str, id_column: str | None
                 ) -> Iterator[tuple[dict, str]]:
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
