@@ -7,14 +7,17 @@ error that names the input. A traceback never passes: `main` returns 2 only for 
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 import vlm
+from data_pipelines.imagefolder import open_imagefolder
 from data_pipelines.pairs import open_pairs
 from vlm.cli import main
+from vlm.eval.class_lists import resolve_classnames, resolve_templates
 from vlm.train.data import open_split
 
 HUGE = 200_000  # over the csv module's default field limit, 131,072
@@ -88,3 +91,58 @@ def test_a_windows_1252_file_is_named_with_its_line(tmp_path, capsys):
     assert main(["data", "inspect", str(tmp_path / "excel.csv")]) == 2
     err = _one_error_line(capsys, "vlm data inspect")
     assert f"{tmp_path / 'excel.csv'} line 3 column 10: not UTF-8" in err and "0xe9" in err
+
+
+# Finding 9: a labels file with a UTF-8 BOM kept \ufeff in its first label, the prompt and the output CSV.
+def test_a_bom_is_stripped_from_labels_templates_class_names_and_jsonl(tmp_path, checkpoint, capsys):
+    _images(tmp_path / "photos", 2)
+    (tmp_path / "labels.txt").write_text("cat\ndog\n", encoding="utf-8-sig")
+    (tmp_path / "templates.txt").write_text("a photo of a {}.\n", encoding="utf-8-sig")
+    assert resolve_classnames(str(tmp_path / "labels.txt")) == ["cat", "dog"]
+    assert resolve_templates(str(tmp_path / "templates.txt")) == ["a photo of a {}."]
+    (tmp_path / "cp1252.txt").write_bytes("caf\u00e9\ndog\n".encode("cp1252"))
+    with pytest.raises(ValueError, match=r"cp1252\.txt line 1 column 4: not UTF-8"):
+        resolve_classnames(str(tmp_path / "cp1252.txt"))
+    out = tmp_path / "out.csv"
+    assert main(["classify", str(tmp_path / "photos"), "--checkpoint", str(checkpoint), "--labels-file",
+                 str(tmp_path / "labels.txt"), "--templates", str(tmp_path / "templates.txt"), "--out", str(out),
+                 "--workers", "0", "--no-progress"]) == 0
+    assert "\ufeff" not in out.read_text(encoding="utf-8") and {r["top1"] for r in csv.DictReader(out.open())} <= {
+        "cat", "dog"}
+
+    root = tmp_path / "folder"
+    _images(root / "a", 1), _images(root / "b", 1)
+    (root / "classnames.txt").write_text("apple\nbanana\n", encoding="utf-8-sig")
+    assert open_imagefolder(root).info["classnames"] == ["apple", "banana"]
+    (tmp_path / "photos" / "pairs.jsonl").write_text('{"image": "0.png", "caption": "a cat"}\n', encoding="utf-8-sig")
+    assert open_pairs(tmp_path / "photos" / "pairs.jsonl").records[0].caption == "a cat"
+
+
+# Finding 13: `--labels imagenet` always failed with "--labels has a label twice", naming neither label.
+def test_the_imagenet_list_has_unique_labels_and_a_user_list_with_repeats_is_refused_by_name(
+        tmp_path, checkpoint, capsys):
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    names = resolve_classnames("imagenet")
+    assert len(set(names)) == 1000 and (names[657], names[744]) == ("missile", "projectile")
+    assert (names[836], names[837]) == ("sunglass", "sunglasses")
+    assert sum(a != b for a, b in zip(names, IMAGENET_CLASSNAMES, strict=True)) == 2  # open_clip's order otherwise
+    _images(tmp_path, 1)
+    argv = ["classify", str(tmp_path / "0.png"), "--checkpoint", str(checkpoint), "--workers", "0", "--no-progress"]
+    assert main([*argv, "--labels", "imagenet"]) == 0
+    assert capsys.readouterr().out.startswith(str(tmp_path / "0.png"))
+    assert main([*argv, "--labels", "cat,dog,cat,bird,dog"]) == 2
+    assert "'cat', 'dog' named more than once" in _one_error_line(capsys, "vlm classify")
+    (tmp_path / "labels.txt").write_text("cat\ncat\n")
+    assert main([*argv, "--labels-file", str(tmp_path / "labels.txt")]) == 2
+    assert f"{tmp_path / 'labels.txt'}: 'cat' named more than once" in _one_error_line(capsys, "vlm classify")
+
+
+# `vlm classify --labels ""` hinted at `--classnames`, a flag classify does not have.
+def test_empty_labels_name_only_classifys_own_flags(tmp_path, checkpoint, capsys):
+    _images(tmp_path, 1)
+    assert main(["classify", str(tmp_path), "--checkpoint", str(checkpoint), "--labels", ""]) == 2
+    err = _one_error_line(capsys, "vlm classify")
+    assert "--labels is empty" in err and "--classnames" not in err
+    assert main(["classify", str(tmp_path), "--checkpoint", str(checkpoint), "--labels-file", "nowhere.txt"]) == 2
+    assert "nowhere.txt: no such file of class names" in _one_error_line(capsys, "vlm classify")

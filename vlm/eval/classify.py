@@ -58,9 +58,7 @@ def classify(checkpoint: str | Path, inputs: list[str | Path], labels: list[str]
     `source_options`: the columns of a pairs file among `inputs` (`data_pipelines.options.pairs_options`).
 
     Returns the predictions and a summary (`images`, `skipped`, `skipped_reasons`)."""
-    labels, templates = resolve_classnames(labels), resolve_templates(templates)
-    if len(set(labels)) != len(labels):
-        raise ValueError("--labels has a label twice")
+    labels, templates = resolve_classnames(labels), resolve_templates(templates)  # unique, or refused by name
     model = load_model(checkpoint)
     dataset = image_dataset(image_files(inputs, source_options), model_transform(model))
     result, predictions = stream_zero_shot(model, dataset, labels, templates, options or StreamOptions(),

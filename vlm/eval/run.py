@@ -106,7 +106,7 @@ def stream_zeroshot(model: nn.Module, path, split, options: StreamOptions, class
                     templates=None) -> tuple[dict, Callable]:
     """`classnames` / `templates` replace the folder's (see class_lists.py: "imagenet", a file, a list)."""
     dataset = data.open_eval_source(path, "classify", split, model_transform(model))
-    classnames = resolve_classnames(classnames) if classnames else list(dataset.info["classnames"])
+    classnames = resolve_classnames(classnames, "--classnames") if classnames else list(dataset.info["classnames"])
     templates = resolve_templates(templates) if templates else list(dataset.info["templates"])
     if len(classnames) != len(dataset.info["classnames"]):
         raise ValueError(f"{path}: {len(dataset.info['classnames'])} class folders but {len(classnames)} class names")
