@@ -17,7 +17,9 @@ import vlm
 from data_pipelines.imagefolder import open_imagefolder
 from data_pipelines.pairs import open_pairs
 from vlm.cli import main
+from vlm.config import resolve_config, shipped_configs
 from vlm.eval.class_lists import resolve_classnames, resolve_templates
+from vlm.train import load_train_config
 from vlm.train.data import open_split
 
 HUGE = 200_000  # over the csv module's default field limit, 131,072
@@ -136,6 +138,20 @@ def test_the_imagenet_list_has_unique_labels_and_a_user_list_with_repeats_is_ref
     (tmp_path / "labels.txt").write_text("cat\ncat\n")
     assert main([*argv, "--labels-file", str(tmp_path / "labels.txt")]) == 2
     assert f"{tmp_path / 'labels.txt'}: 'cat' named more than once" in _one_error_line(capsys, "vlm classify")
+
+
+# Recipes resolved only inside the repository: `--config configs/train/clip.yaml` failed elsewhere.
+def test_recipes_and_model_names_resolve_from_any_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    by_name, by_path = resolve_config("clip", "train"), resolve_config("configs/train/clip.yaml", "train")
+    assert by_name == by_path and by_name.is_file()
+    assert load_train_config(by_name).model and vlm.get_model_config("clip-tiny")
+    assert resolve_config("configs/sweep/shapes.yaml", "sweep").is_file()
+    packaged = Path(vlm.__file__).parent / "configs"  # the link a wheel copies as package data
+    assert packaged.is_dir() and shipped_configs() == packaged and (packaged / "models" / "clip-tiny.yaml").is_file()
+    assert main(["train", "--config", "no-such-recipe"]) == 2
+    err = _one_error_line(capsys, "vlm train")
+    assert "no-such-recipe: no such config file" in err and "clip" in err and "quickstart" in err
 
 
 # `vlm classify --labels ""` hinted at `--classnames`, a flag classify does not have.

@@ -45,8 +45,36 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
+def shipped_configs() -> Path:
+    """The configs/ folder vlm ships: `vlm/configs` (a link to the checkout's configs/, copied into a wheel as
+    package data), else the checkout's configs/ next to the package."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "configs"
+    return packaged if packaged.is_dir() else here.parent / "configs"
+
+
+def resolve_config(value: str | Path, kind: str) -> Path:
+    """A config file from any working directory: a path that exists; a path the docs write (`configs/train/
+    clip.yaml`), found among the shipped configs; or a name (`clip`: configs/<kind>/clip.yaml)."""
+    path = Path(value)
+    if path.is_file():
+        return path
+    root = shipped_configs()
+    candidates = [root.joinpath(*path.parts[1:])] if path.parts[:1] == ("configs",) and len(path.parts) > 1 else []
+    if len(path.parts) == 1 and path.suffix not in (".yaml", ".yml"):
+        candidates.append(root / kind / f"{path.name}.yaml")
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    names = ", ".join(sorted(p.stem for p in (root / kind).glob("*.yaml")))
+    raise ConfigError(f"{value}: no such config file, nor a shipped {kind} config; names: {names or 'none'}")
+
+
 def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping; a `configs/...` path that is not here is read from the shipped configs (`resolve_config`)."""
     path = Path(path)
+    if not path.is_file() and path.parts[:1] == ("configs",):
+        path = resolve_config(path, path.parts[1] if len(path.parts) > 2 else "train")
     try:
         data = parse_yaml(path.read_text())
     except FileNotFoundError:

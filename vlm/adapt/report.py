@@ -24,7 +24,7 @@ from torch import nn
 from vlm.adapt.measure import PeakMemory, WorldSets, measure
 from vlm.adapt.wise_ft import interpolate, plain_payload
 from vlm.atomic_io import atomic_write
-from vlm.config import to_dict
+from vlm.config import shipped_configs, to_dict
 from vlm.errors import UserError
 from vlm.models.checkpoint import model_from_weights, resolve_checkpoint
 from vlm.models.config import model_config_from_dict
@@ -73,8 +73,10 @@ def kshot_pairs(world: Path, k: int, out: Path, seed: int) -> Path:
 def method_recipe(method: str, base: Path, pairs: Path, arch: str, options: ReportOptions) -> TrainConfig:
     """The method's configs/train/adapt-*.yaml, pointed at the base checkpoint and the k-shot pairs."""
     path = Path(options.recipes) / RECIPES[method]
+    if not path.is_file() and Path(options.recipes) == Path("configs/train"):  # the default, from anywhere
+        path = shipped_configs() / "train" / RECIPES[method]
     if not path.is_file():
-        raise UserError(f"{path}: recipe not found (run from the repository root, or give --recipes)")
+        raise UserError(f"{path}: recipe not found; give --recipes, a folder holding {RECIPES[method]}")
     warmup = max(1, options.steps // 10)
     overrides = [f"model={base}", f"data.train={pairs}", "data.val_samples=0",
                  f"data.num_workers={options.num_workers}", f"steps={options.steps}",

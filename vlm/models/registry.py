@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vlm.config import ConfigError, apply_overrides, read_yaml
+from vlm.config import ConfigError, apply_overrides, read_yaml, shipped_configs
 from vlm.models.config import DualEncoderConfig, EarlyFusionConfig, ModelConfig, model_config_from_dict
 
 if TYPE_CHECKING:
     from torch import nn
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
+CONFIG_DIR = shipped_configs() / "models"  # found from any working directory, in a checkout or a wheel
 
 
 def list_models() -> list[str]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vlm.config import resolve_config
 from vlm.train.config import load_train_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a model from a recipe in configs/train/ (works under torchrun)")
-    p.add_argument("--config", required=True, help="recipe YAML, e.g. configs/train/clip.yaml")
+    p.add_argument("--config", required=True,
+                   help="recipe: a YAML file, or a shipped recipe's name or path (clip, configs/train/clip.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set steps=200 --set data.train=pairs.csv")
     p.add_argument("--out", help="run folder (default: runs/<recipe>/<model>)")
@@ -33,7 +35,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vlm.train.run import train
     from vlm.train.trainer import TrainingError
 
-    config = load_train_config(args.config, args.overrides)
+    config = load_train_config(resolve_config(args.config, "train"), args.overrides)
     out = Path(args.out) if args.out else default_run_dir(args.config, config.model)
     try:
         checkpoint = train(config, out, resume=args.resume, stop_at_step=args.stop_at)
@@ -49,5 +51,5 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from vlm.train.quickstart import load_quickstart_config, run_quickstart
 
-    run_quickstart(load_quickstart_config(args.config, args.overrides))
+    run_quickstart(load_quickstart_config(resolve_config(args.config, "train"), args.overrides))
     return 0
