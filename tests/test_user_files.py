@@ -154,6 +154,27 @@ def test_recipes_and_model_names_resolve_from_any_directory(tmp_path, monkeypatc
     assert "no-such-recipe: no such config file" in err and "clip" in err and "quickstart" in err
 
 
+# `vlm info photo.jpg` suggested `weights_only=False`: torch's advice to run a file's code.
+def test_info_on_a_photo_says_it_is_an_image(tmp_path, capsys):
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
+    assert main(["info", str(tmp_path / "photo.jpg")]) == 2
+    err = _one_error_line(capsys, "vlm info")
+    assert f"{tmp_path / 'photo.jpg'}: not a readable checkpoint (it is a JPEG image)" in err
+    assert "weights_only" not in err
+
+
+# `vlm eval vqa` on a pairs CSV talked about annotations; `vlm eval zeroshot` on one raised KeyError.
+def test_eval_on_the_wrong_kind_of_file_names_the_file_and_what_to_give(tmp_path, checkpoint, capsys):
+    names = _images(tmp_path, 2)
+    (tmp_path / "pairs.csv").write_text("image,caption\n" + "".join(f"{n},a photo\n" for n in names))
+    for task, wanted in (("vqa", "VQAv2 questions JSON"), ("zeroshot", "class-folder tree")):
+        assert main(["eval", task, "--checkpoint", str(checkpoint), "--data", str(tmp_path / "pairs.csv"),
+                     "--workers", "0"]) == 2
+        err = _one_error_line(capsys, f"vlm eval {task}")
+        assert f"{tmp_path / 'pairs.csv'}: vlm eval {task} does not read a CSV pairs file" in err and wanted in err
+        assert "annotations (human" not in err
+
+
 # `vlm classify --labels ""` hinted at `--classnames`, a flag classify does not have.
 def test_empty_labels_name_only_classifys_own_flags(tmp_path, checkpoint, capsys):
     _images(tmp_path, 1)
@@ -162,3 +183,10 @@ def test_empty_labels_name_only_classifys_own_flags(tmp_path, checkpoint, capsys
     assert "--labels is empty" in err and "--classnames" not in err
     assert main(["classify", str(tmp_path), "--checkpoint", str(checkpoint), "--labels-file", "nowhere.txt"]) == 2
     assert "nowhere.txt: no such file of class names" in _one_error_line(capsys, "vlm classify")
+
+
+# Two spaces in a row in a path were collapsed to one in every message.
+def test_a_path_with_two_spaces_keeps_them_in_the_message(tmp_path, capsys):
+    missing = tmp_path / "my  photos" / "model.pt"
+    assert main(["info", str(missing)]) == 2
+    assert f"{missing}: no such checkpoint file" in _one_error_line(capsys, "vlm info")

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import re
 import sys
 
 from vlm.errors import UserError
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         if args.debug:
             raise
-        message = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the message held
+        message = one_line(str(e)) or type(e).__name__
         print(f"{args.command_name}: error: {message}", file=sys.stderr)
         return 2
 
@@ -77,6 +78,12 @@ def pixel_limit(limit: int | None) -> contextlib.AbstractContextManager:
     from data_pipelines.images import max_pixels_set
 
     return max_pixels_set(limit)
+
+
+def one_line(message: str) -> str:
+    """The message on one line: each line break (with the indent around it) becomes one space. Other spaces
+    stay as they are: a path with two spaces in a row must read as the path."""
+    return re.sub(r"[ \t]*[\r\n]+[ \t]*", " ", message).strip()
 
 
 def console_main() -> None:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from data_pipelines.collate import Collator
 from data_pipelines.sample import SkipStats
 from data_pipelines.sources import detect_format, open_source
+from vlm.errors import UserError
 
 BATCH_SIZE = 64
 
@@ -65,13 +66,39 @@ def eval_split(path: str | Path, split: str | None) -> str | None:
     return split or ("val" if is_shapes_world(path) else None)
 
 
+# The formats each task reads, outside a shapes world, and what to pass instead; compositional reads any pairs file.
+TASK_FORMATS = {
+    "vqa": (("vqav2",), "a VQAv2 questions JSON (annotations next to it) or a shapes-world folder"),
+    "classify": (("imagefolder",), "a class-folder tree (root/<class>/<image>) or a shapes-world folder"),
+    "pairs": (("csv", "tsv", "jsonl", "coco", "karpathy", "webdataset"),
+              "a pairs file (CSV/TSV/JSONL), COCO or Karpathy captions JSON, shards or a shapes-world folder"),
+}
+TASK_COMMANDS = {"vqa": "vlm eval vqa", "classify": "vlm eval zeroshot", "pairs": "vlm eval retrieval"}
+
+
 def open_eval_source(path: str | Path, task: str, split: str | None, transform=None, options: dict | None = None):
-    """A shapes-world folder is opened at `split` for `task`; any other path is opened as it is.
+    """A shapes-world folder is opened at `split` for `task`; any other path is opened as it is, and refused
+    by name when its format is not one `task` reads (a pairs CSV has no questions, so no VQA).
     `transform`: the model's own preprocessing (`model_transform`); `options`: a pairs file's columns
     (`data_pipelines.options.pairs_options`)."""
     if is_shapes_world(path):
         return open_source(path, split=eval_split(path, split), transform=transform, task=task, **(options or {}))
-    return open_source(path, split=split, transform=transform, **(options or {}))
+    if Path(path).suffix.lower() != ".json":  # a JSON file's format is known once it is parsed, below
+        check_task_format(path, task, detect_format(path))
+    dataset = open_source(path, split=split, transform=transform, **(options or {}))
+    check_task_format(path, task, dataset.format)
+    return dataset
+
+
+def check_task_format(path: str | Path, task: str, fmt: str) -> None:
+    formats, wanted = TASK_FORMATS.get(task, ((fmt,), ""))
+    if fmt not in formats:
+        raise UserError(f"{path}: {TASK_COMMANDS[task]} does not read {FORMAT_NAMES.get(fmt, fmt)}; give it {wanted}")
+
+
+FORMAT_NAMES = {"csv": "a CSV pairs file", "tsv": "a TSV pairs file", "jsonl": "a JSONL pairs file",
+                "coco": "COCO captions", "karpathy": "Karpathy captions", "webdataset": "shards",
+                "imagefolder": "a folder of images", "vqav2": "VQA questions"}
 
 
 def _batches(dataset, stats: SkipStats):

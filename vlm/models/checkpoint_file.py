@@ -24,6 +24,39 @@ class CheckpointError(UserError):
     """A file that is not a readable vlm checkpoint."""
 
 
+# What a file starts with, when it is not torch.save's zip (b"PK") or an old pickle (b"\x80"): a user who passes
+# a photo to `vlm info` learns that, not torch's advice to unpickle it with weights_only=False.
+FILE_SIGNATURES = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+                   (b"RIFF", "a RIFF file (WebP image?)"), (b"BM", "a BMP image"), (b"II*\x00", "a TIFF image"),
+                   (b"MM\x00*", "a TIFF image"), (b"\x1f\x8b", "a gzip file"), (b"ustar", "a tar file"))
+
+
+def _not_a_torch_file(path: Path) -> str | None:
+    """What the file is, when its first bytes say it cannot be a torch.save file; None when it may be one."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return None
+    if not head:
+        return "the file is empty"
+    if head[257:262] == b"ustar":
+        return "it is a tar file"
+    for magic, what in FILE_SIGNATURES:
+        if head.startswith(magic):
+            return f"it is {what}"
+    if len(head) > 8 and head[8:10] == b'{"':
+        return "it is a safetensors file; see `vlm import` for other formats"
+    return "it is not a torch.save file"
+
+
+def _load_failure(error: Exception) -> str:
+    """torch's reason in a few words; never its advice to load with weights_only=False, which runs the file's code."""
+    text = str(error).strip()
+    if "weights_only" in text or "Weights only" in text:
+        return "it holds Python objects other than tensors, which vlm does not unpickle"
+    return f"truncated or not a torch file: {text.splitlines()[0] if text else type(error).__name__}"
+
+
 def model_payload(model: nn.Module) -> dict[str, Any]:
     return {"format": FORMAT, "version": VERSION, "config": to_dict(model.config), "model": model.state_dict()}
 
@@ -52,12 +85,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = resolve_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    not_torch = _not_a_torch_file(path)
+    if not_torch:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({not_torch}); pass a checkpoint or a run folder")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle of another program, plain text ...
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated or not a torch file: {first_line})") from None
+    except Exception as e:  # truncated zip, pickle of another program ...
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_load_failure(e)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         hint = " (an OpenCLIP state dict? use vlm.import_openclip)" if isinstance(payload, dict) else ""
         raise CheckpointError(f"{path}: not a vlm checkpoint{hint}")
