@@ -190,3 +190,21 @@ def test_a_path_with_two_spaces_keeps_them_in_the_message(tmp_path, capsys):
     missing = tmp_path / "my  photos" / "model.pt"
     assert main(["info", str(missing)]) == 2
     assert f"{missing}: no such checkpoint file" in _one_error_line(capsys, "vlm info")
+
+
+# "first 500 training items" was printed when 6 existed, and captions over the context were cut without a word.
+def test_training_says_how_many_items_validate_and_how_many_captions_are_cut(tmp_path, capsys):
+    names = _images(tmp_path, 6)
+    long = " ".join(f"word{i}" for i in range(60))  # over clip-tiny's 32 tokens
+    rows = [(n, long if i < 2 else f"a photo number {i}") for i, n in enumerate(names)]
+    with open(tmp_path / "pairs.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("image", "caption"), *rows])
+    recipe = Path(vlm.__file__).resolve().parents[1] / "configs" / "train" / "clip.yaml"
+    argv = ["train", "--config", str(recipe), "--out", str(tmp_path / "run"), "--set", "model=clip-tiny",
+            "--set", f"data.train={tmp_path / 'pairs.csv'}", "--set", "data.num_workers=0", "--set", "steps=1",
+            "--set", "batch_size=2", "--set", "warmup_steps=1", "--set", "eval_every=1", "--set", "save_every=1"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "validation runs on the first 6 training items" in err
+    assert f"data: 2 of 6 captions in {tmp_path / 'pairs.csv'} are longer than the model's 32-token context" in err
+    assert "(first: pairs.csv line 2)" in err and err.count("are longer than the model's") == 1

@@ -37,6 +37,10 @@ class Tokenizer:
             texts = [texts]
         return self._bpe(list(texts), context_length=self.context_length)
 
+    def too_long(self, texts: list[str]) -> list[bool]:
+        """Which texts `__call__` cuts: more tokens, with start and end of text, than the context holds."""
+        return [len(self._bpe.encode(text)) + 2 > self.context_length for text in texts]
+
     def decode(self, ids: torch.Tensor | list[int]) -> str:
         ids = [int(i) for i in ids if int(i) not in (PAD_ID, SOT_ID, EOT_ID)]
         return self._bpe.decode(ids).strip()
@@ -67,6 +71,10 @@ class WordPieceTokenizer:
         if not texts:
             return torch.zeros(0, self.context_length, dtype=torch.long)
         return torch.tensor([e.ids for e in self._wp.encode_batch(list(texts))], dtype=torch.long)
+
+    def too_long(self, texts: list[str]) -> list[bool]:
+        """Which texts `__call__` cuts (truncation leaves the rest in `overflowing`)."""
+        return [bool(e.overflowing) for e in self._wp.encode_batch(list(texts))] if texts else []
 
     def decode(self, ids: torch.Tensor | list[int]) -> str:
         return self._wp.decode([int(i) for i in ids], skip_special_tokens=True)

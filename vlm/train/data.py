@@ -74,6 +74,29 @@ def check_fits_objective(dataset: Dataset, objective: str, path: str) -> None:
         raise ValueError(f"{path}: its items have no {need}, which objective {objective!r} trains on{hint}")
 
 
+def cut_captions_note(dataset: Dataset, tokenizer, source: str) -> str | None:
+    """One line saying how many training captions are longer than the model's context, so cut to it (open_clip
+    cuts them without a word: a tiny model's 32 tokens cut many real captions); None when none is, or for a
+    stream (shards), whose captions are not known before training. Over CUT_CHECK_LIMIT captions, a sample."""
+    records = getattr(dataset, "records", None)
+    if not records or records[0].caption is None:
+        return None
+    step = max(1, len(records) // CUT_CHECK_LIMIT)
+    picked = range(0, len(records), step)
+    flags = tokenizer.too_long([records[i].caption or "" for i in picked])
+    cut = [i for i, too_long in zip(picked, flags, strict=True) if too_long]
+    if not cut:
+        return None
+    rows = getattr(dataset, "rows", None)
+    checked = f"{len(flags):,}" + ("" if step == 1 else f" sampled of {len(records):,}")
+    return (f"data: {len(cut):,} of {checked} captions in {source} are longer than the model's "
+            f"{tokenizer.context_length}-token context and are cut to it (first: {rows[cut[0]] if rows else cut[0]}); "
+            "shorten them, or use a model with a longer context")
+
+
+CUT_CHECK_LIMIT = 5000  # captions tokenised by `cut_captions_note`: BPE over millions would delay the first step
+
+
 def first_samples(dataset: Dataset, n: int) -> list:
     """The first `n` items (fewer if the source is shorter), by index or, for a stream, by iterating it."""
     if isinstance(dataset, IterableDataset):

@@ -23,6 +23,7 @@ from vlm.train.config import TrainConfig
 from vlm.train.data import (
     TrainBatches,
     check_fits_objective,
+    cut_captions_note,
     first_samples,
     make_collator,
     open_split,
@@ -112,6 +113,17 @@ def validation_prefix(config: TrainConfig) -> str:
     return "val/"
 
 
+def data_notes(config: TrainConfig, train_data: Dataset | None, validation: list[dict], tokenizer) -> list[str]:
+    """What to know about the data before the first step: captions the model's context cuts, and validation
+    run on training items (with the number there are, not the number asked for)."""
+    notes = [cut_captions_note(train_data, tokenizer, config.data.train)] if train_data is not None else []
+    if validation and validation_prefix(config) == "train_as_val/":
+        items = sum(len(batch["image_ids"]) for batch in validation)
+        notes.append(f"validation: data.val is unset and {config.data.train} has no val split, so validation runs on "
+                     f"the first {items} training items (metrics train_as_val/...); set data.val to a held-out file")
+    return [note for note in notes if note]
+
+
 def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, stop_at_step: int | None = None,
           train_dataset: Dataset | None = None, env: DistributedEnv | None = None) -> Path:
     """Train to `config.steps` (or `stop_at_step`) and return the checkpoint path.
@@ -148,11 +160,9 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, s
     batches = TrainBatches(train_data, with_hard_negatives(collate, config), config.batch_size, config.data,
                            config.seed, env, state=(payload or {}).get("data"), start_batch=trainer.step_count)
     validation = val_batches(config, model, collate) if env.is_main else []
-    if validation and validation_prefix(config) == "train_as_val/":
-        print(f"validation: data.val is unset and {config.data.train} has no val split, so validation runs on the "
-              f"first {config.data.val_samples} training items (metrics train_as_val/...); set data.val to a "
-              "held-out file", file=sys.stderr)
     if env.is_main:
+        for note in data_notes(config, train_data if train_dataset is None else None, validation, collate.tokenizer):
+            print(note, file=sys.stderr)
         write_run_config(out_dir, config, model)
     run_loop(trainer, batches, validation, config, out_dir, env, stop_at_step or config.steps)
     if env.is_main:
