@@ -8,6 +8,7 @@ error that names the input. A traceback never passes: `main` returns 2 only for 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,27 @@ def test_training_says_how_many_items_validate_and_how_many_captions_are_cut(tmp
     assert "validation runs on the first 6 training items" in err
     assert f"data: 2 of 6 captions in {tmp_path / 'pairs.csv'} are longer than the model's 32-token context" in err
     assert "(first: pairs.csv line 2)" in err and err.count("are longer than the model's") == 1
+
+
+# COCO's official layout could be evaluated and indexed but not trained on: image_root, max_bad_fraction and
+# max_pixels were command-line options only.
+def test_every_data_option_of_the_command_line_is_a_recipe_key(tmp_path):
+    coco = tmp_path / "coco"
+    names = _images(coco / "train2017", 3)
+    images = [{"id": i, "file_name": name} for i, name in enumerate(names)] + [{"id": 9, "file_name": "gone.jpg"}]
+    annotations = [{"id": i, "image_id": i, "caption": f"a photo {i}"} for i in (0, 1, 2, 9)]
+    (coco / "annotations").mkdir()
+    (coco / "annotations" / "captions_train2017.json").write_text(json.dumps({"images": images,
+                                                                            "annotations": annotations}))
+    keys = [f"data.train={coco / 'annotations' / 'captions_train2017.json'}", f"data.image_root={coco / 'train2017'}"]
+    model = vlm.get_model_config("clip-tiny")
+    config = load_train_config(None, keys, base={"model": "clip-tiny"})
+    with pytest.raises(ValueError, match="captions_train2017.json.*missing image"):  # 1 of 4 is over the 1% rule
+        open_split(config.data.train, "train", "clip", model, False, config.data.train_source_options())
+    config = load_train_config(None, [*keys, "data.max_bad_fraction=0.5", "data.max_pixels=100"],
+                               base={"model": "clip-tiny"})
+    data = open_split(config.data.train, "train", "clip", model, False, config.data.train_source_options())
+    assert len(data) == 3 and data.max_pixels == 100 and data.stats.max_bad_fraction == 0.5
+    assert config.data.val_source_options()["image_root"] == str(coco / "train2017")
+    with pytest.raises(ValueError, match="data.max_bad_fraction must be between 0 and 1, got 2"):
+        load_train_config(None, ["data.max_bad_fraction=2"], base={"model": "clip-tiny"})

@@ -33,21 +33,30 @@ class DataConfig:
     val_image_column: str | None = None  # the same for `val`; None: as for `train`
     val_caption_column: str | None = None
     val_separator: str | None = None
+    # The folder image paths are relative to, as --image-root (None: the index file's own folder). COCO's official
+    # layout keeps annotations/captions_train2017.json beside train2017/: image_root: coco/train2017.
+    image_root: str | None = None
+    val_image_root: str | None = None  # the same for `val`; None: as for `train`
+    # Stop when more than this share of the items is bad (missing, corrupt, over max_pixels). None: 0.01.
+    max_bad_fraction: float | None = None
     # Refuse images over this many pixels (decompression bombs); raise it for large photos, 108 MP and up.
     # None: Pillow's limit, 89,478,485 (or `--max-pixels` where the command has it).
     max_pixels: int | None = None
 
     def train_source_options(self) -> dict:
-        return {**pairs_options(self.image_column, self.caption_column, self.separator), **self.decode_options()}
+        return {**pairs_options(self.image_column, self.caption_column, self.separator, self.image_root),
+                **self.decode_options()}
 
     def val_source_options(self) -> dict:
         return {**pairs_options(self.val_image_column or self.image_column,
-                                self.val_caption_column or self.caption_column, self.val_separator or self.separator),
+                                self.val_caption_column or self.caption_column, self.val_separator or self.separator,
+                                self.val_image_root or self.image_root),
                 **self.decode_options()}
 
     def decode_options(self) -> dict:
-        """`open_source`'s image-decoding keywords that the recipe sets."""
-        return {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
+        """`open_source`'s image-decoding keywords that the recipe sets: the pixel limit, the share of bad items."""
+        given = {"max_pixels": self.max_pixels, "max_bad_fraction": self.max_bad_fraction}
+        return {key: value for key, value in given.items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,8 @@ class TrainConfig:
             raise ConfigError(f"steps must be positive, got {self.steps}")
         if self.data.max_pixels is not None and self.data.max_pixels < 1:
             raise ConfigError(f"data.max_pixels must be positive, got {self.data.max_pixels}")
+        if self.data.max_bad_fraction is not None and not 0 <= self.data.max_bad_fraction <= 1:
+            raise ConfigError(f"data.max_bad_fraction must be between 0 and 1, got {self.data.max_bad_fraction}")
         check_hard_negatives(self.hard_negatives, self.objective)
 
 
