@@ -11,11 +11,13 @@ import csv
 import json
 from pathlib import Path
 
+import hard_inputs
 import pytest
 from PIL import Image
 
 import vlm
 from data_pipelines.imagefolder import open_imagefolder
+from data_pipelines.inspection import inspect_source
 from data_pipelines.pairs import open_pairs
 from vlm.cli import main
 from vlm.config import resolve_config, shipped_configs
@@ -233,3 +235,21 @@ def test_every_data_option_of_the_command_line_is_a_recipe_key(tmp_path):
     assert config.data.val_source_options()["image_root"] == str(coco / "train2017")
     with pytest.raises(ValueError, match="data.max_bad_fraction must be between 0 and 1, got 2"):
         load_train_config(None, ["data.max_bad_fraction=2"], base={"model": "clip-tiny"})
+
+
+# The CSV fixtures (tests/hard_inputs.py): each is read right, and only the broken ones are problems.
+def test_the_hard_input_csvs_read_right_and_only_the_broken_ones_are_problems(tmp_path):
+    def report(path: Path, **options) -> dict:
+        return inspect_source(path, samples=0, check_images=0, **options)
+
+    bom, crlf = report(hard_inputs.write_bom_csv(tmp_path)), report(hard_inputs.write_crlf_csv(tmp_path))
+    semicolon = report(hard_inputs.write_semicolon_csv(tmp_path))
+    assert (bom["items"], crlf["items"], semicolon["items"]) == (5, 5, 5) and semicolon["separator"] == ";"
+    assert open_pairs(tmp_path / "bom.csv").records[0].caption == "a photo number 0"
+    assert open_pairs(tmp_path / "semicolon.csv").records[0].caption == "red, round, number 0"
+    assert not any("long_fields" in r["problems"] for r in (bom, crlf, semicolon))
+    quote = report(hard_inputs.write_unbalanced_quote_tsv(tmp_path), image_column="filepath", caption_column="title")
+    assert quote["items"] == 4 and quote["problems"]["long_fields"] == 1
+    assert "quote.tsv lines 5-201: field 'title' spans 197 lines" in quote["problems"]["examples"][0]
+    huge = report(hard_inputs.write_huge_field_csv(tmp_path))
+    assert huge["items"] == 3 and "huge.csv line 3: field 'caption' holds 200,000 characters" in str(huge["problems"])
