@@ -17,6 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="override a recipe field, e.g. --set steps=200 --set data.train=pairs.csv")
     p.add_argument("--out", help="run folder (default: runs/<recipe>/<model>)")
     p.add_argument("--resume", help="'auto' (this run folder's checkpoint, if any) or a checkpoint path")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out holds a run: delete its checkpoint, metrics and plots and start anew")
     p.add_argument("--stop-at", type=int, help="save and stop at this step (the schedule still runs to `steps`)")
     p.set_defaults(func=cmd_train)
 
@@ -33,10 +35,12 @@ def default_run_dir(recipe: str, model: str) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     from vlm.train.distributed import shutdown_distributed
     from vlm.train.run import train
+    from vlm.train.run_folder import claim_run_folder
     from vlm.train.trainer import TrainingError
 
     config = load_train_config(resolve_config(args.config, "train"), args.overrides)
     out = Path(args.out) if args.out else default_run_dir(args.config, config.model)
+    claim_run_folder(out, args.resume, args.overwrite)
     try:
         checkpoint = train(config, out, resume=args.resume, stop_at_step=args.stop_at)
     except TrainingError as e:

@@ -133,14 +133,15 @@ class MetricsLog:
     """metrics.jsonl in the run folder (rank 0 only), plus TensorBoard when it is installed.
 
     `start_step`: the step a resumed run continues from. What an interrupted run logged after its last
-    checkpoint is logged again by the resumed run, so it is cut first: each step appears once.
+    checkpoint is logged again by the resumed run, so it is cut first: each step appears once. A run from
+    step 0 starts an empty file (the steps an earlier run there logged are not this run's).
     """
 
     def __init__(self, out_dir: Path, enabled: bool, start_step: int = 0):
         self.enabled = enabled
         self.path = out_dir / "metrics.jsonl"
         self.tensorboard = None
-        if enabled and start_step:
+        if enabled:
             cut_metrics(self.path, start_step)
         if enabled:
             with contextlib.suppress(ImportError):
