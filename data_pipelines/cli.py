@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True, help="output folder for 00000.tar, 00001.tar, ...")
     s.add_argument("--shard-size", type=int, default=10_000, help="samples per shard")
     s.add_argument("--split", default=None, help="Karpathy or shapes-world split")
+    s.add_argument("--overwrite", action="store_true",
+                   help="--out may hold files: its old shards are removed once the new ones are written")
     add_source_arguments(s)
     s.set_defaults(func=cmd_shard)
 
@@ -68,7 +70,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
     from data_pipelines.sources import open_source
 
     source = open_source(args.input, split=args.split, **_options(args))
-    paths, stats = write_shards(source, args.out, args.shard_size)
+    paths, stats = write_shards(source, args.out, args.shard_size, overwrite=args.overwrite)
     print(f"wrote {len(paths)} shard(s) to {args.out}; {stats.report()}")
     return 0
 

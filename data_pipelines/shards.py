@@ -1,7 +1,8 @@
 """WebDataset tar shards in img2dataset's layout: read by streaming, written from any pairs source.
 
-A shard `00000.tar` holds samples `KEY.jpg|png`, `KEY.txt` (the caption) and optionally `KEY.json`; keys
-are the shard number followed by the index inside the shard, as img2dataset names them.
+A shard `00000.tar` holds samples `KEY.jpg|png|webp|gif|bmp|tiff`, `KEY.txt` (the caption) and optionally
+`KEY.json`; keys are the shard number followed by the index inside the shard, as img2dataset names them. The
+image member holds the source file's bytes unchanged, named by the format its bytes are in (not its file name).
 Reading goes through the `webdataset` library: shards split across ranks (torch.distributed or
 RANK/WORLD_SIZE) and DataLoader workers, shuffled per epoch. A corrupt member or shard is handed to
 `_on_error`, which counts it and lets the stream go on; it reaches the Collator as a placeholder sample.
@@ -16,7 +17,9 @@ import contextlib
 import io
 import itertools
 import json
+import os
 import random
+import shutil
 import tarfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -24,11 +27,12 @@ from pathlib import Path
 
 import torch
 
+from data_pipelines.image_bytes import sniff_format
 from data_pipelines.images import BadImage, decode_image
 from data_pipelines.sample import DEFAULT_MAX_BAD_FRACTION, Sample, SkipStats
 from vlm.atomic_io import atomic_write
 
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tiff", "tif")
 
 
 def expand_shard_urls(urls: str | Path | list) -> list[str]:
@@ -96,6 +100,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self._passes = 0
         self.resume_skip: dict[int, int] = {}  # worker slot -> items of this pass already consumed
         self.worker_offset = 0  # DataLoader worker i reads slot (i + offset) % workers
+        self.keep_bytes = False  # True: each sample's meta also holds `image_bytes`, the member as stored
 
     def set_epoch(self, epoch: int) -> None:
         """Pass `epoch` shuffles the same way every time (a resumed run sees the same order)."""
@@ -194,41 +199,87 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.stats.ok()
         if self.transform is not None:
             image = self.transform(image)
+        if self.keep_bytes:  # an index copies the original, not a re-encoding of the decoded pixels
+            meta["image_bytes"] = item[image_key]
         return Sample(image, str(meta.get("image_id", key)), caption=caption, meta=meta)
 
 
-def write_shards(source, out_dir: str | Path, shard_size: int = 10_000,
-                 max_pixels: int | None = None) -> tuple[list[Path], SkipStats]:
+def write_shards(source, out_dir: str | Path, shard_size: int = 10_000, max_pixels: int | None = None,
+                 overwrite: bool = False) -> tuple[list[Path], SkipStats]:
     """Write a map-style pairs source (anything `open_source` reads into records) as WebDataset shards.
 
     Image bytes are copied as they are (no re-encoding); each is decoded once first, so a corrupt file is
     skipped and counted instead of being shipped. Members get mtime 0 so the same input gives the same bytes.
+    A folder that already holds files is refused unless `overwrite`, which replaces its shards: old shards left
+    beside new ones would be read back with them. The shards are written into `OUT.partial/` and moved in only
+    when every one is written, so a run that fails (too many bad images, an error, a kill) leaves none.
     """
     if not hasattr(source, "records"):
         raise ValueError(f"{source!r}: can only shard a file-indexed source (CSV/TSV/JSONL, COCO, Karpathy)")
     records = [r for r in source.records if r.caption is not None]
     if not records:
         raise ValueError(f"{source!r}: no captions to write")
-    stats = SkipStats(source=str(out_dir), max_bad_fraction=source.stats.max_bad_fraction)
+    out = Path(out_dir)
+    check_shard_folder(out, overwrite)
+    staging = out.resolve().with_name(out.resolve().name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)  # left by a killed run: never read, never resumed
+    try:
+        stats = _write_records(source, records, staging, out, shard_size, max_pixels)
+        paths = _move_shards_in(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return paths, stats
+
+
+def check_shard_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a file, or a folder with anything in it unless `overwrite`: one line naming the folder."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file; pass a folder for the shards")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries and not overwrite:
+        raise ValueError(f"{out}: the folder is not empty (it holds {entries[0]}, {len(entries)} entries); pass "
+                         "--overwrite to replace its shards, or choose a new folder")
+
+
+def _write_records(source, records: list[Sample], staging: Path, out: Path, shard_size: int,
+                   max_pixels: int | None) -> SkipStats:
+    stats = SkipStats(source=str(out), max_bad_fraction=source.stats.max_bad_fraction)
     # What the source's index already dropped (a missing file, an empty caption) counts too, with what fails here.
     stats.skipped.update(source.stats.skipped)
     stats.seen += source.stats.n_skipped
     stats.examples += source.stats.examples[:5]
-    with ShardWriter(out_dir, shard_size) as writer:
+    with ShardWriter(staging, shard_size) as writer:
         for record in records:
             try:
                 data = Path(record.image).read_bytes()
                 image = decode_image(data, max_pixels, name=str(record.image))
+                extension = sniff_format(data).extension
             except FileNotFoundError:
                 stats.skip("missing image", f"{record.image}: no such file")
                 continue
             except BadImage as e:
                 stats.skip(e.reason, e.detail)
                 continue
+            if extension not in IMAGE_KEYS:  # decodes, but no shard reader would find it under its name
+                stats.skip("unsupported format", f"{record.image}: .{extension} cannot be stored in a shard "
+                           f"(one of {', '.join(IMAGE_KEYS)})")
+                continue
             stats.ok()
-            writer.add(record, data, image.size)
+            writer.add(record, data, image.size, extension)
     stats.check(final=True)
-    return writer.paths, stats
+    return stats
+
+
+def _move_shards_in(staging: Path, out: Path) -> list[Path]:
+    """The finished shards replace the folder's old ones (`*.tar` and their `_stats.json`); other files stay."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in [*out.glob("*.tar"), *out.glob("*_stats.json")]:
+        old.unlink()
+    moved = []
+    for path in sorted(staging.iterdir()):
+        os.replace(path, out / path.name)
+        moved += [out / path.name] if path.suffix == ".tar" else []
+    return moved
 
 
 class ShardWriter:
@@ -252,15 +303,15 @@ class ShardWriter:
     def __exit__(self, *exc) -> None:
         self._close_shard(exc)
 
-    def add(self, record: Sample, data: bytes, size: tuple[int, int]) -> None:
+    def add(self, record: Sample, data: bytes, size: tuple[int, int], extension: str | None = None) -> None:
+        """`extension`: the format of `data` (`data_pipelines.image_bytes.sniff_format`); sniffed when not given."""
         if self._tar is None or self._count == self.shard_size:
             self._close_shard((None, None, None))
             self._open_shard()
         key = f"{len(self.paths) - 1:05d}{self._count:0{self.index_digits}d}"
-        suffix = Path(record.image).suffix.lower().lstrip(".")
-        ext = "jpg" if suffix in ("jpg", "jpeg") else suffix
+        ext = extension or sniff_format(data).extension
         if ext not in IMAGE_KEYS:
-            raise ValueError(f"{record.image}: cannot store .{suffix} images in shards (use jpg, png or webp)")
+            raise ValueError(f"{record.image}: cannot store .{ext} images in shards (one of {', '.join(IMAGE_KEYS)})")
         meta = {"key": key, "caption": record.caption, "image_id": record.image_id, "width": size[0],
                 "height": size[1], "source": str(record.image)}
         for name, payload in ((f"{key}.{ext}", data), (f"{key}.txt", record.caption.encode()),
@@ -269,7 +320,6 @@ class ShardWriter:
             info.size, info.mtime, info.mode = len(payload), 0, 0o644
             self._tar.addfile(info, io.BytesIO(payload))
         self._count += 1
-
     def _open_shard(self) -> None:
         path = self.out_dir / f"{len(self.paths):05d}.tar"
         self._stack = contextlib.ExitStack()
