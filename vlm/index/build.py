@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from data_pipelines.image_bytes import sniff_format
 from data_pipelines.images import IMAGE_EXTENSIONS
 from data_pipelines.records import RecordDataset, validate_records
 from data_pipelines.sample import Sample
@@ -56,7 +57,10 @@ def open_collection(data: str | Path, split: str | None = None, options: dict | 
                       for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS)
         records, rows, stats = validate_records(candidates, str(root), check_files=False)
         return RecordDataset(records, stats, "folder", rows=rows)
-    return open_source(data, split, **(options or {}))
+    dataset = open_source(data, split, **(options or {}))
+    if hasattr(dataset, "keep_bytes"):  # shards: their images are copied into the index as they are stored
+        dataset.keep_bytes = True
+    return dataset
 
 
 def unique_images(dataset) -> Iterator[tuple[Sample, list[str], str | None]]:
@@ -87,21 +91,17 @@ def build_index(checkpoint: str | Path, data: str | Path, out: str | Path,
         raise ValueError(f"{out}: an index is already there (pass --overwrite to replace it)")
     if (out / CONFIG_NAME).exists():
         FolderLock(out).release()  # refuse now, not after the whole build, while a server has it open
-    encoder = load_encoder(checkpoint, options.precision)
+    encoder = load_encoder(checkpoint, options.precision, fingerprint=True)
     dataset = open_collection(data, options.split, options.source)
     staging = out.with_name(out.name + ".partial")
     index = ItemIndex(staging, IndexConfig(dim=encoder.dim, backend=options.backend, model=encoder.name,
                                            precision=options.precision, faiss=options.faiss,
                                            milvus_uri=options.milvus_uri))
-    source = f"{Path(data).resolve()}" + (f" split={options.split}" if options.split else "")
-    previous = index.store.get_meta("source")
-    if previous is not None and (previous != source or index.config.model != encoder.name
-                                 or index.config.precision != options.precision):
-        raise ValueError(f"{staging}: holds a partial build of {previous} with {index.config.model} at "
-                         f"{index.config.precision}; delete it to build another source, model or precision")
+    source = safe_text(f"{Path(data).resolve()}" + (f" split={options.split}" if options.split else ""))
     try:
-        index.store.set_meta({"source": source, "checkpoint": str(Path(checkpoint).resolve()),
-                              "image_root": str(image_root(data))})
+        check_resumable(index, staging, source, encoder, checkpoint, options.precision)
+        index.store.set_meta({"source": source, "checkpoint": safe_text(str(Path(checkpoint).resolve())),
+                              "image_root": safe_text(str(image_root(data))), "weights": encoder.weights})
         added, skipped = _encode_into(index, encoder, dataset, staging, options)
         index.store.set_meta({"built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "skipped": str(skipped)})
@@ -118,6 +118,33 @@ def build_index(checkpoint: str | Path, data: str | Path, out: str | Path,
     return out
 
 
+def check_resumable(index: ItemIndex, staging: Path, source: str, encoder: Encoder, checkpoint: str | Path,
+                    precision: str) -> None:
+    """A partial build continues only with the same source, precision and weights: a model's name is not
+    enough (two clip-tiny checkpoints share it), so the weights' fingerprint is compared."""
+    previous = index.store.get_meta("source")
+    if previous is None:
+        return
+    if previous != source or index.config.model != encoder.name or index.config.precision != precision:
+        raise ValueError(f"{staging}: holds a partial build of {previous} with {index.config.model} at "
+                         f"{index.config.precision}; delete it to build another source, model or precision")
+    weights, before = index.store.get_meta("weights"), index.store.get_meta("checkpoint")
+    if weights != encoder.weights:
+        recorded = f"weights {weights[:16]}" if weights else "weights not recorded"
+        raise ValueError(f"{staging}: holds a partial build made with {before} ({recorded}), but {checkpoint} has "
+                         f"weights {encoder.weights[:16]}; delete {staging} or resume with the same checkpoint")
+
+
+def safe_text(text: str) -> str:
+    """`text` as UTF-8 can store it: a file name in another encoding (Latin-1 bytes reach Python as surrogate
+    escapes) is kept with those bytes written as `\\xe9`, the stated replacement; valid text is unchanged."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def image_root(data: str | Path) -> Path:
     """What item paths are shown relative to: the source folder, or the folder of a pairs file."""
     root = Path(data).resolve()
@@ -125,13 +152,21 @@ def image_root(data: str | Path) -> Path:
 
 
 def _encode_into(index: ItemIndex, encoder: Encoder, dataset, staging: Path, options: BuildOptions) -> tuple[int, int]:
-    done = index.store.source_keys()
-    bar = tqdm(total=count_images(dataset), initial=len(done), unit="img", desc="index build",
+    bar = tqdm(total=count_images(dataset), initial=len(index.store.source_keys()), unit="img", desc="index build",
                disable=not options.progress)
+    try:  # an error is printed after the bar's line is closed, never on it
+        return _encode_all(index, encoder, dataset, staging, options, bar)
+    finally:
+        bar.close()
+
+
+def _encode_all(index: ItemIndex, encoder: Encoder, dataset, staging: Path, options: BuildOptions,
+                bar: tqdm) -> tuple[int, int]:
+    done = index.store.source_keys()
     batch: list[tuple[Sample, list[str], str | None]] = []
     added = skipped = 0
     for sample, captions, path in unique_images(dataset):
-        if sample.image_id in done:
+        if safe_text(sample.image_id) in done:
             continue
         if sample.image is None:
             skipped += 1
@@ -145,7 +180,6 @@ def _encode_into(index: ItemIndex, encoder: Encoder, dataset, staging: Path, opt
     if batch:
         added += _add_batch(index, encoder, batch, staging)
         bar.update(len(batch))
-    bar.close()
     return added, skipped
 
 
@@ -156,30 +190,40 @@ def _add_batch(index: ItemIndex, encoder: Encoder, batch: list[tuple[Sample, lis
     text_vecs = iter(encoder.encode_texts(texts)) if texts else iter(())
     items = []
     for (sample, captions, path), image_vec in zip(batch, image_vecs, strict=True):
-        items.append(Item(path=path or _save_image(sample, staging), caption=captions[0] if captions else None,
+        if path is None or safe_text(path) != path:  # a name UTF-8 cannot store: the index keeps a copy
+            path = _save_image(sample, staging, path)
+        items.append(Item(path=path, caption=captions[0] if captions else None,
                           extra=_extra(sample, captions), image_vec=image_vec,
-                          text_vec=next(text_vecs) if captions else None, source_key=sample.image_id))
-    index.store.add(items)  # vectors go to the search structure in one piece when the build finishes
+                          text_vec=next(text_vecs) if captions else None, source_key=safe_text(sample.image_id)))
+    index.add(items, index_vectors=False)  # vectors go to the search structure in one piece at the end
     return len(items)
 
 
-def _save_image(sample: Sample, staging: Path) -> str:
-    """Shards hold image bytes, not files: keep a copy the server can show and re-rank."""
-    name = f"images/{hashlib.sha1(sample.image_id.encode()).hexdigest()[:20]}.png"
+def _save_image(sample: Sample, staging: Path, path: str | None = None) -> str:
+    """Keep a copy the server can show and re-rank, of the original bytes (EXIF, bit depth and compression
+    intact), named by the format the bytes are in: shards hold bytes, not files, and a file whose name UTF-8
+    cannot store is copied. Only a sample without its bytes is saved as PNG from its pixels."""
+    data = Path(path).read_bytes() if path is not None else sample.meta.get("image_bytes")
+    extension = sniff_format(data).extension if data is not None else "png"
+    name = f"images/{hashlib.sha1(safe_text(sample.image_id).encode()).hexdigest()[:20]}.{extension}"
     with atomic_write(staging / name) as f:
-        sample.image.save(f, format="PNG")
+        if data is not None:
+            f.write(data)
+        else:
+            sample.image.save(f, format="PNG")
     return name
 
 
 def _extra(sample: Sample, captions: list[str]) -> dict:
-    extra: dict = {"image_id": sample.image_id}
+    """The item's metadata; names from the file system (ids, class folders) as `safe_text` stores them."""
+    extra: dict = {"image_id": safe_text(sample.image_id)}
     if len(captions) > 1:
         extra["captions"] = captions
     if sample.label is not None:
         extra["label"] = sample.label
     for key, value in sample.meta.items():
         if isinstance(value, (str, int, float, bool)) and not key.startswith("skip"):
-            extra.setdefault(key, value)
+            extra.setdefault(key, safe_text(value) if isinstance(value, str) else value)
     return extra
 
 
@@ -203,7 +247,9 @@ def index_info(directory: str | Path) -> dict:
     index = ItemIndex(directory)
     try:
         info = index.info()
-        info.update({key: index.store.get_meta(key) for key in ("source", "checkpoint", "built_at", "skipped")})
+        info.update({key: index.store.get_meta(key) for key in ("source", "checkpoint", "weights", "built_at")})
+        skipped = index.store.get_meta("skipped")
+        info["skipped"] = int(skipped) if skipped is not None else None  # a count, stored as text
         return info
     finally:
         index.close()

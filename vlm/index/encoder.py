@@ -6,6 +6,7 @@ candidates of a text query (ALBEF's pattern: rank everything with cheap embeddin
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ class Encoder:
         self.transform = model_transform(model)
         self.dim = model.config.embed_dim
         self.name = model.config.name
+        self.weights: str | None = None  # weights_fingerprint, when load_encoder was asked for it
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> np.ndarray:
@@ -77,12 +79,28 @@ class Reranker:
         return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
 
-def load_encoder(checkpoint: str | Path, precision: str = "fp32") -> Encoder:
+def load_encoder(checkpoint: str | Path, precision: str = "fp32", fingerprint: bool = False) -> Encoder:
+    """`fingerprint`: also set `encoder.weights` (`weights_fingerprint` of the weights as loaded, before any
+    precision change), which an index build records so that a resume with other weights is refused."""
     model = load_model(checkpoint)
     if not isinstance(model, DualEncoder):
         raise ValueError(f"{checkpoint}: is a {model.config.arch} model; the index needs a late-fusion "
                          "(dual_encoder) checkpoint to embed with (pass an early-fusion one as --rerank-checkpoint)")
-    return Encoder(model, precision=precision)
+    weights = weights_fingerprint(model) if fingerprint else None
+    encoder = Encoder(model, precision=precision)
+    encoder.weights = weights
+    return encoder
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over every tensor of the state dict (name, dtype, shape, bytes, in name order): the same for the
+    same weights whatever file they came from; two models of one name and shape differ."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # the buffer, not a copy
+    return digest.hexdigest()
 
 
 def load_reranker(checkpoint: str | Path, precision: str = "fp32") -> Reranker:
