@@ -116,11 +116,6 @@ class EncodedImage:
     field: str = "image"
     fetched: bool = False
 
-    def save(self, fp, format: str) -> None:  # noqa: A002 (PIL's name)
-        """Decode (within the budget) and save: `routes.persist` stores an added image as PNG."""
-        with self.service.decoded(self) as image:
-            image.save(fp, format=format)
-
 
 class Service:
     def __init__(self, config: ServeConfig):
