@@ -16,14 +16,16 @@ from typing import IO
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Write to a temp file in the same folder, fsync, then rename over `path`."""
+def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None,
+                 errors: str | None = None) -> Iterator[IO]:
+    """Write to a temp file in the same folder, fsync, then rename over `path`. `encoding` and `errors` are
+    `open`'s, for text modes (`errors="surrogateescape"` writes file names that are not UTF-8 as their bytes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, _mode_of_new_file(path))
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode, encoding=encoding, errors=errors) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

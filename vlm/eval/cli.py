@@ -71,9 +71,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t = sub.add_parser("linear-probe", help="logistic regression on frozen image features, k-shot, C chosen on val")
     t.add_argument("--checkpoint", required=True, help="late-fusion checkpoint or run folder")
     t.add_argument("--data", required=True,
-                   help="a shapes-world folder: fit on its classify_train, choose C on val, score test")
+                   help="a shapes-world folder (fit on its classify_train, choose C on val, score --split), "
+                        "DIR/{train,val,test}/<class> folders, or a plain DIR/<class> tree (split per class, "
+                        "seeded, 60/20/20)")
+    t.add_argument("--split", default="test", help="the split scored (default: test); C is never chosen on it")
     t.add_argument("--shots", default="1,2,4,8,16", help="training images per class, comma-separated (0: all)")
     t.add_argument("--seed", type=int, default=0, help="which k images of each class")
+    t.add_argument("--split-seed", type=int, default=0,
+                   help="the seeded split of data without split folders (and of a val part carved from train)")
     t.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
     add_max_pixels_argument(t)
     t.set_defaults(func=cmd_linear_probe)
@@ -148,7 +153,9 @@ def cmd_linear_probe(args: argparse.Namespace) -> int:
         shots = tuple(int(k) for k in args.shots.split(","))
     except ValueError:
         raise ValueError(f"--shots: expected whole numbers separated by commas, got {args.shots!r}") from None
-    text = json.dumps(linear_probe(load_model(args.checkpoint), args.data, shots, args.seed), indent=2)
+    splits = ("train", "val", args.split)
+    result = linear_probe(load_model(args.checkpoint), args.data, shots, args.seed, splits, split_seed=args.split_seed)
+    text = json.dumps(result, indent=2)
     print(text)
     if args.json is not None:
         with atomic_write(args.json, "w") as f:
@@ -165,13 +172,24 @@ def cmd_classify(args: argparse.Namespace) -> int:
                                     source_options(args))
     if args.out is None:
         for p in predictions:
-            print("\t".join([p["image"], *(f"{c} {prob:.3f}" for c, prob in zip(p["labels"], p["probabilities"],
-                                                                                 strict=True))]))
+            print_name_line("\t".join([p["image"], *(f"{c} {prob:.3f}" for c, prob in
+                                                     zip(p["labels"], p["probabilities"], strict=True))]))
     reasons = ", ".join(f"{r}: {n}" for r, n in sorted(summary["skipped_reasons"].items()))
     skipped = f"; skipped {summary['skipped']} unreadable ({reasons})" if summary["skipped"] else "; skipped 0"
     print(f"classified {summary['images']} images{skipped}" + (f"; wrote {args.out}" if args.out else ""),
           file=sys.stderr)
     return 0
+
+
+def print_name_line(line: str) -> None:
+    """Print a line naming a file; a name that is not UTF-8 goes out as its bytes on disk (surrogateescape), as
+    `ls` prints it, instead of failing after the work is done."""
+    try:
+        print(line)
+    except UnicodeEncodeError:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(line.encode("utf-8", "surrogateescape") + b"\n")
+        sys.stdout.buffer.flush()
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

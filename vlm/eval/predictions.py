@@ -25,10 +25,13 @@ def write_vqa_predictions(path: str | Path, predictions: list[dict]) -> None:
 
 
 def write_class_predictions(path: str | Path, predictions: list[dict], classnames: list[str]) -> None:
-    """`predictions`: dicts with `image`, `label`, `classes` (indices, best first) and `probabilities`."""
+    """`predictions`: dicts with `image`, `label`, `classes` (indices, best first) and `probabilities`.
+
+    UTF-8, but a file name that is not (Latin-1 bytes reach Python as surrogate escapes) is written as the
+    bytes it has on disk, so the CSV names the very file; such a name never fails the write."""
     top = max((len(p["classes"]) for p in predictions), default=0)
     header = ["image", "label"] + [f"{name}{i}" for i in range(1, top + 1) for name in ("top", "p")]
-    with atomic_write(path, "w") as f:
+    with atomic_write(path, "w", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(header)
         for p in predictions:
