@@ -195,7 +195,7 @@ def _add_batch(index: ItemIndex, encoder: Encoder, batch: list[tuple[Sample, lis
         items.append(Item(path=path, caption=captions[0] if captions else None,
                           extra=_extra(sample, captions), image_vec=image_vec,
                           text_vec=next(text_vecs) if captions else None, source_key=safe_text(sample.image_id)))
-    index.add(items, index_vectors=False)  # vectors go to the search structure in one piece at the end
+    index.store.add(items)  # vectors go to the search structure in one piece when the build finishes
     return len(items)
 
 
