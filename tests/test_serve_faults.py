@@ -24,6 +24,7 @@ import pytest
 from test_serve_api import make_collection, png_base64
 from test_serve_durability import add, noise_image
 
+from vlm.index import ItemIndex
 from vlm.serve.process import ServerProcess
 
 PR_CAPBSET_DROP = 24
@@ -76,8 +77,10 @@ def assert_index_consistent(index: Path) -> dict[int, str]:
 
 
 def assert_all_there(index: Path, acknowledged: dict[int, int], deleted: set[int] = frozenset()) -> None:
-    """Every acknowledged add is in the table (the source of truth a restart serves from) with its image file;
-    every acknowledged delete is gone."""
+    """After a restart's open (which removes the image files of adds killed before their commit): every
+    acknowledged add is in the table with its image file, every acknowledged delete is gone, and no file lacks
+    its row nor row its file."""
+    ItemIndex(index).close()
     rows = assert_index_consistent(index)
     with sqlite3.connect(index / "items.sqlite") as db:
         captions = dict(db.execute("SELECT id, caption FROM items").fetchall())
