@@ -2,8 +2,8 @@
 
 - `FaissBackend` (default, embedded): exact inner product (`IndexFlatIP`) up to `exact_max` vectors, HNSW or
   IVF above it; saved as one file written atomically.
-- `MilvusBackend`: pymilvus' `MilvusClient`, on a milvus-lite file for one machine or a server URI for a
-  Milvus cluster, with the same calls.
+- `MilvusBackend` (vlm/index/milvus.py): pymilvus' `MilvusClient`, on a milvus-lite file for one machine or a
+  server URI for a Milvus cluster, with the same calls.
 
 Vectors are L2-normalised, so inner product is cosine similarity. Ids are int64 item ids.
 """
@@ -207,88 +207,3 @@ class FaissBackend(VectorBackend):
         with atomic_write(self.path) as f:
             f.write(data.tobytes())
         return record
-
-
-class _DropLiteTimestampWarning(logging.Filter):
-    """milvus-lite answers a query iterator without a server timestamp, and pymilvus then warns on every
-    iteration ("failed to get mvccTs ..., use client-side ts instead") before doing the right thing: one
-    process writes the file, so the client's clock is the order of writes. Nothing for a user to act on."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "failed to get mvccTs" not in record.getMessage()
-
-
-_DROP_LITE_TIMESTAMP_WARNING = _DropLiteTimestampWarning()
-
-
-class MilvusBackend(VectorBackend):
-    """One Milvus collection (id INT64 primary key, vector FLOAT_VECTOR, IP metric)."""
-
-    def __init__(self, uri: str, collection: str, dim: int):
-        from pymilvus import DataType, MilvusClient
-
-        if "://" not in uri:  # a milvus-lite file; a server's timestamps are worth the warning
-            logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(_DROP_LITE_TIMESTAMP_WARNING)
-        self.uri, self.collection, self.dim = uri, collection, dim
-        self.client = MilvusClient(uri=uri)
-        if not self.client.has_collection(collection):
-            schema = MilvusClient.create_schema(auto_id=False)
-            schema.add_field("id", DataType.INT64, is_primary=True)
-            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-            index_params = self.client.prepare_index_params()
-            index_params.add_index("vector", index_type="FLAT", metric_type="IP")
-            self.client.create_collection(collection, schema=schema, index_params=index_params)
-        self.client.load_collection(collection)
-
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        vectors = _as_matrix(vectors, self.dim)
-        rows = [{"id": int(i), "vector": v.tolist()} for i, v in zip(ids, vectors, strict=True)]
-        for start in range(0, len(rows), 10_000):  # keep each gRPC message well under its size limit
-            self.client.upsert(self.collection, rows[start : start + 10_000])
-
-    def delete(self, ids: np.ndarray) -> None:
-        if len(ids):
-            self.client.delete(self.collection, ids=[int(i) for i in ids])
-
-    def get(self, ids: np.ndarray) -> np.ndarray:
-        wanted = [int(i) for i in ids]
-        rows = {r["id"]: r["vector"] for r in self.client.get(self.collection, ids=wanted, output_fields=["vector"])}
-        missing = [i for i in wanted if i not in rows]
-        if missing:
-            raise KeyError(missing[0])
-        return np.array([rows[i] for i in wanted], dtype=np.float32).reshape(len(wanted), self.dim)
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        queries = _as_matrix(queries, self.dim)
-        hits = self.client.search(self.collection, data=queries.tolist(), limit=k, output_fields=["id"],
-                                  search_params={"metric_type": "IP"})
-        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        ids = np.full((len(queries), k), -1, dtype=np.int64)
-        for q, row in enumerate(hits):
-            for j, hit in enumerate(row[:k]):
-                scores[q, j], ids[q, j] = hit["distance"], hit["id"]
-        return scores, ids
-
-    def ids(self) -> np.ndarray:
-        iterator = self.client.query_iterator(self.collection, batch_size=10_000, filter="id >= 0",
-                                              output_fields=["id"])
-        ids: list[int] = []
-        while batch := iterator.next():
-            ids.extend(row["id"] for row in batch)
-        iterator.close()
-        return np.array(sorted(ids), dtype=np.int64)
-
-    def save(self) -> None:
-        self.client.flush(self.collection)
-        return None
-
-    def close(self) -> None:
-        self.save()
-        self.client.close()
-
-
-def release_milvus_lite(path: str | Path) -> None:
-    """Stop the in-process milvus-lite server of a .db file, so the folder can be moved or opened again."""
-    from milvus_lite.server_manager import server_manager_instance
-
-    server_manager_instance.release_server(str(path))

@@ -37,6 +37,9 @@ class BuildOptions:
     backend: str = "faiss"
     faiss: FaissConfig = FaissConfig()
     milvus_uri: str = ""
+    milvus_collection: str = "vlm"
+    milvus_index: str = "FLAT"  # FLAT, HNSW, IVF_PQ or DISKANN (vlm/index/milvus.py)
+    milvus_token: str = field(default="", repr=False)  # never written; "" = $VLM_MILVUS_TOKEN
     overwrite: bool = False
     progress: bool = True
     precision: str = "fp32"  # the encoder's (vlm.models.precision); recorded in index.json for the server
@@ -96,7 +99,9 @@ def build_index(checkpoint: str | Path, data: str | Path, out: str | Path,
     staging = out.with_name(out.name + ".partial")
     index = ItemIndex(staging, IndexConfig(dim=encoder.dim, backend=options.backend, model=encoder.name,
                                            precision=options.precision, faiss=options.faiss,
-                                           milvus_uri=options.milvus_uri))
+                                           milvus_uri=options.milvus_uri, milvus_index=options.milvus_index,
+                                           milvus_collection=options.milvus_collection),
+                      milvus_token=options.milvus_token)
     source = safe_text(f"{Path(data).resolve()}" + (f" split={options.split}" if options.split else ""))
     try:
         check_resumable(index, staging, source, encoder, checkpoint, options.precision)
@@ -111,7 +116,7 @@ def build_index(checkpoint: str | Path, data: str | Path, out: str | Path,
     # builds the search structures from the whole table (exact or approximate by the full count) and saves them.
     for snapshot in staging.glob("*.faiss"):
         snapshot.unlink()
-    ItemIndex(staging).close()
+    ItemIndex(staging, milvus_token=options.milvus_token).close()
     _replace_dir(staging, out)
     if options.progress:
         print(f"{out}: {added} items added ({skipped} images skipped as unreadable)")
@@ -195,7 +200,7 @@ def _add_batch(index: ItemIndex, encoder: Encoder, batch: list[tuple[Sample, lis
         items.append(Item(path=path, caption=captions[0] if captions else None,
                           extra=_extra(sample, captions), image_vec=image_vec,
                           text_vec=next(text_vecs) if captions else None, source_key=safe_text(sample.image_id)))
-    index.store.add(items)  # vectors go to the search structure in one piece when the build finishes
+    index.add(items, index_vectors=False)  # vectors go to the search structure in one piece at the end
     return len(items)
 
 

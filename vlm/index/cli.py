@@ -8,6 +8,7 @@ import json
 from data_pipelines.options import add_source_arguments, source_options
 
 PRECISIONS = ("fp32", "int8")  # vlm.models.precision.PRECISIONS, without importing torch for `vlm --help`
+MILVUS_INDEX_TYPES = ("FLAT", "HNSW", "IVF_PQ", "DISKANN")  # vlm.index.milvus.INDEX_TYPES (tested equal)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +41,13 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--backend", choices=["faiss", "milvus"], default="faiss")
     b.add_argument("--milvus-uri", default="", help="Milvus server URI (default: a milvus-lite file in the index)")
+    b.add_argument("--milvus-collection", default="vlm", help="Milvus collections are NAME_image, NAME_text "
+                   "and, on a server, NAME_items (default: vlm); writers that name the same one share it")
+    b.add_argument("--milvus-token", default="", help="Milvus token, user:password or an API key (default: "
+                   "$VLM_MILVUS_TOKEN, which keeps it out of the process list); never written to the index")
+    b.add_argument("--milvus-index", choices=MILVUS_INDEX_TYPES, default="FLAT", help="Milvus index type of new "
+                   "collections: FLAT (exact), HNSW (M=32, ef=max(k,128)), IVF_PQ (nlist 1024, dim/4 codes of 8 "
+                   "bits, nprobe 32), DISKANN (a server's SSD index)")
     b.add_argument("--exact-max", type=int, help="faiss: exact search up to this many items, approximate above "
                    "(default: 1,000,000)")
     b.add_argument("--approximate", choices=["hnsw", "ivf"], help="faiss: the structure above --exact-max "
@@ -64,7 +72,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     options = BuildOptions(split=args.split, batch_size=args.batch_size, backend=args.backend,
                            faiss=FaissConfig(**given(args, "exact_max", "approximate")),
-                           milvus_uri=args.milvus_uri, overwrite=args.overwrite, source=source_options(args),
+                           milvus_uri=args.milvus_uri, milvus_index=args.milvus_index,
+                           milvus_collection=args.milvus_collection,
+                           milvus_token=args.milvus_token, overwrite=args.overwrite, source=source_options(args),
                            precision=args.precision)
     build_index(args.checkpoint, args.data, args.out, options)
     return 0

@@ -13,6 +13,8 @@
 Opening an index checks every file (the table with SQLite's quick_check and against its mark, each snapshot
 against the manifest), then reconciles each backend with the table: ids missing from the backend are added, ids
 the table no longer has are deleted. That is what makes a `kill -9` harmless and a damaged snapshot a rebuild.
+A Milvus server collection is shared with other writers, and follows vlm/index/shared.py instead: ids come from
+Milvus, and start-up only adds.
 """
 
 from __future__ import annotations
@@ -23,16 +25,26 @@ import logging
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from vlm.atomic_io import atomic_write
-from vlm.index.backends import FaissBackend, FaissConfig, MilvusBackend, VectorBackend, release_milvus_lite
+from vlm.index import shared
+from vlm.index.backends import FaissBackend, FaissConfig, VectorBackend
 from vlm.index.errors import IndexFolderError, IndexLockedError, IndexReadOnlyError
 from vlm.index.lock import FolderLock
 from vlm.index.manifest import Manifest, read_manifest, write_manifest
+from vlm.index.milvus import (
+    INDEX_TYPES,
+    TOKEN_ENV,
+    MilvusBackend,
+    MilvusRegistry,
+    is_server_uri,
+    release_milvus_lite,
+    resolve_token,
+)
 from vlm.index.storage import StorageFailure, storage_failure
 from vlm.index.store import MODALITIES, Item, ItemStore
 
@@ -53,14 +65,23 @@ class IndexConfig:
     precision: str = "fp32"  # what the model ran at (vlm.models.precision); queries are encoded the same way
     faiss: FaissConfig = field(default_factory=FaissConfig)
     milvus_uri: str = ""  # "" = milvus-lite file DIR/milvus.db; "http://host:19530" = a Milvus server
-    milvus_collection: str = "vlm"  # collections are "<this>_image" and "<this>_text"
+    milvus_collection: str = "vlm"  # collections "<this>_image", "<this>_text" (and "<this>_items" on a server)
+    milvus_index: str = "FLAT"  # Milvus index type of new collections: FLAT, HNSW, IVF_PQ or DISKANN
+    # Never written to index.json nor shown: given when opening, or $VLM_MILVUS_TOKEN.
+    milvus_token: str = field(default="", repr=False, compare=False)
     snapshot_every: int = 1000  # faiss: rewrite the snapshot after this many changes (the table is durable anyway)
+
+    @property
+    def shared(self) -> bool:
+        """A Milvus server collection, which other writers (other folders) may share."""
+        return self.backend == "milvus" and is_server_uri(self.milvus_uri)
 
 
 @dataclass
 class Hit:
     item: Item
     score: float
+    local: bool = True  # False: another writer's item on a shared Milvus, its metadata from the registry
 
 
 def read_config(directory: Path) -> IndexConfig:
@@ -82,6 +103,12 @@ def read_config(directory: Path) -> IndexConfig:
     if data.get("backend", "faiss") not in BACKENDS:
         raise IndexFolderError(f"{path}: field 'backend' must be one of {', '.join(BACKENDS)}, "
                                f"got {data['backend']!r}")
+    if data.get("milvus_index", "FLAT") not in INDEX_TYPES:
+        raise IndexFolderError(f"{path}: field 'milvus_index' must be one of {', '.join(INDEX_TYPES)}, "
+                               f"got {data['milvus_index']!r}")
+    if "milvus_token" in data:
+        raise IndexFolderError(f"{path}: holds a Milvus token; remove it (a token does not belong in a file that "
+                               f"backups copy): pass it as ${TOKEN_ENV} or --milvus-token")
     return IndexConfig(**{**data, "faiss": FaissConfig(**faiss)})
 
 
@@ -108,8 +135,11 @@ def check_writable(directory: Path) -> None:
 
 
 def write_config(directory: Path, config: IndexConfig) -> None:
+    """Everything but the token."""
+    data = asdict(config)
+    data.pop("milvus_token")
     with atomic_write(directory / CONFIG_NAME, "w") as f:
-        json.dump(asdict(config), f, indent=2)
+        json.dump(data, f, indent=2)
 
 
 class ItemIndex:
@@ -119,15 +149,21 @@ class ItemIndex:
     read-only because the folder cannot be written (permissions, a full disk; `read_only_reason` says which file),
     it serves searches, refuses writes, and `follow`s a writer's commits."""
 
-    def __init__(self, directory: str | Path, config: IndexConfig | None = None, read_only: bool = False):
-        """Open the index in `directory`, or create it there when `config` is given and none exists."""
+    def __init__(self, directory: str | Path, config: IndexConfig | None = None, read_only: bool = False,
+                 milvus_token: str = ""):
+        """Open the index in `directory`, or create it there when `config` is given and none exists. The Milvus
+        token is `milvus_token`, else `config.milvus_token`, else $VLM_MILVUS_TOKEN."""
         self.directory = Path(directory)
         if config is not None and not (self.directory / CONFIG_NAME).exists():
             if config.backend not in BACKENDS:
                 raise IndexFolderError(f"index backend must be one of {BACKENDS}, got {config.backend!r}")
+            if config.milvus_index not in INDEX_TYPES:
+                raise IndexFolderError(f"Milvus index type must be one of {INDEX_TYPES}, got {config.milvus_index!r}")
             self.directory.mkdir(parents=True, exist_ok=True)
             write_config(self.directory, config)
-        self.config = read_config(self.directory)
+        token = resolve_token(milvus_token or (config.milvus_token if config is not None else ""))
+        self.config = replace(read_config(self.directory), milvus_token=token)
+        self.registry: MilvusRegistry | None = None
         self._lock = threading.RLock()
         self._changes = 0
         self._followed_at = 0.0
@@ -161,9 +197,14 @@ class ItemIndex:
                     check_writable(self.directory)
             self.store = self._open_store(read_only)
             manifest = self._read_manifest()
+            if self.config.shared:
+                self.registry = shared.open_registry(self.config.milvus_uri, self.config.milvus_collection,
+                                                     self.config.milvus_token, self.store)
             self.backends = {m: self._open_backend(m, manifest, read_only) for m in MODALITIES}
             self._refuse_emptied_table(manifest)
             with storage_failure(self.directory):
+                if self.registry is not None and not read_only:
+                    shared.replay_pending(self.store, self.backends, self.registry)
                 changed = [self.reconcile(m, save=False) != (0, 0) for m in MODALITIES]
                 if not read_only:
                     if any(changed) or not self._manifest_matches(manifest):
@@ -196,7 +237,9 @@ class ItemIndex:
             return FaissBackend(self.directory / f"{modality}.faiss", c.dim, c.faiss, expected, not read_only)
         uri = c.milvus_uri or str(self.directory / "milvus.db")
         try:
-            return MilvusBackend(uri, f"{c.milvus_collection}_{modality}", c.dim)
+            return MilvusBackend(uri, f"{c.milvus_collection}_{modality}", c.dim, c.milvus_token, c.milvus_index)
+        except IndexFolderError:
+            raise
         except Exception as e:  # pymilvus raises its own MilvusException; milvus-lite one process per file
             if not c.milvus_uri:
                 raise IndexFolderError(f"{uri}: milvus-lite could not open it ({str(e).splitlines()[0]}); a "
@@ -205,8 +248,9 @@ class ItemIndex:
             raise
 
     def _refuse_emptied_table(self, manifest: Manifest | None) -> None:
-        """An empty table beside vectors is a lost table, never an empty index to 'repair' the vectors down to."""
-        if self.store.count() or self.store.max_id:
+        """An empty table beside vectors is a lost table, never an empty index to 'repair' the vectors down to.
+        (A shared collection's vectors are other writers' too: open_registry refuses a lost table there.)"""
+        if self.store.count() or self.store.max_id or self.config.shared:
             return
         for modality, backend in self.backends.items():
             held = len(backend)
@@ -242,6 +286,10 @@ class ItemIndex:
             with contextlib.suppress(Exception):
                 self.store.close()
             self.store = None
+        if self.registry is not None:
+            with contextlib.suppress(Exception):
+                self.registry.close()
+            self.registry = None
         if self.config.backend == "milvus" and not self.config.milvus_uri:
             with contextlib.suppress(Exception):
                 release_milvus_lite(self.directory / "milvus.db")
@@ -251,8 +299,12 @@ class ItemIndex:
             self._folder_lock = None
 
     def reconcile(self, modality: str, save: bool = True) -> tuple[int, int]:
-        """Bring the backend in line with the table; returns (added, removed)."""
+        """Bring the backend in line with the table; returns (added, removed). A shared Milvus collection only
+        gets what the table has and it lacks, and only from a writer (vlm/index/shared.py)."""
         backend = self.backends[modality]
+        if self.registry is not None:
+            added = 0 if self.read_only else shared.reconcile_shared(self.store, modality, backend, self.registry)
+            return added, 0
         table_ids, backend_ids = self.store.ids(modality), backend.ids()
         missing = np.setdiff1d(table_ids, backend_ids)
         extra = np.setdiff1d(backend_ids, table_ids)
@@ -270,15 +322,21 @@ class ItemIndex:
         return len(missing), len(extra)
 
     # --- items
-    def add(self, items: list[Item]) -> list[int]:
-        """Add items; each is durable (committed and fsynced) when this returns."""
+    def add(self, items: list[Item], index_vectors: bool = True) -> list[int]:
+        """Add items; each is durable (committed and fsynced) when this returns. `index_vectors=False` writes
+        the table only (a build): the vectors reach the search structures when the folder is next opened."""
         for item in items:
             for vec in (item.image_vec, item.text_vec):
                 if vec is not None and vec.shape != (self.config.dim,):
                     raise ValueError(f"vector has shape {vec.shape}, the index holds dimension {self.config.dim}")
         with self._lock:
             self._refuse_read_only()
-            ids = self.store.add(items)
+            if self.registry is not None:
+                ids = shared.register(items, self.store, self.registry)
+            else:
+                ids = self.store.add(items)
+            if not index_vectors:
+                return ids
             for modality in MODALITIES:
                 pairs = [(i.id, getattr(i, f"{modality}_vec")) for i in items]
                 pairs = [(i, v) for i, v in pairs if v is not None]
@@ -291,10 +349,13 @@ class ItemIndex:
         with self._lock:
             self._refuse_read_only()
             item = self.store.get(item_id)
-            if item is None or not self.store.delete(item_id):
+            if item is None or not self.store.delete(item_id, pending=self.registry is not None):
                 return False
-            for backend in self.backends.values():
-                backend.delete(np.array([item_id]))
+            if self.registry is not None:
+                self._delete_shared(item_id)
+            else:
+                for backend in self.backends.values():
+                    backend.delete(np.array([item_id]))
             self._changed(1)
         image = self.directory / "images" / Path(item.path or "").name
         if item.path and item.path.startswith("images/") and image.is_file():
@@ -304,15 +365,42 @@ class ItemIndex:
                 log.warning("deleted item %s, but could not remove its image %s: %s", item_id, image, e)
         return True
 
+    def _delete_shared(self, item_id: int) -> None:
+        """The row is gone (committed, with the delete recorded as owed); a server that fails now gets it at the
+        next open."""
+        try:
+            shared.delete_shared([item_id], self.backends, self.registry)
+            self.store.clear_pending([item_id])
+        except Exception as e:  # pymilvus' MilvusException, a lost connection
+            log.error("%s: deleted item %s, but the shared Milvus collection could not be told (%s); it is "
+                      "retried when the index is next opened", self.directory, item_id, str(e).splitlines()[0])
+
     def _refuse_read_only(self) -> None:
         if self.read_only:
             raise IndexReadOnlyError(f"{self.directory}: the index is read-only ({self.read_only_reason})")
 
     def get(self, item_id: int, vectors: bool = False) -> Item | None:
-        return self.store.get(item_id, vectors)
+        """This table's item, else (a shared Milvus) another writer's, from the registry and the collections."""
+        items = self.get_many([item_id], vectors)
+        return items[0] if items else None
 
-    def get_many(self, ids: list[int]) -> list[Item]:
-        return self.store.get_many(ids)
+    def get_many(self, ids: list[int], vectors: bool = False) -> list[Item]:
+        """Items in the order of `ids`, absent ones left out; on a shared Milvus, other writers' too."""
+        local = {item.id: item for item in self.store.get_many(ids, vectors)}
+        unknown = [int(i) for i in ids if int(i) not in local]
+        if self.registry is not None and unknown:
+            remote = self.registry.fetch(unknown)
+            if vectors:
+                for item in remote.values():
+                    item.image_vec, item.text_vec = (self._stored_vector(m, item.id) for m in MODALITIES)
+            local.update(remote)
+        return [local[int(i)] for i in ids if int(i) in local]
+
+    def _stored_vector(self, modality: str, item_id: int) -> np.ndarray | None:
+        try:
+            return self.backends[modality].get(np.array([item_id]))[0]
+        except KeyError:
+            return None
 
     def search(self, queries: np.ndarray, k: int, modality: str = "image") -> list[list[Hit]]:
         """The k best items for each query vector, by cosine similarity, best first."""
@@ -327,7 +415,8 @@ class ItemIndex:
         for row_scores, row_ids in zip(scores, ids, strict=True):
             valid = [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
             items = {item.id: item for item in self.store.get_many([i for i, _ in valid])}
-            results.append([Hit(items[i], s) for i, s in valid if i in items])
+            results.append([Hit(item, s, local) for item, s, local
+                            in shared.complete(valid, items, self.registry, self.directory)])
         return results
 
     def follow(self, every_s: float = 1.0) -> None:
@@ -422,7 +511,8 @@ class ItemIndex:
                 "snapshot_error": self.snapshot_error}
 
 
-def open(directory: str | Path, read_only: bool = False) -> ItemIndex:  # noqa: A001 (vlm.index.open, as io.open)
+def open(directory: str | Path, read_only: bool = False,  # noqa: A001 (vlm.index.open, as io.open)
+         milvus_token: str = "") -> ItemIndex:
     """Open an existing index folder for searching, adding and removing items, with no server."""
-    return ItemIndex(directory, read_only=read_only)
+    return ItemIndex(directory, read_only=read_only, milvus_token=milvus_token)
 

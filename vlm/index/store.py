@@ -3,7 +3,8 @@
 A vector backend (faiss, Milvus) is a search structure rebuilt or caught up from this table, so an item
 is durable the moment its transaction commits: WAL with synchronous=FULL fsyncs the log on every commit,
 and a `kill -9` can lose at most the vector backend's recent changes, which `ItemIndex` replays at start.
-Ids come from AUTOINCREMENT and are never reused, so a stale snapshot can never confuse two items.
+Ids come from AUTOINCREMENT and are never reused, so a stale snapshot can never confuse two items; on a shared
+Milvus server they come from Milvus (vlm/index/milvus.py) and are stored as given.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ CREATE TABLE IF NOT EXISTS items (
     source_key TEXT UNIQUE
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pending_deletes (id INTEGER PRIMARY KEY);
 """
 
 
@@ -207,26 +209,32 @@ class ItemStore:
             self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
 
     # --- items
-    def add(self, items: list[Item]) -> list[int]:
-        """Insert items in one transaction; returns their new ids. Durable when this returns."""
-        rows = [(i.path, i.caption, json.dumps(i.extra), _blob(i.image_vec), _blob(i.text_vec), i.source_key)
-                for i in items]
+    def add(self, items: list[Item], ids: list[int] | None = None) -> list[int]:
+        """Insert items in one transaction and set their ids: AUTOINCREMENT's, or `ids` (ones a shared Milvus
+        assigned). Returns the ids; durable when this returns."""
+        if ids is not None and len(ids) != len(items):
+            raise ValueError(f"{len(ids)} ids for {len(items)} items")
+        given = ids if ids is not None else [None] * len(items)
+        rows = [(n, i.path, i.caption, json.dumps(i.extra), _blob(i.image_vec), _blob(i.text_vec), i.source_key)
+                for n, i in zip(given, items, strict=True)]
         with self._lock:
             self._writable()
             with self._transaction():
                 ids = [self._db.execute(
-                    "INSERT INTO items (path, caption, extra, image_vec, text_vec, source_key) "
-                    "VALUES (?, ?, ?, ?, ?, ?)", row).lastrowid for row in rows]
+                    "INSERT INTO items (id, path, caption, extra, image_vec, text_vec, source_key) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)", row).lastrowid for row in rows]
             self.max_id = max([self.max_id, *ids])
             self._counts[None] += len(rows)
-            for modality, column in (("image", 3), ("text", 4)):
+            for modality, column in (("image", 4), ("text", 5)):
                 self._counts[modality] += sum(row[column] is not None for row in rows)
             self._write_mark()
         for item, item_id in zip(items, ids, strict=True):
             item.id = item_id
         return ids
 
-    def delete(self, item_id: int) -> bool:
+    def delete(self, item_id: int, pending: bool = False) -> bool:
+        """Delete a row; `pending` also records the id, in the same transaction, as a delete still owed to a
+        shared vector store (cleared by `clear_pending` once done there, replayed at open after a crash)."""
         with self._lock:
             self._writable()
             row = self._db.execute("SELECT image_vec IS NOT NULL, text_vec IS NOT NULL FROM items WHERE id = ?",
@@ -235,11 +243,33 @@ class ItemStore:
                 return False
             with self._transaction():
                 self._db.execute("DELETE FROM items WHERE id = ?", (item_id,))
+                if pending:
+                    self._db.execute("INSERT OR IGNORE INTO pending_deletes VALUES (?)", (item_id,))
             self._counts[None] -= 1
             self._counts["image"] -= row[0]
             self._counts["text"] -= row[1]
             self._write_mark()
             return True
+
+    def pending_deletes(self) -> list[int]:
+        """Ids deleted here whose delete the shared vector store may not have seen yet."""
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT id FROM pending_deletes ORDER BY id")]
+
+    def clear_pending(self, ids: list[int]) -> None:
+        """Forget deletes the shared store has done; no item changes, so the change counter stays."""
+        if not ids:
+            return
+        with self._lock:
+            self._writable()
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("DELETE FROM pending_deletes WHERE id = ?", [(int(i),) for i in ids])
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     @contextlib.contextmanager
     def _transaction(self):
