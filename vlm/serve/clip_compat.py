@@ -145,7 +145,7 @@ def metadata(service: Service, item: Item) -> dict:
 
 
 def deduplicate(service: Service, hits: list[Hit], modality: str) -> list[Hit]:
-    stored = {it.id: getattr(it, f"{modality}_vec") for it in service.index.store.get_many(
+    stored = {it.id: getattr(it, f"{modality}_vec") for it in service.index.get_many(
         [h.item.id for h in hits], vectors=True)}
     hits = [h for h in hits if stored.get(h.item.id) is not None]  # deleted since the search
     if len(hits) < 2:
