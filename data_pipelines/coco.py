@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from data_pipelines.records import RecordDataset, resolve_image_path, validate_records
-from data_pipelines.sample import DEFAULT_MAX_BAD_FRACTION, Sample
+from data_pipelines.sample import Sample
 from data_pipelines.text_files import open_text
 
 
@@ -37,7 +37,7 @@ def open_coco_captions(
     transform: Callable | None = None,
     image_root: str | Path | None = None,
     data: dict | None = None,
-    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+    max_bad_fraction: float | None = None,  # None: the command's rule (sample.bad_file_rule)
     check_files: bool = True,
     max_pixels: int | None = None,
 ) -> RecordDataset:
@@ -72,7 +72,7 @@ def open_karpathy(
     transform: Callable | None = None,
     image_root: str | Path | None = None,
     data: dict | None = None,
-    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+    max_bad_fraction: float | None = None,  # None: the command's rule (sample.bad_file_rule)
     check_files: bool = True,
     max_pixels: int | None = None,
 ) -> RecordDataset:

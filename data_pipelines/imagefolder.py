@@ -2,18 +2,24 @@
 
 Labels are the index of the class folder in sorted order, as torchvision's ImageFolder. `classnames.txt`
 (one name per line, in that order) and `templates.txt` (one prompt per line with `{}`) sit in the root, as in
-CLIP_benchmark. Empty class folders are allowed: a split may hold no images of a class the classifier
-must still be able to predict (the shapes world's held-out combinations).
+CLIP_benchmark. A class folder without images is a class only when `classnames.txt` names it (a split may
+hold no images of a class the classifier must still predict: the shapes world's held-out combinations);
+where the class names come from the folders, an empty one is skipped, with one warning, never made a class.
+
+One rule for what a folder is, the same for every command (`is_image_folder`): a folder with an image file
+directly in it is a plain folder of images, read recursively, without labels (`open_plain_folder`); a folder
+whose images are all in subfolders is an ImageFolder, one class per subfolder.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from data_pipelines.images import IMAGE_EXTENSIONS
 from data_pipelines.records import RecordDataset, validate_records
-from data_pipelines.sample import DEFAULT_MAX_BAD_FRACTION, Sample
+from data_pipelines.sample import Sample
 from data_pipelines.text_files import read_lines  # BOM-free, with decode errors that name the line
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -22,7 +28,7 @@ DEFAULT_TEMPLATES = ("a photo of a {}.",)
 def open_imagefolder(
     root: str | Path,
     transform: Callable | None = None,
-    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+    max_bad_fraction: float | None = None,  # None: the command's rule (sample.bad_file_rule)
     max_pixels: int | None = None,
 ) -> RecordDataset:
     """One item per image with `label`; `.info` holds `classnames` and `templates`."""
@@ -30,6 +36,8 @@ def open_imagefolder(
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise ValueError(f"{root}: no class folders (expected root/<class>/<image>)")
+    if not (root / "classnames.txt").is_file():
+        folders = _non_empty(root, folders)
     classnames = [f.replace("_", " ") for f in folders]
     if (root / "classnames.txt").is_file():
         classnames = read_lines(root / "classnames.txt")
@@ -52,3 +60,38 @@ def open_imagefolder(
     records, rows, stats = validate_records(candidates(), str(root), max_bad_fraction, check_files=False)
     info = {"classnames": classnames, "templates": templates, "folders": folders}
     return RecordDataset(records, stats, "imagefolder", transform, max_pixels, info, rows=rows)
+
+
+def _non_empty(root: Path, folders: list[str]) -> list[str]:
+    """The class folders holding an image; the empty ones are named once on stderr, as not made classes."""
+    empty = [f for f in folders if not any(_images(root / f))]
+    if empty:
+        print(f"{root}: skipped {len(empty)} empty class folder(s), not made classes: {', '.join(empty)}",
+              file=sys.stderr)
+    kept = [f for f in folders if f not in empty]
+    if not kept:
+        raise ValueError(f"{root}: every class folder is empty (expected root/<class>/<image>); add images")
+    return kept
+
+
+def _images(folder: Path) -> Iterator[Path]:
+    return (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def is_image_folder(root: str | Path) -> bool:
+    """True for a plain folder of images (an image file directly in it), False for an ImageFolder tree."""
+    return any(_images(Path(root)))
+
+
+def open_plain_folder(
+    root: str | Path,
+    transform: Callable | None = None,
+    max_bad_fraction: float | None = None,  # None: the command's rule (sample.bad_file_rule)
+    max_pixels: int | None = None,
+) -> RecordDataset:
+    """Every image under `root`, recursively and sorted, one item each (id: its path under `root`), no labels."""
+    root = Path(root)
+    candidates = ((Sample(str(p), str(p.relative_to(root))), str(p))
+                  for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    records, rows, stats = validate_records(candidates, str(root), max_bad_fraction, check_files=False)
+    return RecordDataset(records, stats, "folder", transform, max_pixels, rows=rows)

@@ -44,10 +44,31 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_max_pixels_argument(parser: argparse.ArgumentParser) -> None:
-    """--max-pixels, on every command that decodes images; `vlm.cli.main` sets it for the command's run."""
+    """--max-pixels and --max-bad-fraction, on every command that decodes images; `vlm.cli.main` sets them
+    for the command's run."""
+    add_max_bad_fraction_argument(parser)
     parser.add_argument("--max-pixels", type=positive_int, metavar="N",
                         help="refuse images over N pixels, as a guard against decompression bombs; raise it for "
                              "large photos (default: Pillow's, 89,478,485; the recipe key is data.max_pixels)")
+
+
+def add_max_bad_fraction_argument(parser: argparse.ArgumentParser) -> None:
+    """--max-bad-fraction: the one bad-file rule of every command that reads images (`sample.bad_file_rule`)."""
+    parser.add_argument("--max-bad-fraction", type=fraction, metavar="F",
+                        help="stop when more than this share of the items is unreadable (missing, corrupt, over "
+                             "--max-pixels); skipped items are listed in skipped.tsv next to the output "
+                             "(default: 0.01; the recipe key is data.max_bad_fraction)")
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return value
 
 
 def positive_int(text: str) -> int:

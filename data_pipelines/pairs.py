@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from data_pipelines.records import RecordDataset, resolve_image_path, validate_records
-from data_pipelines.sample import DEFAULT_MAX_BAD_FRACTION, Sample
+from data_pipelines.sample import Sample
 from data_pipelines.text_files import open_text, raise_csv_field_limit
 
 raise_csv_field_limit()  # a 200,000-character caption is data, not `_csv.Error: field larger than field limit`
@@ -31,7 +31,7 @@ def open_pairs(
     id_column: str | None = None,
     sep: str | None = None,
     image_root: str | Path | None = None,
-    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+    max_bad_fraction: float | None = None,  # None: the command's rule (sample.bad_file_rule)
     check_files: bool = True,
     max_pixels: int | None = None,
 ) -> RecordDataset:

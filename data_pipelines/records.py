@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from data_pipelines.images import BadImage, decode_image
-from data_pipelines.sample import DEFAULT_MAX_BAD_FRACTION, Sample, SkipStats
+from data_pipelines.sample import Sample, SkipStats
 
 
 class RecordDataset(torch.utils.data.Dataset):
@@ -60,7 +60,7 @@ class RecordDataset(torch.utils.data.Dataset):
         try:
             image = decode_image(record.image, self.max_pixels, min_size=getattr(self.transform, "decode_size", None))
         except BadImage as e:
-            detail = f"{where}: {e.detail}" if self.rows else e.detail
+            detail = f"{where}: {e.detail}" if self.rows and where != str(record.image) else e.detail
             self.stats.mark_bad(index, e.reason, detail)
             self.stats.check(final=False)  # this process's share; the trainer counts every worker's (stats.bad)
             return skipped_sample(record, index, e.reason, detail)
@@ -108,7 +108,7 @@ def resolve_image_path(base: Path, value: str) -> Path:
 def validate_records(
     candidates: Iterable[tuple[Sample, str]],
     source: str,
-    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+    max_bad_fraction: float | None = None,  # None: the command's rule (sample.bad_file_rule)
     check_files: bool = True,
     need_caption: bool = False,
 ) -> tuple[list[Sample], list[str], SkipStats]:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from data_pipelines.worker_errors import reraise_worker_errors
@@ -23,6 +25,48 @@ from data_pipelines.worker_errors import reraise_worker_errors
 DEFAULT_MAX_BAD_FRACTION = 0.01
 # Below this many samples seen a few bad files say little about the whole set; the final check still runs.
 MIN_SAMPLES_FOR_EARLY_CHECK = 200
+SKIP_REPORT_COLUMNS = ("item", "reason", "detail")
+
+
+@dataclass
+class BadFileRule:
+    """The process's one bad-file rule: every command that reads images stops past the same fraction
+    (`--max-bad-fraction`), and every skipped item lands in one list, written as a report file at the end."""
+
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
+    skipped: dict = field(default_factory=dict)  # (item, reason) -> detail, once each however often seen
+
+
+RULE = BadFileRule()
+
+
+@contextmanager
+def bad_file_rule(max_bad_fraction: float | None = None) -> Iterator[BadFileRule]:
+    """The rule while a command runs: a fresh list of skipped items, and the limit given (None: the default)."""
+    if max_bad_fraction is not None and not 0 <= max_bad_fraction <= 1:
+        raise ValueError(f"--max-bad-fraction must be between 0 and 1, got {max_bad_fraction:g}")
+    saved = (RULE.max_bad_fraction, RULE.skipped)
+    RULE.max_bad_fraction = DEFAULT_MAX_BAD_FRACTION if max_bad_fraction is None else max_bad_fraction
+    RULE.skipped = {}
+    try:
+        yield RULE
+    finally:
+        RULE.max_bad_fraction, RULE.skipped = saved
+
+
+def write_skip_report(path: str | Path, skipped: dict | None = None) -> Path | None:
+    """Write the skipped items (item, reason, detail) as TSV to `path`; None when nothing was skipped."""
+    skipped = RULE.skipped if skipped is None else skipped
+    if not skipped:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = str.maketrans("\t\r\n", "   ")
+    lines = ["\t".join(SKIP_REPORT_COLUMNS)]
+    lines += ["\t".join(str(v).translate(clean) for v in (item, reason, detail))
+              for (item, reason), detail in skipped.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogateescape")
+    return path
 
 
 @dataclass(slots=True)
@@ -54,22 +98,28 @@ class SkipStats:
     """Counts of skipped samples by reason, with the first few examples, checked against a limit."""
 
     source: str = "data"
-    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
+    max_bad_fraction: float | None = None  # None: the command's rule (`bad_file_rule`, 0.01 by default)
     seen: int = 0
     skipped: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
     bad: dict = field(default_factory=dict)  # sample id (index or shard key) -> reason, for ids found at decode time
 
+    def __post_init__(self) -> None:
+        if self.max_bad_fraction is None:
+            self.max_bad_fraction = RULE.max_bad_fraction
+
     def ok(self, n: int = 1) -> None:
         self.seen += n
 
-    def skip(self, reason: str, detail: str = "", count_seen: bool = True) -> None:
+    def skip(self, reason: str, detail: str = "", count_seen: bool = True, item: str | None = None) -> None:
         """Count one bad sample; `count_seen=False` when it was already counted as seen (validated, then
-        failed to decode)."""
+        failed to decode). `item` names it for the report file (default: `detail` up to its first ': ')."""
         self.seen += count_seen
         self.skipped[reason] += 1
         if detail and len(self.examples) < 5:
             self.examples.append(detail)
+        item = item if item is not None else detail.split(": ", 1)[0]
+        RULE.skipped.setdefault((item or self.source, reason), detail)
 
     def mark_bad(self, sample_id, reason: str, detail: str = "", count_seen: bool = False) -> bool:
         """Count sample `sample_id` as bad unless it already was; True when it is new.

@@ -29,7 +29,7 @@ import torch
 
 from data_pipelines.image_bytes import sniff_format
 from data_pipelines.images import BadImage, decode_image
-from data_pipelines.sample import DEFAULT_MAX_BAD_FRACTION, Sample, SkipStats
+from data_pipelines.sample import Sample, SkipStats
 from vlm.atomic_io import atomic_write
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tiff", "tif")
@@ -83,7 +83,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         seed: int = 0,
         resampled: bool = False,
         max_pixels: int | None = None,
-        max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+        max_bad_fraction: float | None = None,  # None: the command's rule (sample.bad_file_rule)
     ):
         super().__init__()
         self.urls = expand_shard_urls(urls)

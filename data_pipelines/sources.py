@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from data_pipelines.coco import open_coco_captions, open_karpathy, read_json
-from data_pipelines.imagefolder import open_imagefolder
+from data_pipelines.imagefolder import is_image_folder, open_imagefolder, open_plain_folder
 from data_pipelines.options import COLUMN_OPTIONS
 from data_pipelines.pairs import open_pairs
 from data_pipelines.shards import ShardDataset
@@ -17,7 +17,11 @@ SHAPES_TASKS = ("pairs", "vqa", "classify", "compositional")
 
 
 def detect_format(path: str | Path) -> str:
-    """One of: shapes, webdataset, imagefolder, csv, tsv, jsonl, coco, karpathy, vqav2."""
+    """One of: shapes, webdataset, folder, imagefolder, csv, tsv, jsonl, coco, karpathy, vqav2.
+
+    A folder with an image file directly in it is a plain `folder` of images, read recursively without labels;
+    one with images only in subfolders is an `imagefolder` (`DIR/<class>/<image>`). Every command reads a
+    folder by this one rule (`data_pipelines.imagefolder`)."""
     text = str(path)
     path = Path(text)
     if path.suffix == ".tar":  # a shard, or a brace pattern of shards (`shards/{000..099}.tar`)
@@ -27,7 +31,7 @@ def detect_format(path: str | Path) -> str:
             return "shapes"
         if any(path.glob("*.tar")):
             return "webdataset"
-        return "imagefolder"
+        return "folder" if is_image_folder(path) else "imagefolder"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     suffix = path.suffix.lower()
@@ -68,13 +72,15 @@ def open_source(path: str | Path, split: str | None = None, transform: Callable 
     fmt = _json_format(Path(path), data) if json_file else detect_format(path)
     options = {k: v for k, v in options.items() if v is not None}  # None: the reader's default
     if fmt not in ("shapes", "csv", "tsv", "jsonl"):
-        _refuse_pairs_options(path, fmt, options, has_image_root=fmt not in ("webdataset", "imagefolder"))
+        _refuse_pairs_options(path, fmt, options, has_image_root=fmt not in ("webdataset", "imagefolder", "folder"))
     if fmt == "shapes":
         return open_shapes(path, split, transform, task or "pairs", **options)
     if fmt == "webdataset":
         return ShardDataset(path, transform, **options)
     if fmt == "imagefolder":
         return open_imagefolder(path, transform, **options)
+    if fmt == "folder":
+        return open_plain_folder(path, transform, **options)
     if fmt in ("csv", "tsv", "jsonl"):
         return open_pairs(path, transform, **options)
     if fmt == "coco":

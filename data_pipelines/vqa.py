@@ -14,7 +14,7 @@ import torch
 
 from data_pipelines.coco import read_json, require
 from data_pipelines.records import RecordDataset, resolve_image_path, validate_records
-from data_pipelines.sample import DEFAULT_MAX_BAD_FRACTION, Sample
+from data_pipelines.sample import Sample
 from data_pipelines.vqa_normalize import normalize_answer
 
 COCO_IMAGE_PATTERN = "{data_subtype}/COCO_{data_subtype}_{image_id:012d}.jpg"
@@ -38,7 +38,7 @@ def open_vqa(
     transform: Callable | None = None,
     image_root: str | Path | None = None,
     image_pattern: str = COCO_IMAGE_PATTERN,
-    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+    max_bad_fraction: float | None = None,  # None: the command's rule (sample.bad_file_rule)
     check_files: bool = True,
     max_pixels: int | None = None,
     data: dict | None = None,

@@ -241,14 +241,14 @@ def test_max_pixels_on_the_command_line_goes_up_and_down_and_is_restored(photo_1
     vlm.create_model("clip-tiny").save(tmp_path / "clip.pt")
     run = ["classify", str(photo_108mp), "--checkpoint", str(tmp_path / "clip.pt"), "--labels", "cat,dog",
            "--workers", "0", "--no-progress"]
-    assert main(run) == 0
-    assert "classified 0 images; skipped 1 unreadable (too many pixels: 1)" in capsys.readouterr().err
+    assert main(run) == 2  # every image bad: an error, as under any command's bad-file rule
+    assert "1 of 1 samples are bad (too many pixels: 1)" in capsys.readouterr().err
     assert main([*run, "--max-pixels", "120000000"]) == 0
     assert "classified 1 images; skipped 0" in capsys.readouterr().err
     assert Image.MAX_IMAGE_PIXELS == PILLOW_DEFAULT  # the command's setting ends with it
     Image.new("RGB", (100, 100)).save(tmp_path / "small.png")
-    assert main([*run[:1], str(tmp_path / "small.png"), *run[2:], "--max-pixels", "1000"]) == 0
-    assert "skipped 1 unreadable (too many pixels: 1)" in capsys.readouterr().err
+    assert main([*run[:1], str(tmp_path / "small.png"), *run[2:], "--max-pixels", "1000"]) == 2
+    assert "1 of 1 samples are bad (too many pixels: 1)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", [["data", "inspect", "x"], ["data", "shard", "x", "--out", "y"],

@@ -205,7 +205,7 @@ def test_index_info_skipped_is_a_number_and_build_errors_start_their_own_line(co
     (folder / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "index"
     assert main(["index", "build", "--checkpoint", str(collection["checkpoint"]), "--data", str(folder),
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--max-bad-fraction", "0.3"]) == 0
     capsys.readouterr()
     assert main(["index", "info", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["skipped"] == 1

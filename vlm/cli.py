@@ -13,6 +13,8 @@ import importlib
 import os
 import re
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 from vlm.errors import UserError
 
@@ -61,7 +63,7 @@ def debug_from_env() -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with pixel_limit(getattr(args, "max_pixels", None)):
+        with pixel_limit(getattr(args, "max_pixels", None)), skip_report(args):
             return int(args.func(args) or 0)
     except USER_ERRORS as e:
         if args.debug:
@@ -78,6 +80,48 @@ def pixel_limit(limit: int | None) -> contextlib.AbstractContextManager:
     from data_pipelines.images import max_pixels_set
 
     return max_pixels_set(limit)
+
+
+# The output arguments a skip report goes next to, in order: a folder (run, index, shards) or a file.
+OUTPUT_ARGUMENTS = ("out", "json", "predictions")
+
+
+@contextlib.contextmanager
+def skip_report(args: argparse.Namespace) -> Iterator[None]:
+    """--max-bad-fraction: the one bad-file rule while a command that reads images runs; the items it skipped
+    are then written to `skip_report_path` (also when it stops for too many), and the message says where."""
+    if not hasattr(args, "max_bad_fraction"):
+        yield
+        return
+    from data_pipelines.sample import bad_file_rule, write_skip_report
+
+    with bad_file_rule(args.max_bad_fraction) as rule:
+        try:
+            yield
+        except USER_ERRORS as e:
+            path = _write_report(args, rule.skipped, write_skip_report)
+            if path is not None and e.args and isinstance(e.args[0], str):
+                e.args = (f"{e.args[0]}; skipped items listed in {path}", *e.args[1:])
+            raise
+        path = _write_report(args, rule.skipped, write_skip_report)
+        if path is not None:
+            print(f"{args.command_name}: {len(rule.skipped)} skipped item(s) listed in {path}", file=sys.stderr)
+
+
+def _write_report(args: argparse.Namespace, skipped: dict, write) -> Path | None:
+    path = skip_report_path(args)
+    return write(path, skipped) if path is not None and skipped else None
+
+
+def skip_report_path(args: argparse.Namespace) -> Path | None:
+    """`skipped.tsv` in the output folder, or `<name>.skipped.tsv` beside an output file (or a folder not made);
+    None for a command that writes only to the terminal."""
+    given = (getattr(args, name, None) for name in OUTPUT_ARGUMENTS)
+    out = next((value for value in given if isinstance(value, (str, os.PathLike))), None)  # not inspect's --json
+    if out is None:
+        return None
+    out = Path(out)
+    return out / "skipped.tsv" if out.is_dir() else out.parent / f"{out.stem}.skipped.tsv"
 
 
 def one_line(message: str) -> str:

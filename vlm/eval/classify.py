@@ -2,7 +2,9 @@
 
 The same scoring as `vlm eval zeroshot` (`zeroshot.class_logit_fn`): late fusion compares each image with the
 mean prompt embedding of each label, early fusion averages its ITM log-odds over the label's prompts. Images
-that cannot be read are skipped and counted, never fatal: a folder of user photos has a few.
+that cannot be read are skipped, counted and listed, under the one bad-file rule of every command
+(`--max-bad-fraction`, 0.01 by default): a folder of user photos has a few, but a folder of unreadable ones is
+an error, never "classified 0 images".
 """
 
 from __future__ import annotations
@@ -42,10 +44,10 @@ def image_files(inputs: list[str | Path], source_options: dict | None = None) ->
     return files
 
 
-def image_dataset(files: list[Path], transform) -> RecordDataset:
-    """Image-only records that never fail the run: a bad file is counted (max_bad_fraction 1).
-    `transform`: the model's own preprocessing (`model_transform`)."""
-    stats = SkipStats(source="classify", max_bad_fraction=1.0)
+def image_dataset(files: list[Path], transform, source: str = "classify") -> RecordDataset:
+    """Image-only records; a bad file is counted and skipped, up to the command's --max-bad-fraction.
+    `transform`: the model's own preprocessing (`model_transform`); `source` names the inputs in messages."""
+    stats = SkipStats(source=source)
     records = [Sample(path, str(path)) for path in files]
     return RecordDataset(records, stats, "images", transform)
 
@@ -60,9 +62,13 @@ def classify(checkpoint: str | Path, inputs: list[str | Path], labels: list[str]
     Returns the predictions and a summary (`images`, `skipped`, `skipped_reasons`)."""
     labels, templates = resolve_classnames(labels), resolve_templates(templates)  # unique, or refused by name
     model = load_model(checkpoint)
-    dataset = image_dataset(image_files(inputs, source_options), model_transform(model))
+    named = ", ".join(map(str, inputs))
+    dataset = image_dataset(image_files(inputs, source_options), model_transform(model), named)
     result, predictions = stream_zero_shot(model, dataset, labels, templates, options or StreamOptions(),
                                            min(top, len(labels)), allow_empty=True)
+    if not predictions:
+        reasons = ", ".join(f"{r}: {n}" for r, n in sorted(result.get("skipped_samples", {}).items()))
+        raise ValueError(f"{named}: none of the {len(dataset)} images could be read ({reasons}); check the files")
     for p in predictions:
         p["labels"] = [labels[c] for c in p["classes"]]
     if out is not None:

@@ -98,7 +98,8 @@ def check_task_format(path: str | Path, task: str, fmt: str) -> None:
 
 FORMAT_NAMES = {"csv": "a CSV pairs file", "tsv": "a TSV pairs file", "jsonl": "a JSONL pairs file",
                 "coco": "COCO captions", "karpathy": "Karpathy captions", "webdataset": "shards",
-                "imagefolder": "a folder of images", "vqav2": "VQA questions"}
+                "imagefolder": "a class-folder tree", "vqav2": "VQA questions",
+                "folder": "a folder of images without classes (an image directly in it)"}
 
 
 def _batches(dataset, stats: SkipStats):

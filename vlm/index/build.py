@@ -18,10 +18,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_pipelines.image_bytes import sniff_format
-from data_pipelines.images import IMAGE_EXTENSIONS
-from data_pipelines.records import RecordDataset, validate_records
+from data_pipelines.records import RecordDataset
 from data_pipelines.sample import Sample
-from data_pipelines.sources import detect_format, open_source
+from data_pipelines.sources import open_source
 from vlm.atomic_io import atomic_write
 from vlm.index.backends import FaissConfig
 from vlm.index.encoder import Encoder, load_encoder
@@ -47,19 +46,9 @@ class BuildOptions:
 
 
 def open_collection(data: str | Path, split: str | None = None, options: dict | None = None):
-    """A pairs source of any supported format, or a folder of images.
-
-    A folder with an image directly in it is a plain folder, searched recursively; one with images only in
-    subfolders is an ImageFolder (`DIR/<class>/<image>`, one level deep), as `open_source` reads it.
-    `options` name a pairs file's columns.
-    """
-    root = Path(data)
-    if root.is_dir() and detect_format(root) == "imagefolder" and any(
-            p.suffix.lower() in IMAGE_EXTENSIONS for p in root.iterdir()):
-        candidates = ((Sample(str(p), str(p.relative_to(root))), str(p))
-                      for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS)
-        records, rows, stats = validate_records(candidates, str(root), check_files=False)
-        return RecordDataset(records, stats, "folder", rows=rows)
+    """A pairs source of any supported format, or a folder, read as `open_source` reads it for every command:
+    a folder with an image directly in it is a plain folder, searched recursively; one with images only in
+    subfolders is an ImageFolder (`DIR/<class>/<image>`). `options` name a pairs file's columns."""
     dataset = open_source(data, split, **(options or {}))
     if hasattr(dataset, "keep_bytes"):  # shards: their images are copied into the index as they are stored
         dataset.keep_bytes = True
@@ -108,6 +97,7 @@ def build_index(checkpoint: str | Path, data: str | Path, out: str | Path,
         index.store.set_meta({"source": source, "checkpoint": safe_text(str(Path(checkpoint).resolve())),
                               "image_root": safe_text(str(image_root(data))), "weights": encoder.weights})
         added, skipped = _encode_into(index, encoder, dataset, staging, options)
+        dataset.stats.check(final=True)  # the one bad-file rule (--max-bad-fraction), a folder's as a file's
         index.store.set_meta({"built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "skipped": str(skipped)})
     finally:

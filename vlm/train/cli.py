@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from data_pipelines.options import add_max_bad_fraction_argument
 from vlm.config import resolve_config
 from vlm.train.config import load_train_config
 
@@ -20,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="--out holds a run: delete its checkpoint, metrics and plots and start anew")
     p.add_argument("--stop-at", type=int, help="save and stop at this step (the schedule still runs to `steps`)")
+    add_max_bad_fraction_argument(p)
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("quickstart", help="the CPU demo: shapes world, train both families, VQA, compare")
@@ -38,8 +40,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vlm.train.run_folder import claim_run_folder
     from vlm.train.trainer import TrainingError
 
-    config = load_train_config(resolve_config(args.config, "train"), args.overrides)
+    overrides = [*args.overrides, *([f"data.max_bad_fraction={args.max_bad_fraction}"]
+                                    if args.max_bad_fraction is not None else [])]  # the flag over the recipe
+    config = load_train_config(resolve_config(args.config, "train"), overrides)
     out = Path(args.out) if args.out else default_run_dir(args.config, config.model)
+    args.out = str(out)  # where `vlm.cli.main` writes skipped.tsv
     claim_run_folder(out, args.resume, args.overwrite)
     try:
         checkpoint = train(config, out, resume=args.resume, stop_at_step=args.stop_at)
