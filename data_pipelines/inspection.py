@@ -101,12 +101,11 @@ def _content_counts(items: list[Sample], source) -> dict:
 
 
 def _length_stats(captions: list[str]) -> dict:
-    from vlm.tokenizer import Tokenizer, padding_mask
+    from data_pipelines.bpe_count import bpe_token_count  # open_clip's counts, without torch
 
     words = sorted(len(c.split()) for c in captions)
     sample = captions[:: max(1, len(captions) // TOKEN_SAMPLE)]
-    ids = Tokenizer(context_length=512)(sample)
-    tokens = sorted(int(n) for n in padding_mask(ids).sum(1))
+    tokens = sorted(min(bpe_token_count(c) + 2, 512) for c in sample)  # + start/end of text, in a 512 context
     return {
         "count": len(captions),
         "words": {"min": words[0], "median": statistics.median(words), "mean": round(statistics.fmean(words), 2),

@@ -13,14 +13,16 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import torch
-
 from data_pipelines.images import BadImage, decode_image
 from data_pipelines.sample import Sample, SkipStats
 
 
-class RecordDataset(torch.utils.data.Dataset):
-    """Decodes and transforms one record per index; a bad image gives `image=None` instead of an exception."""
+class RecordDataset:
+    """Decodes and transforms one record per index; a bad image gives `image=None` instead of an exception.
+
+    A map-style dataset as torch's DataLoader takes it (`__len__`, `__getitem__`), without subclassing
+    torch's Dataset: reading an index (`vlm data inspect`, `vlm index info`) then needs no torch.
+    """
 
     def __init__(
         self,
@@ -81,11 +83,11 @@ class ImageCache:
         self.max_bytes, self.bytes = max_bytes, 0
         self.images: dict = {}
 
-    def get(self, key) -> torch.Tensor | None:
+    def get(self, key):
         return self.images.get(key)
 
     def put(self, key, image) -> None:
-        if not isinstance(image, torch.Tensor) or key in self.images:
+        if not hasattr(image, "element_size") or key in self.images:  # tensors only (a torch.Tensor)
             return
         size = image.numel() * image.element_size()
         if self.bytes + size <= self.max_bytes:

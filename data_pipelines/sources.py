@@ -9,7 +9,6 @@ from data_pipelines.coco import open_coco_captions, open_karpathy, read_json
 from data_pipelines.imagefolder import is_image_folder, open_imagefolder, open_plain_folder
 from data_pipelines.options import COLUMN_OPTIONS
 from data_pipelines.pairs import open_pairs
-from data_pipelines.shards import ShardDataset
 from data_pipelines.vqa import open_vqa
 from vlm.errors import UserError
 
@@ -76,6 +75,8 @@ def open_source(path: str | Path, split: str | None = None, transform: Callable 
     if fmt == "shapes":
         return open_shapes(path, split, transform, task or "pairs", **options)
     if fmt == "webdataset":
+        from data_pipelines.shards import ShardDataset  # torch's IterableDataset: loaded only for shards
+
         return ShardDataset(path, transform, **options)
     if fmt == "imagefolder":
         return open_imagefolder(path, transform, **options)

@@ -9,13 +9,15 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from data_pipelines.coco import read_json, require
 from data_pipelines.records import RecordDataset, resolve_image_path, validate_records
 from data_pipelines.sample import Sample
 from data_pipelines.vqa_normalize import normalize_answer
+
+if TYPE_CHECKING:
+    import torch
 
 COCO_IMAGE_PATTERN = "{data_subtype}/COCO_{data_subtype}_{image_id:012d}.jpg"
 # VQAv2's soft score for 0, 1, 2, 3, 4+ humans giving an answer (DESIGN.md, Objectives).
@@ -108,6 +110,8 @@ def build_answer_vocab(source: RecordDataset | Iterable[Sample], max_answers: in
 
 def answer_targets(answers: list[list[str]], vocab: list[str]) -> torch.Tensor:
     """(B, len(vocab)) soft scores: 0.3 per human who gave the answer, capped at 1 (VQAv2's BCE targets)."""
+    import torch  # here, not at the top: reading a VQA file (`vlm data inspect`) needs no torch
+
     index = {a: i for i, a in enumerate(vocab)}
     targets = torch.zeros(len(answers), len(vocab))
     for row, human_answers in enumerate(answers):

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -23,10 +24,12 @@ from data_pipelines.sample import Sample
 from data_pipelines.sources import open_source
 from vlm.atomic_io import atomic_write
 from vlm.index.backends import FaissConfig
-from vlm.index.encoder import Encoder, load_encoder
 from vlm.index.folder import CONFIG_NAME, IndexConfig, ItemIndex
 from vlm.index.lock import FolderLock
 from vlm.index.store import Item
+
+if TYPE_CHECKING:  # the encoder (torch) loads only to build: `vlm index info` reads without it
+    from vlm.index.encoder import Encoder
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ def build_index(checkpoint: str | Path, data: str | Path, out: str | Path,
         raise ValueError(f"{out}: an index is already there (pass --overwrite to replace it)")
     if (out / CONFIG_NAME).exists():
         FolderLock(out).release()  # refuse now, not after the whole build, while a server has it open
+    from vlm.index.encoder import load_encoder
+
     encoder = load_encoder(checkpoint, options.precision, fingerprint=True)
     dataset = open_collection(data, options.split, options.source)
     staging = out.with_name(out.name + ".partial")

@@ -6,14 +6,14 @@ Training adds its own state (optimizer, step, ...) to the same dict; loading a m
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from vlm.atomic_io import atomic_write
 from vlm.config import to_dict
 from vlm.errors import UserError
+
+if TYPE_CHECKING:  # torch loads only to write or fully read a checkpoint: `vlm info` reads one without it
+    from torch import nn
 
 FORMAT = "vlm-checkpoint"
 CHECKPOINT_NAME = "checkpoint.pt"  # the file in a run folder
@@ -62,6 +62,8 @@ def model_payload(model: nn.Module) -> dict[str, Any]:
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
+    import torch
+
     with atomic_write(path) as f:
         torch.save(payload, f)
 
@@ -82,16 +84,29 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint dict, or a CheckpointError that names the file and what is wrong with it."""
+    import torch
+
+    path = checked_checkpoint_path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle of another program ...
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_load_failure(e)})") from None
+    return check_payload(path, payload)
+
+
+def checked_checkpoint_path(path: str | Path) -> Path:
+    """The checkpoint file of `path`, once it exists and its first bytes may be torch.save's."""
     path = resolve_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     not_torch = _not_a_torch_file(path)
     if not_torch:
         raise CheckpointError(f"{path}: not a readable checkpoint ({not_torch}); pass a checkpoint or a run folder")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle of another program ...
-        raise CheckpointError(f"{path}: not a readable checkpoint ({_load_failure(e)})") from None
+    return path
+
+
+def check_payload(path: Path, payload: Any) -> dict[str, Any]:
+    """`payload` when it is a vlm checkpoint this vlm can read, else a CheckpointError naming `path`."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         hint = " (an OpenCLIP state dict? use vlm.import_openclip)" if isinstance(payload, dict) else ""
         raise CheckpointError(f"{path}: not a vlm checkpoint{hint}")

@@ -67,10 +67,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from vlm.models.checkpoint import read_checkpoint, resolve_checkpoint
+    from vlm.models.checkpoint_file import resolve_checkpoint
+    from vlm.models.checkpoint_peek import peek_checkpoint  # the config and shapes, without importing torch
 
     path = resolve_checkpoint(args.checkpoint)  # a run folder's size is its checkpoint's
-    payload = read_checkpoint(path)
+    payload = peek_checkpoint(path)
     n_params = sum(t.numel() for t in payload["model"].values())
     print(f"checkpoint: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     print(f"parameters: {n_params:,}")
