@@ -30,13 +30,18 @@ def open_imagefolder(
     transform: Callable | None = None,
     max_bad_fraction: float | None = None,  # None: the command's rule (sample.bad_file_rule)
     max_pixels: int | None = None,
+    keep_empty: bool = False,
 ) -> RecordDataset:
-    """One item per image with `label`; `.info` holds `classnames` and `templates`."""
+    """One item per image with `label`; `.info` holds `classnames` and `templates`.
+
+    Empty class folders are not made classes, unless the class names come from elsewhere (`classnames.txt`,
+    or `keep_empty` for a caller that names the classes itself, as `--classnames imagenet` does for ImageNet's
+    1000 folders): then every folder keeps its place in the label order."""
     root = Path(root)
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise ValueError(f"{root}: no class folders (expected root/<class>/<image>)")
-    if not (root / "classnames.txt").is_file():
+    if not keep_empty and not (root / "classnames.txt").is_file():
         folders = _non_empty(root, folders)
     classnames = [f.replace("_", " ") for f in folders]
     if (root / "classnames.txt").is_file():
@@ -66,8 +71,8 @@ def _non_empty(root: Path, folders: list[str]) -> list[str]:
     """The class folders holding an image; the empty ones are named once on stderr, as not made classes."""
     empty = [f for f in folders if not any(_images(root / f))]
     if empty:
-        print(f"{root}: skipped {len(empty)} empty class folder(s), not made classes: {', '.join(empty)}",
-              file=sys.stderr)
+        named = ", ".join(empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+        print(f"{root}: skipped {len(empty)} empty class folder(s), not made classes: {named}", file=sys.stderr)
     kept = [f for f in folders if f not in empty]
     if not kept:
         raise ValueError(f"{root}: every class folder is empty (expected root/<class>/<image>); add images")

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from data_pipelines.sources import detect_format
 from vlm.eval import data
 from vlm.eval.class_lists import resolve_classnames, resolve_templates
 from vlm.eval.compositional import evaluate_compositional
@@ -105,7 +106,9 @@ TASKS = {"zeroshot": run_zeroshot, "retrieval": run_retrieval, "vqa": run_vqa, "
 def stream_zeroshot(model: nn.Module, path, split, options: StreamOptions, classnames=None,
                     templates=None) -> tuple[dict, Callable]:
     """`classnames` / `templates` replace the folder's (see class_lists.py: "imagenet", a file, a list)."""
-    dataset = data.open_eval_source(path, "classify", split, model_transform(model))
+    # Names given for a class-folder tree keep every folder, empty ones too, in the names' order.
+    keep_empty = {"keep_empty": True} if classnames and detect_format(path) == "imagefolder" else None
+    dataset = data.open_eval_source(path, "classify", split, model_transform(model), keep_empty)
     classnames = resolve_classnames(classnames, "--classnames") if classnames else list(dataset.info["classnames"])
     templates = resolve_templates(templates) if templates else list(dataset.info["templates"])
     if len(classnames) != len(dataset.info["classnames"]):
