@@ -1,7 +1,8 @@
 """Vector backends behind one interface: add, delete, get by id, search with k, persist.
 
 - `FaissBackend` (default, embedded): exact inner product (`IndexFlatIP`) up to `exact_max` vectors, HNSW or
-  IVF above it; saved as one file written atomically.
+  IVF above it; saved as one file written atomically. Opened read-only, the snapshot is memory-mapped: processes
+  serving the same folder share its pages through the page cache instead of each holding a copy.
 - `MilvusBackend` (vlm/index/milvus.py): pymilvus' `MilvusClient`, on a milvus-lite file for one machine or a
   server URI for a Milvus cluster, with the same calls.
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from vlm.atomic_io import atomic_write
-from vlm.index.manifest import SnapshotRecord, digest, verify_snapshot
+from vlm.index.manifest import SnapshotRecord, digest, verify_snapshot, verify_snapshot_file
 
 log = logging.getLogger("vlm.index")
 
@@ -74,7 +75,15 @@ def _as_matrix(vectors: np.ndarray, dim: int) -> np.ndarray:
 
 class FaissBackend(VectorBackend):
     """`expected` is the snapshot's manifest record: a file that does not match it is never loaded (set aside
-    as `.corrupt` when `writable`), and the owner (`ItemIndex`) rebuilds the index from the item table."""
+    as `.corrupt` when `writable`), and the owner (`ItemIndex`) rebuilds the index from the item table.
+
+    Not `writable` (a read-only open), the snapshot is memory-mapped (`IO_FLAG_MMAP_IFC`: the vectors of a flat
+    or HNSW index stay in the file's pages, shared by every process that maps it; `IO_FLAG_MMAP` alone still
+    copies a flat index into memory in faiss 1.15). A mapped index is immutable: faiss aborts the process (a
+    failed assertion, or a segfault) on an add or remove there, so the first change a read-only open follows
+    (`ItemIndex.follow`) first copies the mapped index into memory (`_own`), and from then on that modality is
+    held in memory as a writable open holds it. A writer replaces snapshots by rename, so a mapped file's pages
+    stay valid however many snapshots it writes after."""
 
     def __init__(self, path: str | Path, dim: int, config: FaissConfig = FaissConfig(),
                  expected: SnapshotRecord | None = None, writable: bool = True):
@@ -85,14 +94,27 @@ class FaissBackend(VectorBackend):
         self._lock = threading.RLock()
         self._tombstones: set[int] = set()  # approximate indexes hide deleted ids until the next save
         self.rejected: str | None = None  # why the snapshot on disk was not loaded
+        self.mapped = False  # the index reads its vectors from the memory-mapped snapshot
         self.index = self._load(expected) if self.path.exists() else self._empty()
 
     def _load(self, expected: SnapshotRecord | None):
-        data = self.path.read_bytes()
-        reason = verify_snapshot(self.path, data, expected)
+        if self.writable:
+            data = self.path.read_bytes()
+            reason = verify_snapshot(self.path, data, expected)
+        else:
+            before = self.path.stat()
+            reason = verify_snapshot_file(self.path, expected)
         if reason is None:
             try:
-                index = self._faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+                if self.writable:
+                    index = self._faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+                else:
+                    index, mapped = self._read_mapped()
+                    after = self.path.stat()
+                    if (after.st_ino, after.st_dev, after.st_mtime_ns) != (before.st_ino, before.st_dev,
+                                                                          before.st_mtime_ns):
+                        raise ValueError("replaced by a writer while it was read")  # rebuilt from the table
+                    self.mapped = mapped
                 if index.d != self.dim or index.ntotal != expected.count:
                     raise ValueError(f"holds {index.ntotal} vectors of dimension {index.d}, the manifest says "
                                      f"{expected.count} of {self.dim}")
@@ -102,6 +124,14 @@ class FaissBackend(VectorBackend):
         self.rejected = reason
         self._set_aside(reason)
         return self._empty()
+
+    def _read_mapped(self):
+        """Flat and HNSW indexes map (checked in faiss 1.15); an index faiss cannot map is read into memory."""
+        try:
+            return self._faiss.read_index(str(self.path), self._faiss.IO_FLAG_MMAP_IFC), True
+        except RuntimeError as e:
+            log.info("%s: cannot be memory-mapped (%s); read into memory", self.path, str(e).splitlines()[0])
+            return self._faiss.read_index(str(self.path)), False
 
     def _set_aside(self, reason: str) -> None:
         aside = self.path.with_name(self.path.name + ".corrupt")
@@ -144,11 +174,20 @@ class FaissBackend(VectorBackend):
         if n:
             index.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
         with self._lock:
-            self.index, self._tombstones = index, set()
+            self.index, self._tombstones, self.mapped = index, set(), False
+
+    def _own(self) -> None:
+        """Before the first change to a memory-mapped index: copy it into memory (faiss cannot change a mapped
+        index; it aborts the process). Called with the lock held."""
+        if self.mapped:
+            self.index = self._faiss.deserialize_index(self._faiss.serialize_index(self.index))
+            self.mapped = False
+            log.info("%s: a change followed; this modality is now held in memory, no longer mapped", self.path)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         vectors = _as_matrix(vectors, self.dim)
         with self._lock:
+            self._own()
             self.index.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
 
     def delete(self, ids: np.ndarray) -> None:
@@ -157,6 +196,7 @@ class FaissBackend(VectorBackend):
             if self.kind != "flat":  # HNSW cannot remove at all, IVF not with its id map
                 self._tombstones.update(int(i) for i in ids)
             else:
+                self._own()
                 self.index.remove_ids(ids)
 
     def get(self, ids: np.ndarray) -> np.ndarray:
@@ -191,6 +231,10 @@ class FaissBackend(VectorBackend):
         with self._lock:
             ids = self._faiss.vector_to_array(self.index.id_map).astype(np.int64)
         return np.setdiff1d(ids, np.fromiter(self._tombstones, dtype=np.int64)) if self._tombstones else ids
+
+    def close(self) -> None:
+        if self.writable:  # a read-only open never writes (it wrote a snapshot the manifest did not name)
+            self.save()
 
     def save(self) -> SnapshotRecord:
         """Write the snapshot atomically; returns the record the manifest keeps for it."""

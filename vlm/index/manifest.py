@@ -58,6 +58,30 @@ def write_manifest(directory: Path, manifest: Manifest) -> None:
         json.dump(data, f, indent=2)
 
 
+def file_digest(path: Path, chunk: int = 2**20) -> tuple[int, str]:
+    """(size, sha256) of a file, streamed in chunks: never the whole file in memory."""
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
+def verify_snapshot_file(path: Path, record: SnapshotRecord | None) -> str | None:
+    """`verify_snapshot` reading the file in chunks (a snapshot about to be memory-mapped is never read whole)."""
+    if record is None:
+        return "not in the manifest"
+    if path.stat().st_size != record.bytes:
+        return f"{path.stat().st_size} bytes, the manifest says {record.bytes}"
+    size, sha = file_digest(path)
+    if size != record.bytes:
+        return f"{size} bytes, the manifest says {record.bytes}"
+    if sha != record.sha256:
+        return "checksum does not match the manifest"
+    return None
+
+
 def verify_snapshot(path: Path, data: bytes, record: SnapshotRecord | None) -> str | None:
     """Why the snapshot's bytes cannot be trusted, or None when they match their record."""
     if record is None:
