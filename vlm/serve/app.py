@@ -6,6 +6,8 @@ answers at once and /readyz turns 200 when the service can answer searches.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,6 +27,7 @@ from vlm.serve.service import ServeConfig, Service
 from vlm.serve.status import health_router, stats_router
 
 PAGE = Path(__file__).with_name("static") / "index.html"
+CONFIG_ENV = "VLM_SERVE_CONFIG"  # `vlm serve --workers N`: the ServeConfig, as JSON, for each worker process
 CORS_METHODS = ["GET", "POST", "DELETE"]
 CORS_HEADERS = ["Authorization", "X-API-Key", "Content-Type"]
 
@@ -66,6 +69,15 @@ def create_app(config: ServeConfig) -> FastAPI:
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn's factory in each worker of `vlm serve --workers N`: the app of the ServeConfig in $VLM_SERVE_CONFIG."""
+    fields = json.loads(os.environ[CONFIG_ENV])
+    for name in ("trusted_hosts", "cors_origins"):  # JSON has lists, the config tuples
+        if isinstance(fields.get(name), list):
+            fields[name] = tuple(fields[name])
+    return create_app(ServeConfig(**fields))
 
 
 class TrustedHosts:

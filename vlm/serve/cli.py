@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -41,18 +43,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "comma-separated ('*': any; default: none, no CORS headers)")
     s.add_argument("--read-only", action="store_true", help="serve searches only, beside the folder's writer (or "
                    "from a folder nobody may write), following its commits; adds and deletes answer 403")
+    s.add_argument("--workers", type=int, default=1, help="answer in N server processes from one folder (needs "
+                   "--read-only: a folder has one writer); each maps the same faiss snapshots, so the vectors are "
+                   "held once in the page cache, but each loads its own model")
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1 and not args.read_only:
+        raise ValueError(f"--workers {args.workers} needs --read-only: a folder has one writer, so several "
+                         "workers can only serve it read-only (beside one `vlm serve` that writes, if any)")
     import uvicorn
 
     from vlm.index.errors import IndexLockedError
     from vlm.index.folder import CONFIG_NAME
     from vlm.index.lock import lock_holder
     from vlm.models.checkpoint import resolve_checkpoint
-    from vlm.serve.app import create_app
+    from vlm.serve.app import CONFIG_ENV, create_app
     from vlm.serve.service import ServeConfig, query_precision
 
     for path in (args.checkpoint, args.rerank_checkpoint):
@@ -73,7 +83,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          rerank_precision=args.rerank_precision,
                          **given(args, "max_body_bytes", "max_image_pixels", "max_k", "max_batch", "torch_threads",
                                  "search_threads", "max_decoding_pixels"))
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level)
+    if args.workers == 1:
+        uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level)
+        return 0
+    # uvicorn starts workers from an import string: each builds its app from the config in the environment
+    os.environ[CONFIG_ENV] = json.dumps(dataclasses.asdict(config))
+    uvicorn.run("vlm.serve.app:app_from_environment", factory=True, workers=args.workers, host=args.host,
+                port=args.port, log_level=args.log_level)
     return 0
 
 
