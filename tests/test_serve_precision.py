@@ -44,7 +44,7 @@ def test_int8_index_records_its_precision_and_stays_close_to_fp32(collection, ca
 def test_index_without_a_recorded_precision_reads_as_fp32(collection, tmp_path):
     config = json.loads((collection["index"] / "index.json").read_text())
     del config["precision"]
-    from vlm.index.folder import IndexConfig, read_config
+    from vlm.index.config import IndexConfig, read_config
 
     (tmp_path / "index.json").write_text(json.dumps(config))
     assert read_config(tmp_path).precision == "fp32" == IndexConfig(dim=4).precision

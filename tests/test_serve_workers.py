@@ -21,7 +21,7 @@ from test_serve_faults import bound_by_file_modes
 import vlm.index
 from vlm.index import ItemIndex
 from vlm.index.backends import FaissBackend, FaissConfig
-from vlm.index.folder import read_config
+from vlm.index.config import read_config
 from vlm.serve.process import ServerProcess
 
 

@@ -22,7 +22,8 @@ import numpy as np
 
 from vlm.atomic_io import atomic_write
 from vlm.index.backends import FaissBackend
-from vlm.index.folder import IndexConfig, ItemIndex
+from vlm.index.config import IndexConfig
+from vlm.index.folder import ItemIndex
 from vlm.index.store import Item
 
 if TYPE_CHECKING:  # torch, fastapi and httpx load when the benchmark runs, not when `vlm` builds its parser

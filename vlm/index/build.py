@@ -24,7 +24,8 @@ from data_pipelines.sample import Sample
 from data_pipelines.sources import open_source
 from vlm.atomic_io import atomic_write
 from vlm.index.backends import FaissConfig
-from vlm.index.folder import CONFIG_NAME, IndexConfig, ItemIndex
+from vlm.index.config import CONFIG_NAME, IndexConfig
+from vlm.index.folder import ItemIndex
 from vlm.index.lock import FolderLock
 from vlm.index.store import Item
 

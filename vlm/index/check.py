@@ -14,8 +14,9 @@ import sqlite3
 from pathlib import Path
 
 from vlm.atomic_io import atomic_write
+from vlm.index.config import CONFIG_NAME, read_config
 from vlm.index.errors import IndexFolderError, IndexLockedError
-from vlm.index.folder import CONFIG_NAME, STORE_NAME, ItemIndex, read_config
+from vlm.index.folder import STORE_NAME, ItemIndex
 from vlm.index.lock import lock_holder
 from vlm.index.manifest import MANIFEST_NAME, read_manifest, verify_snapshot
 from vlm.index.mark import MARK_NAME, Mark, MarkFile

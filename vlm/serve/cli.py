@@ -58,8 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          "workers can only serve it read-only (beside one `vlm serve` that writes, if any)")
     import uvicorn
 
+    from vlm.index.config import CONFIG_NAME
     from vlm.index.errors import IndexLockedError
-    from vlm.index.folder import CONFIG_NAME
     from vlm.index.lock import lock_holder
     from vlm.models.checkpoint import resolve_checkpoint
     from vlm.serve.app import CONFIG_ENV, create_app

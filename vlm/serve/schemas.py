@@ -14,7 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from vlm.index.folder import IndexFolderError, read_config
+from vlm.index.config import read_config
+from vlm.index.errors import IndexFolderError
 
 MAX_ID = 2**63 - 1  # SQLite's INTEGER is signed 64-bit; a larger id is refused before the query
 FLOAT32_MAX = 3.4028234663852886e38

@@ -31,9 +31,10 @@ from starlette.concurrency import run_in_threadpool
 
 from data_pipelines.images import BadImage, allow_pixels, decode_image
 from vlm.eval.zeroshot import zero_shot_classifier
+from vlm.index.config import read_config
 from vlm.index.encoder import Encoder, Reranker, load_encoder, load_reranker
 from vlm.index.errors import IndexReadOnlyError
-from vlm.index.folder import Hit, ItemIndex, read_config
+from vlm.index.folder import Hit, ItemIndex
 from vlm.index.storage import classify
 from vlm.serve import fetch
 from vlm.serve.batching import MicroBatcher
