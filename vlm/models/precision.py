@@ -1,113 +1,140 @@
-"""Inference at lower precision: the approximate saving for CPUs whose float32 matmul is already near its ceiling.
+"""Precision for the CPU you have: float32, bfloat16 under CPU autocast, int8 through torchao, or `auto`.
 
-On AVX2 CPUs without VNNI/AMX (the machines this project runs on) float32 encoding of ViT-B/32 runs close to the
-matmul peak, so only fewer bits go faster: int8 weights and activations. bfloat16 is no option there (about 300x
-slower than float32 on such a CPU).
+bf16 trains and infers under `torch.autocast("cpu", dtype=torch.bfloat16)`; losses, the logit scale, similarity
+logits and optimizer state stay float32 (as OpenCLIP's amp_bf16). int8 is for inference only. `auto` picks, per
+workload (train, encode, score) and CPU class (vlm.models.cpu), what was measured faster at equal accuracy.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import warnings
-from collections.abc import Iterator
+import dataclasses
+import functools
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-PRECISIONS = ("fp32", "int8")
-# Rough single-thread timings on the 2-core AVX2 machine (noisy, to choose, not figures): oneDNN's dynamic int8
-# Linear beat fbgemm's by about 1.2x on clip-base32 image encoding and fusion-base32 scoring, at the same accuracy.
-INT8_ENGINES = ("onednn", "x86", "fbgemm", "qnnpack")
+PRECISIONS = ("fp32", "bf16", "int8", "auto")
+WORKLOADS = ("train", "encode", "score")
+# Per CPU class and workload, what measured faster than float32 at equal accuracy (docs/BENCHMARKS.md).
+# AVX-512 BF16 (AMD EPYC, 2 cores, under load; bf16 / fp32 speed): see AUTO_MEASURED below.
+# AMX (issue 27's 2-core Xeon, under load): clip-base32 image encoding 1.66x and fusion-small's step 1.17x, so
+# bf16 encodes and scores; clip-small's quickstart step 0.45x, so training stays float32.
+# AVX2 and AVX-512 VNNI have no bf16 dot product: bf16 is emulated there and never picked.
+AUTO = {
+    "AMX": {"train": "fp32", "encode": "bf16", "score": "bf16"},
+    "AVX-512 BF16": {"train": "fp32", "encode": "fp32", "score": "fp32"},
+}
+# The methods a bf16 copy runs under autocast (DualEncoder's and EarlyFusionModel's entry points).
+INFERENCE_METHODS = ("forward", "encode_image", "encode_text", "similarity", "vqa_logits", "itm_logits", "score",
+                     "score_embedded", "embed_image", "embed_text", "fuse", "mlm_logits")
 
 
-def check_precision(precision: str) -> str:
+def check_precision(precision: str, workload: str | None = None) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "int8" and workload == "train":
+        raise ValueError("precision int8 is for inference; train at fp32, bf16 or auto")
     return precision
 
 
+def auto_precision(workload: str, cpu: str) -> str:
+    """What `auto` runs `workload` at on a CPU of class `cpu`: only bf16 or fp32, and bf16 only where the CPU has
+    bf16 dot products and it measured faster (AUTO); float32 everywhere else, AVX2 included."""
+    if workload not in WORKLOADS:
+        raise ValueError(f"workload must be one of {', '.join(WORKLOADS)}; got {workload!r}")
+    return AUTO.get(cpu, {}).get(workload, "fp32")
+
+
+def resolve_precision(precision: str, workload: str, cpu: str | None = None) -> str:
+    """`precision` with `auto` replaced by its choice for `workload` on this CPU (or class `cpu`)."""
+    from vlm.models.cpu import cpu_class
+
+    if check_precision(precision, workload) != "auto":
+        return precision
+    return auto_precision(workload, cpu or cpu_class())
+
+
+def model_workload(model: nn.Module) -> str:
+    """Inference with a late-fusion model encodes; with an early-fusion one it scores pairs."""
+    return "encode" if getattr(getattr(model, "config", None), "arch", None) == "dual_encoder" else "score"
+
+
+def autocast(precision: str) -> contextlib.AbstractContextManager:
+    """The context a forward pass runs in: CPU autocast to bfloat16 for bf16, nothing otherwise."""
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def with_precision(model: nn.Module, precision: str) -> nn.Module:
-    """`model` for inference at `precision`: "fp32" returns it unchanged; "int8" an inference copy whose Linear
-    layers run int8 matmuls (weights per output channel, activations quantized as they come: no calibration
-    data); the original is left untouched.
+    """`model` for inference at `precision` ("auto": resolved for the model's workload): "fp32" returns it
+    unchanged; "bf16" and "int8" an inference copy (the original is left untouched).
 
-    Late fusion quantizes its image tower only, per row: image embeddings are stored in indexes and compared with
-    queries encoded alone, so an input's embedding must not depend on its batch. Its text tower stays float32 and
-    exact: already 3.5-4.7x OpenCLIP's speed without padding work, and its int8 cost the quickstart model 0.45
-    points of zero-shot acc1 and 0.35 of image->text R@1 on 4,000 images, where the image tower's moved them by
-    +0.05 and -0.30 (docs/BENCHMARKS.md). Early fusion quantizes its whole stack with one scale per call: its
-    pair scores are not stored, and per-row scales cost its scorer a fifth of its int8 speed.
+    int8 (`int8_copy`): late fusion quantizes its image tower only, each row (token) on its own: image embeddings
+    are stored in indexes and compared with queries encoded alone, so an input's embedding must not depend on its
+    batch. Its text tower stays float32 and exact: already 3.5-4.7x OpenCLIP's speed without padding work, and its
+    int8 cost the quickstart model 0.45 points of zero-shot acc1 and 0.35 of image->text R@1 on 4,000 images,
+    where the image tower's moved them by +0.05 and -0.30 (docs/BENCHMARKS.md). Early fusion quantizes its whole
+    stack with one activation scale per call: its pair scores are not stored, and per-row scales cost its scorer
+    a fifth of its int8 speed.
 
-    The patch embedding (a convolution) stays float32: on a flat patch its output is the sum of a filter's
+    The patch embedding (a convolution) stays float32 at int8: on a flat patch its output is the sum of a filter's
     weights, a small difference of large numbers that int8 weights get wrong. Quantized, it put real images'
     embeddings up to 0.14 off in cosine, for 2-3% of a ViT-B/32's FLOPs."""
-    if check_precision(precision) == "fp32":
+    precision = resolve_precision(precision, model_workload(model))
+    if precision == "fp32":
         return model
+    return bf16_copy(model) if precision == "bf16" else int8_copy(model)
+
+
+def int8_copy(model: nn.Module) -> nn.Module:
+    """An inference copy whose Linear layers run torchao's int8 dynamic-activation, int8-weight matmuls."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, PerRow, PerTensor, quantize_
+
     copied = copy.deepcopy(model).eval()
-    if getattr(getattr(model, "config", None), "arch", None) == "dual_encoder":
-        quantize_linears(copied.image, per_row=True)
-    else:
-        quantize_linears(copied, per_row=False)
+    late = model_workload(model) == "encode"
+    activations = PerRow() if late else PerTensor()  # PerRow: per token, so an image's rows ignore its batch
+    config = Int8DynamicActivationInt8WeightConfig(granularity=[activations, PerRow()], set_inductor_config=False)
+    quantize_(copied.image if late else copied, config)  # nn.Linear only: the patch convolution stays float32
     return copied
 
 
-def quantize_linears(module: nn.Module, per_row: bool = True) -> None:
-    """Make every nn.Linear of `module` (in place) an int8 matmul, its input quantized per row
-    (`RowScaledLinear`) or with one scale per call (torch's dynamic quantization); LayerNorm, attention,
-    embeddings and the patch embedding stay float32."""
-    if per_row:
-        rows_scaled(module)
-    qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-    with warnings.catch_warnings(), quantized_engine():
-        warnings.simplefilter("ignore")  # torch.ao.quantization says it moves to torchao; it still works here
-        torch.ao.quantization.quantize_dynamic(module, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
+def bf16_copy(model: nn.Module) -> nn.Module:
+    """An inference copy whose methods run under bf16 autocast and return float32 tensors.
+
+    Linear weights are cast to bfloat16 once here (autocast would cast every weight again on every call);
+    LayerNorm, softmax and the embeddings keep float32 parameters, as autocast's fused CPU kernels take them."""
+    copied = copy.deepcopy(model).eval()
+    for module in copied.modules():
+        if isinstance(module, nn.Linear):
+            module.to(torch.bfloat16)
+    for name in INFERENCE_METHODS:
+        method = getattr(copied, name, None)
+        if callable(method):
+            object.__setattr__(copied, name, in_bf16(method))  # an instance attribute shadows the class's method
+    return copied
 
 
-@contextlib.contextmanager
-def quantized_engine() -> Iterator[str]:
-    """Pack weights for the fastest available engine; the packed weights keep it, so the global is restored."""
-    supported = torch.backends.quantized.supported_engines
-    before = torch.backends.quantized.engine
-    torch.backends.quantized.engine = next((e for e in INT8_ENGINES if e in supported), before)
-    try:
-        yield torch.backends.quantized.engine
-    finally:
-        torch.backends.quantized.engine = before
+def in_bf16(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def run(*args, **kwargs):
+        with autocast("bf16"):
+            return as_float32(method(*args, **kwargs))
+    return run
 
 
-class RowScaledLinear(nn.Module):
-    """A Linear whose input is quantized per row (token) when its inner, bias-free Linear is made int8.
-
-    torch's dynamic int8 Linear quantizes its whole input with one scale taken from that input, so a token's
-    rounding, and so an image's embedding, depended on what else was in the batch (by up to 4e-3 on clip-base32),
-    and rows far smaller than the batch's largest were rounded coarsely. Each row is divided by its own largest
-    magnitude and multiplied back afterwards, and two extra rows of +1 and -1 pin the quantizer's range to [-1, 1]:
-    every row is rounded the same way in any batch."""
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.linear = nn.Linear(linear.in_features, linear.out_features, bias=False, device="meta")
-        self.linear.weight = linear.weight
-        self.bias = linear.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])
-        # amax and amin: on CPU each is several times faster than aminmax or an infinity norm over rows
-        scale = torch.maximum(rows.amax(dim=1, keepdim=True), rows.amin(dim=1, keepdim=True).neg_())
-        scale = scale.clamp_min_(torch.finfo(rows.dtype).tiny)
-        scaled = rows.new_empty(rows.shape[0] + 2, rows.shape[1])
-        torch.div(rows, scale, out=scaled[:-2])
-        scaled[-2:] = torch.tensor([[1.0], [-1.0]], dtype=rows.dtype)
-        out = self.linear(scaled)[:-2].mul_(scale)  # the linear's own fresh output, scaled in place
-        if self.bias is not None:
-            out.add_(self.bias)
-        return out.reshape(*x.shape[:-1], out.shape[-1])
-
-
-def rows_scaled(model: nn.Module) -> None:
-    """Wrap every nn.Linear of `model` in place in a `RowScaledLinear`."""
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if type(child) is nn.Linear:
-                setattr(module, name, RowScaledLinear(child))
+def as_float32(out):
+    """`out` (a tensor, or a dict, sequence or dataclass of them) with its bfloat16 tensors made float32."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.dtype == torch.bfloat16 else out
+    if isinstance(out, dict):
+        return {k: as_float32(v) for k, v in out.items()}
+    if isinstance(out, (list, tuple)) and not hasattr(out, "_fields"):
+        return type(out)(as_float32(v) for v in out)
+    if dataclasses.is_dataclass(out) and not isinstance(out, type):
+        return dataclasses.replace(out, **{f.name: as_float32(getattr(out, f.name)) for f in dataclasses.fields(out)
+                                           if f.init})
+    return out
