@@ -21,6 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="--out holds a run: delete its checkpoint, metrics and plots and start anew")
     p.add_argument("--stop-at", type=int, help="save and stop at this step (the schedule still runs to `steps`)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "int8", "auto"),
+                   help="the recipe's `precision`: bf16 trains under CPU autocast (float32 loss); auto picks per CPU")
     add_max_bad_fraction_argument(p)
     p.set_defaults(func=cmd_train)
 
@@ -41,7 +43,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vlm.train.trainer import TrainingError
 
     overrides = [*args.overrides, *([f"data.max_bad_fraction={args.max_bad_fraction}"]
-                                    if args.max_bad_fraction is not None else [])]  # the flag over the recipe
+                                    if args.max_bad_fraction is not None else []),
+                 *([f"precision={args.precision}"] if args.precision else [])]  # the flags over the recipe
     config = load_train_config(resolve_config(args.config, "train"), overrides)
     out = Path(args.out) if args.out else default_run_dir(args.config, config.model)
     args.out = str(out)  # where `vlm.cli.main` writes skipped.tsv

@@ -89,6 +89,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     compile: bool = False
+    precision: str = "fp32"  # fp32 | bf16 (CPU autocast, float32 loss) | auto (vlm.models.precision); int8 infers only
     grad_checkpointing: bool = False
     save_every: int = 500
     eval_every: int = 500
@@ -114,6 +115,8 @@ class TrainConfig:
             raise ConfigError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
         if self.steps <= 0:
             raise ConfigError(f"steps must be positive, got {self.steps}")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise ConfigError(f"precision must be fp32, bf16 or auto (int8 is for inference), got {self.precision!r}")
         if self.data.max_pixels is not None and self.data.max_pixels < 1:
             raise ConfigError(f"data.max_pixels must be positive, got {self.data.max_pixels}")
         if self.data.max_bad_fraction is not None and not 0 <= self.data.max_bad_fraction <= 1:

@@ -163,7 +163,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: str | None = None, s
     if env.is_main:
         for note in data_notes(config, train_data if train_dataset is None else None, validation, collate.tokenizer):
             print(note, file=sys.stderr)
-        write_run_config(out_dir, config, model)
+        write_run_config(out_dir, config, model, trainer.run_info())
     run_loop(trainer, batches, validation, config, out_dir, env, stop_at_step or config.steps)
     if env.is_main:
         plot_metrics(out_dir / "metrics.jsonl", out_dir / "loss.png")

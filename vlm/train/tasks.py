@@ -39,19 +39,25 @@ class ContrastiveTask(nn.Module):
 
     def forward(self, batch: dict, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.model(batch["images"], batch["text"])
-        if "hard_negative_text" in batch:
-            return self.negclip(out, batch), {"logit_scale": out["logit_scale"].detach()}
-        loss = self.loss(out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"])
+        negatives = None
+        if "hard_negative_text" in batch:  # with hard negatives in the batch (`hard_negatives.enabled`): NegCLIP
+            if isinstance(self.loss, SigLipLoss):
+                raise ValueError("hard negatives are for the clip loss; siglip takes none")
+            ids = batch["hard_negative_text"]
+            negatives = self.model.encode_text(ids.reshape(-1, ids.shape[-1]))  # (B*K, D)
+        with float32_loss(out["image_features"].device):
+            out = {k: v.float() if v is not None else None for k, v in out.items()}
+            if negatives is not None:
+                loss = negclip_loss(out["image_features"], out["text_features"], negatives.float(),
+                                    batch["hard_negative_valid"], out["logit_scale"])
+            else:
+                loss = self.loss(out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"])
         return loss, {"logit_scale": out["logit_scale"].detach()}
 
-    def negclip(self, out: dict, batch: dict) -> torch.Tensor:
-        """With hard negatives in the batch (`hard_negatives.enabled`): NegCLIP's loss."""
-        if isinstance(self.loss, SigLipLoss):
-            raise ValueError("hard negatives are for the clip loss; siglip takes none")
-        ids = batch["hard_negative_text"]
-        negatives = self.model.encode_text(ids.reshape(-1, ids.shape[-1]))  # (B*K, D)
-        return negclip_loss(out["image_features"], out["text_features"], negatives, batch["hard_negative_valid"],
-                            out["logit_scale"])
+
+def float32_loss(device: torch.device) -> torch.autocast:
+    """Autocast off: similarity logits and the loss in float32 under bf16 training (as OpenCLIP's amp_bf16)."""
+    return torch.autocast(device.type, enabled=False)
 
 
 def caption_similarity(ids: torch.Tensor, mask: torch.Tensor, special_ids: tuple[int, ...] = (PAD_ID, SOT_ID, EOT_ID),
@@ -136,6 +142,10 @@ class VQATask(nn.Module):
 
 def build_task(model: nn.Module, objective: str, config, rank: int = 0) -> nn.Module:
     arch = model.config.arch
+    if objective == "distill":
+        from vlm.train.distill import build_distill_task  # loads the teacher
+
+        return build_distill_task(model, config.distill)
     if objective in ("clip", "siglip"):
         if arch != "dual_encoder":
             raise ValueError(f"objective {objective!r} trains late-fusion models; {model.config.name} is {arch}")

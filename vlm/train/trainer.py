@@ -15,6 +15,8 @@ from torch.nn.parallel import DistributedDataParallel
 from vlm.atomic_io import atomic_write
 from vlm.config import to_dict
 from vlm.models.checkpoint import CHECKPOINT_NAME, model_payload, read_checkpoint, resolve_checkpoint, save_checkpoint
+from vlm.models.cpu import cpu_class
+from vlm.models.precision import autocast, resolve_precision
 from vlm.train.config import TrainConfig
 from vlm.train.distributed import DistributedEnv
 from vlm.train.optim import build_optimizer, build_scheduler, sparse_embedding_gradients
@@ -35,20 +37,29 @@ class Trainer:
         if config.grad_checkpointing:
             model.set_grad_checkpointing(True)
         task = build_task(self.model, config.objective, config, env.rank)
+        self.extra = getattr(task, "projections", None)  # distill's learned projections: optimised and saved too
         if config.compile:
             task = torch.compile(task)
         self.task = DistributedDataParallel(task) if env.is_distributed else task
-        self.optimizer = build_optimizer(self.model, config, env.device)
+        self.optimizer = build_optimizer(self.model, config, env.device, self.extra)
         if not (env.is_distributed or config.compile):  # DDP and the compiler want dense gradients
             sparse_embedding_gradients(self.model, self.optimizer)
         self.scheduler = build_scheduler(self.optimizer, config)
         self.step_count = 0
+        # `auto` resolved once: what this run trains at, recorded in its config.yaml and checkpoint
+        self.precision = resolve_precision(config.precision, "train")
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=env.device)
 
     def autocast(self):
+        """The forward's context: bf16 autocast on CUDA; on the CPU the run's precision (fp32: exact and
+        reproducible; bf16: autocast, with the losses computed in float32 by the tasks)."""
         if self.env.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()  # float32 on the CPU: exact and reproducible
+        return autocast(self.precision)
+
+    def run_info(self) -> dict:
+        """What this run actually ran at, and on which class of CPU (`precision: auto` resolves per machine)."""
+        return {"precision": self.precision, "cpu_class": cpu_class()}
 
     def step(self, micro_batches: list[dict]) -> dict[str, torch.Tensor]:
         """One optimizer step over the micro-batches of one batch. Returns device tensors (no host sync)."""
@@ -78,13 +89,17 @@ class Trainer:
         payload = model_payload(self.model)
         payload.update(step=self.step_count, train_config=to_dict(self.config),
                        optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                       rng={"torch": torch.get_rng_state()})
+                       rng={"torch": torch.get_rng_state()}, run=self.run_info())
         if data_state is not None:
             payload["data"] = data_state
+        if self.extra is not None:
+            payload["projections"] = self.extra.state_dict()
         return payload
 
     def load_state(self, payload: dict) -> None:
         self.model.load_state_dict(payload["model"])
+        if self.extra is not None:
+            self.extra.load_state_dict(payload.get("projections", {}))
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.step_count = int(payload["step"])
@@ -176,8 +191,10 @@ def cut_metrics(path: Path, last_step: int) -> None:
         f.writelines(kept)
 
 
-def write_run_config(out_dir: Path, config: TrainConfig, model: nn.Module) -> None:
-    text = yaml.safe_dump({"train": to_dict(config), "model": to_dict(model.config)}, sort_keys=False)
+def write_run_config(out_dir: Path, config: TrainConfig, model: nn.Module, run: dict | None = None) -> None:
+    """config.yaml: the recipe, the model and `run` (what it ran at: Trainer.run_info)."""
+    sections = {"train": to_dict(config), "model": to_dict(model.config), **({"run": run} if run else {})}
+    text = yaml.safe_dump(sections, sort_keys=False)
     (out_dir / "config.yaml").write_text(text)
 
 
