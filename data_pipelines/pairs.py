@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from data_pipelines.records import RecordDataset, resolve_image_path, validate_records
-from data_pipelines.sample import Sample
+from data_pipelines.sample import Sample, SkipStats
 from data_pipelines.text_files import open_text, raise_csv_field_limit
 
 raise_csv_field_limit()  # a 200,000-character caption is data, not `_csv.Error: field larger than field limit`
@@ -50,6 +51,29 @@ def open_pairs(
     records, rows, stats = validate_records(candidates, str(path), max_bad_fraction, check_files, need_caption=True)
     info = {"separator": sep, "long_fields": long_fields} if fmt != "jsonl" else {}
     return RecordDataset(records, stats, fmt, transform, max_pixels, info, rows=rows)
+
+
+def iter_pairs(path: str | Path, stats: SkipStats, image_column: str = "image", caption_column: str = "caption",
+               id_column: str | None = None, sep: str | None = None, image_root: str | Path | None = None,
+               ) -> Iterator[Sample]:
+    """The records of a pairs file one at a time, checked as `open_pairs` checks them (an empty caption or a
+    missing image is counted in `stats` and passed over): an index build reads a file of any size in constant
+    memory. Options are `open_pairs`'s."""
+    path = Path(path)
+    base = Path(image_root) if image_root is not None else path.parent
+    if path.suffix.lower() == ".jsonl":
+        rows = _jsonl_rows(path, image_column, caption_column, id_column)
+    else:
+        sep = sep or detect_separator(path, [c for c in (image_column, caption_column, id_column) if c])
+        rows = _csv_rows(path, sep, image_column, caption_column, id_column, {"count": 0, "examples": []})
+    for record, where in _records(rows, base, image_column, caption_column, id_column):
+        if not record.caption:
+            stats.skip("empty caption", f"{where}: empty caption")
+        elif not os.path.isfile(record.image):
+            stats.skip("missing image", f"{where}: image {str(record.image)!r} not found")
+        else:
+            stats.ok()
+            yield record
 
 
 def detect_separator(path: Path, columns: list[str]) -> str:

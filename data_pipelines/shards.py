@@ -129,6 +129,17 @@ class ShardDataset(torch.utils.data.IterableDataset):
             if n >= skip:  # items before are raw bytes: skipping them decodes nothing
                 yield item if isinstance(item, Sample) else self._to_sample(item)
 
+    def raw_items(self) -> Iterator[dict | Sample]:
+        """Every member group of every shard in order, undecoded (no shuffle, no rank or worker split; a read error
+        is a placeholder Sample): an index build decodes, with `decode`, only the items it has not embedded."""
+        import webdataset as wds
+
+        yield from self._items(wds.WebDataset(self.urls, handler=self._on_error, shardshuffle=False,
+                                              nodesplitter=None, workersplitter=None, empty_check=False))
+
+    def decode(self, item: dict | Sample) -> Sample:
+        return item if isinstance(item, Sample) else self._to_sample(item)
+
     def worker_slot(self) -> tuple[int, int]:
         """(which share of the shards this DataLoader worker reads, how many shares there are)."""
         info = torch.utils.data.get_worker_info()

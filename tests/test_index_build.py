@@ -12,7 +12,7 @@ from test_serve_api import draw, make_collection
 from data_pipelines.sample import bad_file_rule
 from vlm.cli import main
 from vlm.index import FaissConfig, ItemIndex
-from vlm.index import build as build_module
+from vlm.index import embed as embed_module
 from vlm.index.build import BuildOptions, build_index
 
 
@@ -63,23 +63,23 @@ def test_folder_without_top_level_images_is_read_as_an_imagefolder(collection, t
 
 def test_interrupted_build_resumes_without_redoing_batches(collection, tmp_path, monkeypatch):
     encoded = []
-    real_add_batch = build_module._add_batch
+    real_add_batch = embed_module._add_batch
 
-    def add_batch_then_crash(index, encoder, batch, staging):
+    def add_batch_then_crash(*args, **kwargs):
         if len(encoded) == 2:
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C during the third batch
-        encoded.append(len(batch))
-        return real_add_batch(index, encoder, batch, staging)
+        encoded.append(len(args[1]))
+        return real_add_batch(*args, **kwargs)
 
-    monkeypatch.setattr(build_module, "_add_batch", add_batch_then_crash)
+    monkeypatch.setattr(embed_module, "_add_batch", add_batch_then_crash)
     out = tmp_path / "index"
-    options = BuildOptions(batch_size=4, progress=False, faiss=FaissConfig(exact_max=10))  # 8 done, then 12
+    options = BuildOptions(batch_size=4, part_size=4, progress=False, faiss=FaissConfig(exact_max=10))  # 8, then 12
     with pytest.raises(KeyboardInterrupt):
         build_index(collection["checkpoint"], collection["root"] / "pairs.csv", out, options)
     assert not out.exists() and (tmp_path / "index.partial").is_dir()
 
     calls = []
-    monkeypatch.setattr(build_module, "_add_batch", lambda *a: calls.append(len(a[2])) or real_add_batch(*a))
+    monkeypatch.setattr(embed_module, "_add_batch", lambda *a, **k: calls.append(len(a[1])) or real_add_batch(*a, **k))
     build_index(collection["checkpoint"], collection["root"] / "pairs.csv", out, options)
     assert calls == [4]  # only the batch that was not committed
     index = ItemIndex(out)

@@ -25,7 +25,7 @@ import vlm
 from data_pipelines import generate_shapes_world, open_source
 from vlm.cli import main
 from vlm.index import ItemIndex
-from vlm.index import build as build_module
+from vlm.index import embed as embed_module
 from vlm.index.build import BuildOptions, build_index
 from vlm.models.checkpoint import read_checkpoint
 
@@ -171,21 +171,21 @@ def test_resumed_index_build_refuses_other_weights_of_the_same_model(collection,
     other = tmp_path / "other-clip-tiny.pt"
     torch.manual_seed(1)  # the collection's model was drawn at seed 0
     vlm.create_model("clip-tiny").save(other)  # same name, same shapes, other weights
-    real_add_batch = build_module._add_batch
+    real_add_batch = embed_module._add_batch
     done = []
 
-    def crash_after_one(*args):
+    def crash_after_one(*args, **kwargs):
         if done:
             raise KeyboardInterrupt
         done.append(1)
-        return real_add_batch(*args)
+        return real_add_batch(*args, **kwargs)
 
-    monkeypatch.setattr(build_module, "_add_batch", crash_after_one)
+    monkeypatch.setattr(embed_module, "_add_batch", crash_after_one)
     out, pairs, options = tmp_path / "index", collection["root"] / "pairs.csv", BuildOptions(batch_size=4,
                                                                                             progress=False)
     with pytest.raises(KeyboardInterrupt):
         build_index(collection["checkpoint"], pairs, out, options)
-    monkeypatch.setattr(build_module, "_add_batch", real_add_batch)
+    monkeypatch.setattr(embed_module, "_add_batch", real_add_batch)
     with pytest.raises(ValueError, match="weights") as refused:
         build_index(other, pairs, out, options)
     message = str(refused.value)
@@ -210,10 +210,10 @@ def test_index_info_skipped_is_a_number_and_build_errors_start_their_own_line(co
     assert main(["index", "info", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["skipped"] == 1
 
-    def fail(*args):
+    def fail(*args, **kwargs):
         raise ValueError("the disk is on fire")
 
-    monkeypatch.setattr(build_module, "_add_batch", fail)
+    monkeypatch.setattr(embed_module, "_add_batch", fail)
     assert main(["index", "build", "--checkpoint", str(collection["checkpoint"]), "--data", str(folder),
                  "--out", str(tmp_path / "again")]) == 2
     err = capsys.readouterr().err
@@ -228,7 +228,8 @@ def test_index_from_shards_copies_the_original_bytes_with_their_format(collectio
     files = {"a.jpg": jpeg_with_exif(), "b.png": encoded(photo(2), "TIFF"), "c.png": encoded(photo(3), "PNG")}
     pairs = write_pairs(tmp_path, files)
     assert main(["data", "shard", str(pairs), "--out", str(tmp_path / "shards")]) == 0
-    out = build_index(collection["checkpoint"], tmp_path / "shards", tmp_path / "index", BuildOptions(progress=False))
+    out = build_index(collection["checkpoint"], tmp_path / "shards", tmp_path / "index",
+                      BuildOptions(progress=False, copy_images=True))  # images are referenced unless copied
     index = ItemIndex(out)
     items = index.get_many([1, 2, 3])
     assert [Path(it.path).suffix for it in items] == [".jpg", ".tiff", ".png"]

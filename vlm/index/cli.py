@@ -1,4 +1,4 @@
-"""`vlm index build|info|check|backup`."""
+"""`vlm index build|embed|info|check|backup`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("index", help="build, inspect, check or back up a retrieval index folder")
     sub = p.add_subparsers(dest="index_command", required=True)
     add_build_parser(sub)
+    add_embed_parser(sub)
     i = sub.add_parser("info", help="print an index folder's size, model and search structure")
     i.add_argument("directory")
     i.set_defaults(func=cmd_info)
@@ -57,8 +58,30 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--precision", choices=PRECISIONS, default="fp32", help="run the image tower in int8 (faster "
                    "on CPU, within cosine 0.99 of fp32; texts stay fp32) or fp32; recorded in the index, queries "
                    "follow it")
+    add_part_arguments(b)
     add_source_arguments(b)
     b.set_defaults(func=cmd_build)
+
+
+def add_embed_parser(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("embed", help="embed a collection into .npy + parquet parts only (clip-retrieval's layout, "
+                       "for autofaiss or a Milvus cluster); under torchrun every rank writes its own parts")
+    e.add_argument("--checkpoint", required=True, help="late-fusion (dual_encoder) checkpoint")
+    e.add_argument("--data", required=True, help="any source `vlm index build` reads")
+    e.add_argument("--out", required=True, help="parts folder to write (a killed run started again resumes it)")
+    e.add_argument("--split", help="Karpathy or shapes-world split")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--precision", choices=PRECISIONS, default="fp32", help="the image tower's (see index build)")
+    add_part_arguments(e)
+    add_source_arguments(e)
+    e.set_defaults(func=cmd_embed)
+
+
+def add_part_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--part-size", type=int, default=10_000, help="images per embedding part, the unit a "
+                        "killed build resumes from (default: 10000)")
+    parser.add_argument("--copy-images", action="store_true", help="keep a copy of each image's original bytes "
+                        "(default: refer to its file, URL or shard member)")
 
 
 def given(args: argparse.Namespace, *names: str) -> dict:
@@ -69,14 +92,32 @@ def given(args: argparse.Namespace, *names: str) -> dict:
 def cmd_build(args: argparse.Namespace) -> int:
     from vlm.index.backends import FaissConfig
     from vlm.index.build import BuildOptions, build_index
+    from vlm.train.distributed import shutdown_distributed
 
     options = BuildOptions(split=args.split, batch_size=args.batch_size, backend=args.backend,
                            faiss=FaissConfig(**given(args, "exact_max", "approximate")),
                            milvus_uri=args.milvus_uri, milvus_index=args.milvus_index,
                            milvus_collection=args.milvus_collection,
                            milvus_token=args.milvus_token, overwrite=args.overwrite, source=source_options(args),
-                           precision=args.precision)
-    build_index(args.checkpoint, args.data, args.out, options)
+                           precision=args.precision, part_size=args.part_size, copy_images=args.copy_images)
+    try:
+        build_index(args.checkpoint, args.data, args.out, options)
+    finally:
+        shutdown_distributed()
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from vlm.index.embed import EmbedOptions, embed_to
+    from vlm.train.distributed import shutdown_distributed
+
+    options = EmbedOptions(split=args.split, batch_size=args.batch_size, part_size=args.part_size,
+                           precision=args.precision, copy_images=args.copy_images, label="index embed",
+                           source=source_options(args))
+    try:
+        embed_to(args.checkpoint, args.data, args.out, options)
+    finally:
+        shutdown_distributed()
     return 0
 
 
