@@ -189,3 +189,33 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """BCE with logits against soft scores, summed over answers and averaged over questions (ViLT)."""
     return F.binary_cross_entropy_with_logits(logits, targets) * targets.shape[1]
+
+
+# Distillation (vlm/train/distill.py): what a small student learns from a teacher besides the pairs themselves.
+
+def similarity_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) of the image->text softmax of each row and the text->image softmax of each column,
+    averaged: MobileCLIP's affinity distillation. Logits (N_img, N_txt) are already scaled by each side's own
+    temperature; zero when the student's matrix equals the teacher's."""
+    def kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return F.kl_div(student.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="batchmean")
+
+    return (kl(student_logits, teacher_logits) + kl(student_logits.T, teacher_logits.T)) / 2
+
+
+def feature_mse(student_features: torch.Tensor, teacher_features: torch.Tensor,
+                projection: nn.Module | None = None) -> torch.Tensor:
+    """CLIP-KD's feature distillation: the squared distance between the student's embedding, mapped to the
+    teacher's width by a learned `projection` where the widths differ, and the teacher's; summed over the
+    width, averaged over the batch."""
+    if projection is not None:
+        student_features = projection(student_features)
+    return (student_features - teacher_features).pow(2).sum(-1).mean()
+
+
+def ranking_kl(student_scores: torch.Tensor, teacher_scores: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Listwise ranking distillation (CPRD): per query, KL(teacher || student) of the softmax over the same k
+    candidates, (Q, k) each. A cross encoder's scores are not on a dual encoder's scale, so only the ranking
+    (the teacher's softmax at `temperature`) transfers, never the raw scores."""
+    teacher = (teacher_scores / temperature).log_softmax(-1)
+    return F.kl_div(student_scores.log_softmax(-1), teacher, log_target=True, reduction="batchmean")

@@ -8,8 +8,9 @@ from pathlib import Path
 from data_pipelines.options import pairs_options
 from vlm.config import ConfigError, apply_overrides, from_dict, read_yaml
 from vlm.models.config import LoraConfig  # the `lora:` field; it lives with the model it changes
+from vlm.train.distill_config import DistillConfig
 
-OBJECTIVES = ("clip", "siglip", "fusion", "vqa")
+OBJECTIVES = ("clip", "siglip", "fusion", "vqa", "distill")
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class TrainConfig:
     lock_image: bool = False  # LiT: the image side is frozen, the text side (or fusion stack) learns
     freeze: tuple[str, ...] = ()  # parameter-name patterns (fnmatch) to freeze, e.g. "text.blocks.0.*"
     hard_negatives: HardNegativesConfig = field(default_factory=HardNegativesConfig)
+    distill: DistillConfig | None = None  # objective distill: the teacher and the loss weights (vlm/train/distill.py)
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -122,6 +124,10 @@ class TrainConfig:
         if self.data.max_bad_fraction is not None and not 0 <= self.data.max_bad_fraction <= 1:
             raise ConfigError(f"data.max_bad_fraction must be between 0 and 1, got {self.data.max_bad_fraction}")
         check_hard_negatives(self.hard_negatives, self.objective)
+        if (self.objective == "distill") != (self.distill is not None):
+            raise ConfigError("objective distill and a `distill:` section (its teacher) go together")
+        if self.distill is not None:
+            self.distill.check(self.data.augment)
 
 
 def check_hard_negatives(config: HardNegativesConfig, objective: str) -> None:

@@ -99,12 +99,16 @@ def sparse_embedding_gradients(model: nn.Module, optimizer: torch.optim.Optimize
             module.sparse = True
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device,
+                    extra: nn.Module | None = None) -> torch.optim.Optimizer:
+    """`extra`: weights outside the model that learn with it (a distillation's feature projections)."""
     # One fused kernel per parameter: on CPU, torch's default is a loop of ~10 element-wise ops each over the
     # whole tensor, and the 49,408 x W token embedding makes that a large share of a small model's step.
     fused = device.type in ("cpu", "cuda")
-    return AdamW(parameter_groups(model, config), lr=config.lr, betas=tuple(config.betas), eps=config.eps,
-                 fused=fused or None)
+    groups = parameter_groups(model, config)
+    if extra is not None and any(True for _ in extra.parameters()):
+        groups.append({"params": list(extra.parameters()), "weight_decay": config.weight_decay, "lr": config.lr})
+    return AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps, fused=fused or None)
 
 
 def cosine_with_warmup(step: int, warmup: int, total: int) -> float:

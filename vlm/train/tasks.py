@@ -142,6 +142,10 @@ class VQATask(nn.Module):
 
 def build_task(model: nn.Module, objective: str, config, rank: int = 0) -> nn.Module:
     arch = model.config.arch
+    if objective == "distill":
+        from vlm.train.distill import build_distill_task  # loads the teacher
+
+        return build_distill_task(model, config.distill)
     if objective in ("clip", "siglip"):
         if arch != "dual_encoder":
             raise ValueError(f"objective {objective!r} trains late-fusion models; {model.config.name} is {arch}")

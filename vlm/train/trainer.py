@@ -37,10 +37,11 @@ class Trainer:
         if config.grad_checkpointing:
             model.set_grad_checkpointing(True)
         task = build_task(self.model, config.objective, config, env.rank)
+        self.extra = getattr(task, "projections", None)  # distill's learned projections: optimised and saved too
         if config.compile:
             task = torch.compile(task)
         self.task = DistributedDataParallel(task) if env.is_distributed else task
-        self.optimizer = build_optimizer(self.model, config, env.device)
+        self.optimizer = build_optimizer(self.model, config, env.device, self.extra)
         if not (env.is_distributed or config.compile):  # DDP and the compiler want dense gradients
             sparse_embedding_gradients(self.model, self.optimizer)
         self.scheduler = build_scheduler(self.optimizer, config)
@@ -91,10 +92,14 @@ class Trainer:
                        rng={"torch": torch.get_rng_state()}, run=self.run_info())
         if data_state is not None:
             payload["data"] = data_state
+        if self.extra is not None:
+            payload["projections"] = self.extra.state_dict()
         return payload
 
     def load_state(self, payload: dict) -> None:
         self.model.load_state_dict(payload["model"])
+        if self.extra is not None:
+            self.extra.load_state_dict(payload.get("projections", {}))
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.step_count = int(payload["step"])

@@ -15,7 +15,7 @@ def validate(model: nn.Module, objective: str, batches: list[dict], device: torc
     was_training = model.training
     model.eval()
     try:
-        if objective in ("clip", "siglip"):
+        if objective in ("clip", "siglip", "distill"):
             return validate_retrieval(model, batches, device)
         if objective == "fusion":
             return validate_itm(model, batches, device)
