@@ -20,6 +20,7 @@ from vlm.eval.predictions import write_class_predictions
 from vlm.eval.stream import StreamOptions
 from vlm.eval.zeroshot import stream_zero_shot
 from vlm.models import load_model
+from vlm.models.precision import model_workload, resolve_precision, run_record, with_precision
 from vlm.models.preprocess import model_transform
 
 PAIRS_SUFFIXES = (".csv", ".tsv", ".jsonl")
@@ -55,13 +56,15 @@ def image_dataset(files: list[Path], transform, source: str = "classify") -> Rec
 def classify(checkpoint: str | Path, inputs: list[str | Path], labels: list[str],
              templates: list[str] = DEFAULT_TEMPLATES, out: str | Path | None = None,
              options: StreamOptions | None = None, top: int = 5,
-             source_options: dict | None = None) -> tuple[list[dict], dict]:
+             source_options: dict | None = None, precision: str = "fp32") -> tuple[list[dict], dict]:
     """Per image the `top` labels and probabilities (best first); writes the CSV to `out` when given.
     `source_options`: the columns of a pairs file among `inputs` (`data_pipelines.options.pairs_options`).
 
-    Returns the predictions and a summary (`images`, `skipped`, `skipped_reasons`)."""
+    Returns the predictions and a summary (`images`, `skipped`, `skipped_reasons`, `precision`, `cpu_class`)."""
     labels, templates = resolve_classnames(labels), resolve_templates(templates)  # unique, or refused by name
     model = load_model(checkpoint)
+    precision = resolve_precision(precision, model_workload(model))
+    model = with_precision(model, precision)
     named = ", ".join(map(str, inputs))
     dataset = image_dataset(image_files(inputs, source_options), model_transform(model), named)
     result, predictions = stream_zero_shot(model, dataset, labels, templates, options or StreamOptions(),
@@ -74,5 +77,6 @@ def classify(checkpoint: str | Path, inputs: list[str | Path], labels: list[str]
     if out is not None:
         write_class_predictions(out, predictions, labels)
     skipped = result.get("skipped_samples", {})
-    summary = {"images": len(predictions), "skipped": sum(skipped.values()), "skipped_reasons": skipped}
+    summary = {"images": len(predictions), "skipped": sum(skipped.values()), "skipped_reasons": skipped,
+               **run_record(precision)}
     return predictions, summary

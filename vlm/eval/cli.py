@@ -32,6 +32,12 @@ def stream_options(args: argparse.Namespace, progress: bool = False):
     return StreamOptions(batch_size=args.batch_size, workers=workers, progress=progress)
 
 
+def add_precision_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=("fp32", "bf16", "int8", "auto"), default="fp32",
+                   help="run the model(s) at this precision, as `vlm index build|serve --precision` do; auto: what "
+                        "measured fastest on this CPU class (default fp32)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="evaluate one checkpoint: zero-shot, retrieval, VQA or compositional")
     sub = p.add_subparsers(dest="task", required=True, metavar="TASK")
@@ -44,8 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         t.add_argument("--data", required=True, help="a shapes-world folder, or a dataset file/folder")
         t.add_argument("--split", default=None, help="split of a shapes-world folder (default: val)")
         t.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
-        t.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
-                       help="run the model(s) in int8, as `vlm index build|serve --precision int8` do (default fp32)")
+        add_precision_argument(t)
         if task in ("retrieval", "compositional"):  # the evaluations that read pairs files
             add_source_arguments(t)
         else:
@@ -102,6 +107,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="retrieval on the first N images (exhaustive early fusion is quadratic); 0: all")
     p.add_argument("--latency-queries", type=int, default=20, help="text queries timed for the p50/p99 latency")
     p.add_argument("--no-plots", action="store_true")
+    add_precision_argument(p)
     p.add_argument("--vqa-metric", choices=VQA_METRICS, default=DEFAULT_VQA_METRIC,
                    help="revision of the official VQA evaluator: 2021 (current) or 2016 (older papers)")
     p.set_defaults(func=cmd_compare)
@@ -120,6 +126,7 @@ def register_classify(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=5, help="labels per image")
     p.add_argument("--out", type=Path, default=None, help="write a CSV: image, label, top1, p1, ... (else print)")
     p.add_argument("--no-progress", action="store_true")
+    add_precision_argument(p)
     add_stream_options(p)
     add_source_arguments(p)
     p.set_defaults(func=cmd_classify)
@@ -169,14 +176,15 @@ def cmd_classify(args: argparse.Namespace) -> int:
     labels = args.labels if args.labels is not None else args.labels_file
     predictions, summary = classify(args.checkpoint, args.inputs, labels, args.templates, args.out,
                                     stream_options(args, progress=not args.no_progress), args.top,
-                                    source_options(args))
+                                    source_options(args), args.precision)
     if args.out is None:
         for p in predictions:
             print_name_line("\t".join([p["image"], *(f"{c} {prob:.3f}" for c, prob in
                                                      zip(p["labels"], p["probabilities"], strict=True))]))
     reasons = ", ".join(f"{r}: {n}" for r, n in sorted(summary["skipped_reasons"].items()))
     skipped = f"; skipped {summary['skipped']} unreadable ({reasons})" if summary["skipped"] else "; skipped 0"
-    print(f"classified {summary['images']} images{skipped}" + (f"; wrote {args.out}" if args.out else ""),
+    print(f"classified {summary['images']} images{skipped}; {summary['precision']} on {summary['cpu_class']}"
+          + (f"; wrote {args.out}" if args.out else ""),
           file=sys.stderr)
     return 0
 
@@ -201,7 +209,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                      early_vqa_ckpt=args.early_vqa, hybrid_ks=tuple(args.k or DEFAULT_HYBRID_KS),
                      max_retrieval_images=args.max_retrieval_images or None,
                      latency_queries=args.latency_queries, heldout_split=args.heldout_split or None,
-                     plots=not args.no_plots, vqa_metric=args.vqa_metric)
+                     plots=not args.no_plots, vqa_metric=args.vqa_metric, precision=args.precision)
     print(format_summary_table(report))
     print(f"wrote {args.out / 'report.md'} and {args.out / 'report.json'}")
     return 0

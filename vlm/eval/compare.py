@@ -27,6 +27,8 @@ from vlm.eval.vqa_metric import DEFAULT_VQA_METRIC
 from vlm.eval.zeroshot import chance_classification_metrics
 from vlm.models import load_model
 from vlm.models.checkpoint import CHECKPOINT_NAME, resolve_checkpoint
+from vlm.models.cpu import cpu_class
+from vlm.models.precision import model_workload, resolve_precision, with_precision
 
 __all__ = ["compare", "format_summary_table", "write_report"]
 
@@ -152,14 +154,15 @@ def compare(late_ckpt: str | Path, early_ckpt: str | Path, data_dir: str | Path,
             early_vqa_ckpt: str | Path | None = None, hybrid_ks: tuple[int, ...] = DEFAULT_HYBRID_KS,
             max_retrieval_images: int | None = DEFAULT_MAX_RETRIEVAL_IMAGES, latency_queries: int = 20,
             throughput_batch: int = 64, heldout_split: str | None = "heldout", plots: bool = True,
-            vqa_metric: str = DEFAULT_VQA_METRIC) -> dict:
+            vqa_metric: str = DEFAULT_VQA_METRIC, precision: str = "fp32") -> dict:
     """Evaluate both families (and the blind baselines) on a shapes-world folder; write report.{json,md} + PNGs.
 
     `late_ckpt` / `early_ckpt` are checkpoint files or run folders. VQA uses `*_vqa_ckpt`, else the model
     itself if it has a VQA head, else a sibling run folder named `<run>-vqa`. Exhaustive early-fusion
     retrieval is quadratic, so retrieval uses the first `max_retrieval_images` images (None: all).
     VQA and the compositional test are repeated on `heldout_split` (colour-shape pairs never seen in
-    training) when the folder has it. Returns the report dict.
+    training) when the folder has it. Every model runs at `precision` (vlm.models.precision; auto per family).
+    Returns the report dict.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if not data.is_shapes_world(data_dir):
@@ -169,6 +172,10 @@ def compare(late_ckpt: str | Path, early_ckpt: str | Path, data_dir: str | Path,
                  find_vqa_checkpoint(early_ckpt, early, early_vqa_ckpt))
     loaded = {resolve_checkpoint(late_ckpt): late, resolve_checkpoint(early_ckpt): early}
     vqa_models = [(loaded.get(p) or load_model(p)) if p else None for p in vqa_paths]
+    precisions = {"late": resolve_precision(precision, "encode"), "early": resolve_precision(precision, "score")}
+    late, early = with_precision(late, precisions["late"]), with_precision(early, precisions["early"])
+    vqa_models = [with_precision(m, resolve_precision(precision, model_workload(m))) if m is not None else None
+                  for m in vqa_models]
     training_questions, training_captions = data.training_questions(data_dir), data.training_captions(data_dir)
     sets = EvalSets(data_dir, split, max_retrieval_images)
     n_images = len(sets.get("retrieval", late).images)
@@ -191,7 +198,7 @@ def compare(late_ckpt: str | Path, early_ckpt: str | Path, data_dir: str | Path,
                   "late_vqa_checkpoint": str(vqa_paths[0]) if vqa_paths[0] else None,
                   "early_vqa_checkpoint": str(vqa_paths[1]) if vqa_paths[1] else None,
                   "data": str(data_dir), "split": split, "max_retrieval_images": max_retrieval_images,
-                  "vqa_metric": vqa_metric},
+                  "vqa_metric": vqa_metric, "precision": precisions, "cpu_class": cpu_class()},
         "zeroshot": zeroshot, "retrieval": retrieval,
         "hybrid_vs_early": hybrid_vs_early(retrieval, headline_k(hybrid_ks)),
         "vqa": vqa, "compositional": compositional, "heldout": heldout, "cost": cost,

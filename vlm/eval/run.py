@@ -21,7 +21,7 @@ from vlm.eval.vqa_metric import DEFAULT_VQA_METRIC
 from vlm.eval.zeroshot import evaluate_zero_shot, stream_zero_shot
 from vlm.models import load_model
 from vlm.models.checkpoint import resolve_checkpoint
-from vlm.models.precision import with_precision
+from vlm.models.precision import model_workload, resolve_precision, run_record, with_precision
 from vlm.models.preprocess import model_transform
 
 
@@ -151,11 +151,13 @@ def evaluate(task: str, checkpoint: str | Path, data_path: str | Path, split: st
 
     Zero-shot, retrieval and VQA stream the images (memory independent of the set's size) and can write
     their predictions (`predictions`: a path); the compositional test reads its set into memory.
-    `source_options`: a pairs file's columns (`data_pipelines.options.pairs_options`). `precision` "int8" runs the
-    model(s) as `vlm index build --precision int8` and `vlm serve` would (vlm.models.precision)."""
+    `source_options`: a pairs file's columns (`data_pipelines.options.pairs_options`). `precision` (fp32, bf16,
+    int8, auto) runs the model(s) as `vlm index build --precision` and `vlm serve` would (vlm.models.precision)."""
     if task not in TASKS:
         raise ValueError(f"unknown evaluation {task!r}; one of {', '.join(TASKS)}")
-    model = with_precision(load_model(checkpoint), precision)
+    model = load_model(checkpoint)
+    precision = resolve_precision(precision, model_workload(model))  # auto: what this CPU runs it at
+    model = with_precision(model, precision)
     options = options or StreamOptions()
     write = None
     if task == "zeroshot":
@@ -172,5 +174,5 @@ def evaluate(task: str, checkpoint: str | Path, data_path: str | Path, split: st
     if predictions is not None:
         write(predictions)
     return {"task": task, "checkpoint": str(resolve_checkpoint(checkpoint)), "model": model.config.name,
-            "arch": model.config.arch, "precision": precision, "data": str(data_path),
+            "arch": model.config.arch, **run_record(precision), "data": str(data_path),
             "split": data.eval_split(data_path, split), **result}

@@ -57,6 +57,13 @@ def resolve_precision(precision: str, workload: str, cpu: str | None = None) -> 
     return auto_precision(workload, cpu or cpu_class())
 
 
+def run_record(precision: str) -> dict:
+    """What an output that records a run says of its precision: the one run at (never "auto") and the CPU class."""
+    from vlm.models.cpu import cpu_class
+
+    return {"precision": precision, "cpu_class": cpu_class()}
+
+
 def model_workload(model: nn.Module) -> str:
     """Inference with a late-fusion model encodes; with an early-fusion one it scores pairs."""
     return "encode" if getattr(getattr(model, "config", None), "arch", None) == "dual_encoder" else "score"
