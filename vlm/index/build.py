@@ -26,6 +26,7 @@ from vlm.index.folder import ItemIndex
 from vlm.index.lock import FolderLock
 from vlm.index.parts import list_parts
 from vlm.index.store import Item
+from vlm.models.cpu import cpu_class
 
 if TYPE_CHECKING:  # the encoder (torch) loads only to build: `vlm index info` reads without it
     from vlm.index.encoder import Encoder
@@ -88,7 +89,7 @@ def build_index(checkpoint: str | Path, data: str | Path, out: str | Path,
         index.close()  # also on an error: the staging folder's lock goes with it
     finish_build(staging, out, options.milvus_token)
     if options.progress:
-        print(f"{out}: {count} items ({skipped} images skipped as unreadable)")
+        print(f"{out}: {count} items added ({skipped} images skipped as unreadable)")
     return out
 
 
@@ -96,7 +97,7 @@ def _start_staging(staging: Path, checkpoint: str | Path, data: str | Path, enco
                    options: BuildOptions) -> None:
     """Create (or check, to resume) the staging folder, recording what builds it."""
     index = ItemIndex(staging, IndexConfig(dim=encoder.dim, backend=options.backend, model=encoder.name,
-                                           precision=options.precision, faiss=options.faiss,
+                                           precision=options.precision, cpu_class=cpu_class(), faiss=options.faiss,
                                            milvus_uri=options.milvus_uri, milvus_index=options.milvus_index,
                                            milvus_collection=options.milvus_collection),
                       milvus_token=options.milvus_token)

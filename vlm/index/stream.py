@@ -43,10 +43,20 @@ def stream_collection(data: str | Path, split: str | None, options: dict, stats:
     if fmt == "folder":
         return _folder_entries(Path(data), stats, max_pixels)
     dataset = open_source(data, split, **options)
+    _count_into(dataset, stats)
     if fmt == "webdataset":
         dataset.keep_bytes = True
         return _shard_entries(dataset)
     return _record_entries(dataset)
+
+
+def _count_into(dataset, stats: SkipStats) -> None:
+    """The reader's counts (files found missing while its index was read) go to `stats`, and so will its
+    decoding failures: one bad-file rule for the whole build."""
+    stats.seen += dataset.stats.seen
+    stats.skipped.update(dataset.stats.skipped)
+    stats.examples += dataset.stats.examples[:5 - len(stats.examples)]
+    dataset.stats = stats
 
 
 def _pairs_entries(path: Path, options: dict, stats: SkipStats, max_pixels: int | None) -> Iterator[Entry]:
