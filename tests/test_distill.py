@@ -152,3 +152,20 @@ def test_openclip_vit_b32_file_as_teacher_the_student_tracks_it(shapes, tmp_path
     distilled = vlm.load(train(config, tmp_path / "run"))
     after = similarity_correlation(distilled, task.teacher, batch)
     assert after > before + 0.2 and after > 0.5, (before, after)
+
+
+def test_vlm_distill_precompute_writes_parts_once_and_trains_without_the_teacher(shapes, teachers, tmp_path):
+    from vlm.cli import main
+
+    args = ["distill", "--config", "distill-clip", "--out", str(tmp_path / "run"), "--precompute",
+            "--set", f"distill.teacher={teachers['clip']}", "--set", f"data.train={shapes}",
+            "--set", "model=clip-tiny", "--set", f"model_overrides={json.dumps(STUDENT)}", "--set", "steps=3",
+            "--set", "data.cache_mb=0", "--set", "data.num_workers=0", "--set", "data.val_samples=8",
+            "--set", "batch_size=8", "--set", "warmup_steps=1"]
+    assert main(args) == 0
+    parts = tmp_path / "run" / "teacher_parts"
+    header = json.loads((parts / "parts.json").read_text())
+    assert header["dim"] == 32 and header["dtype"] == "float16" and header["model"] == "clip-tiny"
+    saved = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert saved["train_config"]["distill"]["precomputed"] == str(parts)
+    assert vlm.load(tmp_path / "run").config.embed_dim == 16

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "vlm.train.cli",
     "vlm.eval.cli",
     "vlm.adapt.cli",
+    "vlm.distill.cli",
     "vlm.sweep.cli",
     "vlm.index.cli",
     "vlm.serve.cli",

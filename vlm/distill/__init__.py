@@ -1,0 +1,1 @@
+"""Compression commands above the trainer: `vlm distill`, `vlm shrink`, `vlm distill-report` (issue 26)."""
