@@ -1,4 +1,4 @@
-"""`vlm index build --precision int8` and `vlm serve` at the index's precision."""
+"""`vlm index build --precision int8|bf16|auto` and `vlm serve` at the index's precision, recording the CPU class."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ import vlm
 from vlm.cli import main
 from vlm.index import ItemIndex
 from vlm.index.encoder import Encoder
+from vlm.models.cpu import CPU_CLASSES
 from vlm.serve.process import ServerProcess
+from vlm.serve.service import query_precision
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,8 @@ def test_serving_an_int8_index_encodes_queries_at_int8(collection):
     expected = encoder.encode_images(images) @ encoder.encode_texts(["a blue square"])[0]
     with process, httpx.Client(base_url=process.url, timeout=30) as http:
         stats = http.get("/v1/stats").json()
-        assert stats["precision"] == "int8" and stats["reranker"] is True
+        assert stats["precision"] == "int8" and stats["reranker"] is True and stats["rerank_precision"] == "int8"
+        assert stats["cpu_class"] in CPU_CLASSES
         assert http.get("/v1/stats").json()["index"]["precision"] == "int8"
         results = http.post("/v1/search", json={"text": "a blue square", "k": 12}).json()["results"]
         by_id = {int(Path(r["path"]).stem): r["score"] for r in results}
@@ -71,3 +74,27 @@ def test_serve_refuses_a_precision_the_index_was_not_built_at(collection, capsys
                  "--precision", "fp32"]) == 2
     err = capsys.readouterr().err.strip()
     assert "built at int8" in err and "--precision fp32" in err and len(err.splitlines()) == 1
+
+
+def test_bf16_index_records_its_precision_and_cpu_class_and_stays_close(collection, tmp_path):
+    out = tmp_path / "index-bf16"
+    assert main(["index", "build", "--checkpoint", str(collection["checkpoint"]), "--data",
+                 str(collection["root"] / "pairs.csv"), "--out", str(out), "--precision", "bf16"]) == 0
+    config = json.loads((out / "index.json").read_text())
+    assert config["precision"] == "bf16" and config["cpu_class"] in CPU_CLASSES
+    fp32, bf16 = ItemIndex(collection["index"]), ItemIndex(out)
+    try:
+        for item_id in range(1, 13):
+            a, b = fp32.get(item_id, vectors=True), bf16.get(item_id, vectors=True)
+            assert float(a.image_vec @ b.image_vec) > 0.99 and float(a.text_vec @ b.text_vec) > 0.99
+    finally:
+        fp32.close()
+        bf16.close()
+    assert query_precision("auto", out) == "bf16"  # serve --precision auto follows the index
+
+
+def test_auto_index_records_what_auto_chose(collection, tmp_path):
+    out = tmp_path / "index-auto"
+    assert main(["index", "build", "--checkpoint", str(collection["checkpoint"]), "--data",
+                 str(collection["root"] / "pairs.csv"), "--out", str(out), "--precision", "auto"]) == 0
+    assert json.loads((out / "index.json").read_text())["precision"] in ("fp32", "bf16")

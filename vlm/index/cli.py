@@ -7,7 +7,7 @@ import json
 
 from data_pipelines.options import add_source_arguments, source_options
 
-PRECISIONS = ("fp32", "int8")  # vlm.models.precision.PRECISIONS, without importing torch for `vlm --help`
+PRECISIONS = ("fp32", "bf16", "int8", "auto")  # vlm.models.precision.PRECISIONS, without torch for `vlm --help`
 MILVUS_INDEX_TYPES = ("FLAT", "HNSW", "IVF_PQ", "DISKANN")  # vlm.index.milvus.INDEX_TYPES (tested equal)
 
 
@@ -55,9 +55,9 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
                    "(default: hnsw)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index at --out (refused while a "
                    "server has it open)")
-    b.add_argument("--precision", choices=PRECISIONS, default="fp32", help="run the image tower in int8 (faster "
-                   "on CPU, within cosine 0.99 of fp32; texts stay fp32) or fp32; recorded in the index, queries "
-                   "follow it")
+    b.add_argument("--precision", choices=PRECISIONS, default="fp32", help="int8: the image tower in int8 (within "
+                   "cosine 0.99 of fp32; texts stay fp32); bf16: CPU autocast; auto: what measured fastest on this "
+                   "CPU class; recorded in the index with the CPU class, queries follow it")
     add_part_arguments(b)
     add_source_arguments(b)
     b.set_defaults(func=cmd_build)
@@ -92,6 +92,7 @@ def given(args: argparse.Namespace, *names: str) -> dict:
 def cmd_build(args: argparse.Namespace) -> int:
     from vlm.index.backends import FaissConfig
     from vlm.index.build import BuildOptions, build_index
+    from vlm.models.precision import resolve_precision
     from vlm.train.distributed import shutdown_distributed
 
     options = BuildOptions(split=args.split, batch_size=args.batch_size, backend=args.backend,
@@ -99,7 +100,8 @@ def cmd_build(args: argparse.Namespace) -> int:
                            milvus_uri=args.milvus_uri, milvus_index=args.milvus_index,
                            milvus_collection=args.milvus_collection,
                            milvus_token=args.milvus_token, overwrite=args.overwrite, source=source_options(args),
-                           precision=args.precision, part_size=args.part_size, copy_images=args.copy_images)
+                           precision=resolve_precision(args.precision, "encode"), part_size=args.part_size,
+                           copy_images=args.copy_images)
     try:
         build_index(args.checkpoint, args.data, args.out, options)
     finally:
@@ -109,10 +111,12 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from vlm.index.embed import EmbedOptions, embed_to
+    from vlm.models.precision import resolve_precision
     from vlm.train.distributed import shutdown_distributed
 
     options = EmbedOptions(split=args.split, batch_size=args.batch_size, part_size=args.part_size,
-                           precision=args.precision, copy_images=args.copy_images, label="index embed",
+                           precision=resolve_precision(args.precision, "encode"), copy_images=args.copy_images,
+                           label="index embed",
                            source=source_options(args))
     try:
         embed_to(args.checkpoint, args.data, args.out, options)

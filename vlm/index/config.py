@@ -23,6 +23,7 @@ class IndexConfig:
     backend: str = "faiss"
     model: str = ""  # the model config name whose embeddings these are
     precision: str = "fp32"  # what the model ran at (vlm.models.precision); queries are encoded the same way
+    cpu_class: str = ""  # the CPU class it was built on (vlm.models.cpu); "" for indexes built before it was kept
     faiss: FaissConfig = field(default_factory=FaissConfig)
     milvus_uri: str = ""  # "" = milvus-lite file DIR/milvus.db; "http://host:19530" = a Milvus server
     milvus_collection: str = "vlm"  # collections "<this>_image", "<this>_text" (and "<this>_items" on a server)

@@ -36,6 +36,7 @@ from vlm.index.encoder import Encoder, Reranker, load_encoder, load_reranker
 from vlm.index.errors import IndexReadOnlyError
 from vlm.index.folder import Hit, ItemIndex
 from vlm.index.storage import classify
+from vlm.models.precision import resolve_precision
 from vlm.serve import fetch
 from vlm.serve.batching import MicroBatcher
 from vlm.serve.errors import ApiError
@@ -145,7 +146,8 @@ class Service:
         c = self.config
         try:
             encoder = load_encoder(c.checkpoint, query_precision(c.precision, c.index))
-            self.reranker = load_reranker(c.rerank_checkpoint, c.rerank_precision) if c.rerank_checkpoint else None
+            rerank_precision = resolve_precision(c.rerank_precision, "score")
+            self.reranker = load_reranker(c.rerank_checkpoint, rerank_precision) if c.rerank_checkpoint else None
             index = ItemIndex(c.index, read_only=c.read_only)
             if index.config.dim != encoder.dim:
                 raise ValueError(f"{c.index}: index vectors have dimension {index.config.dim}, "
@@ -343,10 +345,10 @@ def image_url_failed() -> ApiError:
 
 def query_precision(asked: str | None, index_dir: str | Path) -> str:
     """The precision to encode queries at: the index's unless asked, and never another than the index's (an
-    int8 image query against fp32 vectors is close, not equal; text queries run float32 at either precision;
-    rebuild the index to change its precision)."""
+    int8 image query against fp32 vectors is close, not equal; rebuild the index to change its precision).
+    `auto` is the index's: it was resolved for the machine that built it, and queries must follow it."""
     built = read_config(Path(index_dir)).precision
-    if asked is not None and asked != built:
+    if asked not in (None, "auto", built):
         raise ValueError(f"{index_dir}: the index was built at {built}, --precision {asked} would encode image "
                          f"queries differently; omit --precision or rebuild the index with --precision {asked}")
     return built

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
+from vlm.models.cpu import cpu_class
 from vlm.serve.deps import ServiceDep
 from vlm.serve.errors import error_response
 from vlm.serve.schemas import ERROR_RESPONSES
@@ -25,7 +26,9 @@ async def stats(service: ServiceDep) -> dict:
     info = await run_in_threadpool(service.index.info)  # a few stats: off the event loop all the same
     info.pop("directory")
     return {"index": info, "model": service.encoder.name, "precision": service.encoder.precision,
-            "reranker": service.reranker is not None, "text_batches": vars(service.text_batcher.stats),
+            "cpu_class": cpu_class(), "reranker": service.reranker is not None,
+            "rerank_precision": service.reranker.precision if service.reranker else None,
+            "text_batches": vars(service.text_batcher.stats),
             "image_batches": vars(service.image_batcher.stats)}
 
 
