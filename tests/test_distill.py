@@ -47,9 +47,10 @@ def recipe(shapes: Path, teacher: Path, **changes):
 
 
 def test_resume_mid_distillation_gives_identical_weights_and_projections(shapes, teachers, tmp_path):
-    config = recipe(shapes, teachers["clip"], **{"distill.feature_weight": 1.0})  # widths 16 vs 32: projections
+    config = recipe(shapes, teachers["clip"], steps=8, save_every=4,
+                    **{"distill.feature_weight": 1.0})  # widths 16 vs 32: projections
     straight = train(config, tmp_path / "straight")
-    train(config, tmp_path / "resumed", stop_at_step=10)
+    train(config, tmp_path / "resumed", stop_at_step=4)
     resumed = train(config, tmp_path / "resumed", resume="auto")
     a, b = read_checkpoint(straight), read_checkpoint(resumed)
     assert set(a["projections"]) == {"image.weight", "text.weight"}

@@ -162,4 +162,9 @@ def build_distill_task(model: nn.Module, config: DistillConfig) -> DistillTask:
         from vlm.train.teacher_parts import TeacherTable
 
         return DistillTask(model, config, table=TeacherTable(config.precomputed)).to(device)
-    return DistillTask(model, config, load_teacher(config)).to(device)
+    teacher = load_teacher(config)
+    if teacher.config.arch == "early_fusion" and (teacher.config.tokenizer, teacher.config.preprocess) != \
+            ("openclip", "clip"):
+        raise ConfigError(f"distill.teacher {config.teacher}: an early-fusion teacher must read the student's batch "
+                          "(OpenCLIP tokens, CLIP preprocessing); a ViLT import reads WordPiece and its own images")
+    return DistillTask(model, config, teacher).to(device)
