@@ -20,6 +20,7 @@ from vlm.index.folder import STORE_NAME, ItemIndex
 from vlm.index.lock import lock_holder
 from vlm.index.manifest import MANIFEST_NAME, read_manifest, verify_snapshot
 from vlm.index.mark import MARK_NAME, Mark, MarkFile
+from vlm.index.part_vectors import PARTS_DIR, finished_parts, verify_part
 from vlm.index.store import MODALITIES, ItemStore
 
 
@@ -39,6 +40,7 @@ def check_index(directory: str | Path, repair: bool = False) -> dict:
     try:
         _check_mark(recorded, store, report)
         _check_snapshots(directory, store, report, config.backend)
+        _check_parts(directory, store, report)
         report["orphan_images"] = _count_orphans(directory, store)
         report["ok"] = not report["problems"]
         if repair and not report["ok"]:
@@ -111,6 +113,26 @@ def _check_snapshots(directory: Path, store: ItemStore, report: dict, backend: s
         report["snapshots"][path.name] = reason or (f"ok, {behind:+d} items to catch up at open" if behind else "ok")
 
 
+def _check_parts(directory: Path, store: ItemStore, report: dict) -> None:
+    """Each finished part's files against its done marker (sizes and sha256; the parts are never rewritten),
+    and the table's rows against the parts' length."""
+    folder = directory / PARTS_DIR
+    if not folder.is_dir():
+        return
+    try:
+        parts = finished_parts(folder)
+    except IndexFolderError as e:
+        report["problems"].append(str(e))
+        return
+    bad = [problem for part in parts for problem in verify_part(part)]
+    report["parts"] = {"parts": len(parts), "rows": sum(p.rows for p in parts), "damaged": len(bad)}
+    report["problems"].extend(bad)
+    highest = store.highest_part_row()
+    if highest >= report["parts"]["rows"]:
+        report["problems"].append(f"{STORE_NAME}: refers to parts row {highest}, but {PARTS_DIR}/ holds "
+                                  f"{report['parts']['rows']} rows (a part is missing)")
+
+
 def _count_orphans(directory: Path, store: ItemStore) -> int:
     folder = directory / "images"
     if not folder.is_dir():
@@ -130,6 +152,8 @@ def backup_index(directory: str | Path, out: str | Path) -> dict:
     staging.mkdir(parents=True)
     shutil.copy2(directory / CONFIG_NAME, staging / CONFIG_NAME)
     snapshots = _copy_snapshots(directory, staging) if config.backend == "faiss" else 0
+    if (directory / PARTS_DIR).is_dir():  # copied, not linked: damage to the original must not reach the backup
+        shutil.copytree(directory / PARTS_DIR, staging / PARTS_DIR)
     rows = _backup_table(directory / STORE_NAME, staging / STORE_NAME)
     store = ItemStore(staging / STORE_NAME, read_only=True, verify_mark=False)
     try:

@@ -1,5 +1,7 @@
 """The item table: SQLite holds every item's metadata *and* its vectors, and is the source of truth.
 
+An item built from embedding parts keeps its vectors there instead (`part_row`, its row in DIR/parts/, and
+`part_text`, whether that row has a text vector; vlm/index/part_vectors.py): the table still answers for it.
 A vector backend (faiss, Milvus) is a search structure rebuilt or caught up from this table, so an item
 is durable the moment its transaction commits: WAL with synchronous=FULL fsyncs the log on every commit,
 and a `kill -9` can lose at most the vector backend's recent changes, which `ItemIndex` replays at start.
@@ -23,6 +25,7 @@ import numpy as np
 
 from vlm.index.errors import IndexFolderError, IndexReadOnlyError
 from vlm.index.mark import MARK_NAME, Mark, MarkFile
+from vlm.index.part_vectors import PARTS_DIR, PartVectors
 from vlm.index.storage import classify
 
 log = logging.getLogger("vlm.index")
@@ -36,7 +39,9 @@ CREATE TABLE IF NOT EXISTS items (
     extra TEXT NOT NULL DEFAULT '{}',
     image_vec BLOB,
     text_vec BLOB,
-    source_key TEXT UNIQUE
+    source_key TEXT UNIQUE,
+    part_row INTEGER,
+    part_text INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS pending_deletes (id INTEGER PRIMARY KEY);
@@ -109,6 +114,7 @@ class ItemStore:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")
                 db.executescript(SCHEMA)
+                _add_part_columns(db)
                 return db
             return _connect_read_only(self.path)
         except sqlite3.DatabaseError as e:
@@ -130,6 +136,8 @@ class ItemStore:
                                    "from a backup (vlm index backup)")
         if not {"items", "meta"} <= tables:
             raise IndexFolderError(f"{self.path}: not a vlm item table (no items/meta tables)")
+        self._part_columns = "part_row" in _columns(self._db)  # a read-only table from before parts lacks them
+        self._parts: PartVectors | None = None
 
     def _table_state(self) -> tuple[int, int]:
         """(committed changes, highest id ever issued) as the table itself records them."""
@@ -157,8 +165,22 @@ class ItemStore:
 
     def _count_all(self) -> dict[str | None, int]:
         with self._lock:
-            row = self._db.execute("SELECT COUNT(*), COUNT(image_vec), COUNT(text_vec) FROM items").fetchone()
-        return {None: row[0], "image": row[1], "text": row[2]}
+            row = self._db.execute(f"SELECT COUNT(*), TOTAL({self._has('image')}), TOTAL({self._has('text')}) "
+                                   "FROM items").fetchone()
+        return {None: row[0], "image": int(row[1]), "text": int(row[2])}
+
+    def _has(self, modality: str) -> str:
+        """SQL: the row has a vector of this modality, in the table or in the folder's parts."""
+        column = _column(modality)
+        if not self._part_columns:
+            return f"({column} IS NOT NULL)"
+        return f"({column} IS NOT NULL OR {'part_row IS NOT NULL' if modality == 'image' else 'part_text = 1'})"
+
+    @property
+    def parts(self) -> PartVectors:
+        if self._parts is None:
+            self._parts = PartVectors(self.path.parent / PARTS_DIR)
+        return self._parts
 
     def refresh(self) -> bool:
         """Read-only: catch up with the writer's commits; True when the table changed."""
@@ -232,12 +254,40 @@ class ItemStore:
             item.id = item_id
         return ids
 
+    def add_part_rows(self, items: list[Item], rows: list[int], has_text: list[bool]) -> list[int]:
+        """Insert items whose vectors stay in the folder's parts, at these global rows; one transaction."""
+        if not self._part_columns:
+            raise IndexFolderError(f"{self.path}: a table from before embedding parts cannot take part rows")
+        values = [(i.path, i.caption, json.dumps(i.extra), i.source_key, int(r), int(t))
+                  for i, r, t in zip(items, rows, has_text, strict=True)]
+        with self._lock:
+            self._writable()
+            with self._transaction():
+                ids = [self._db.execute("INSERT INTO items (path, caption, extra, source_key, part_row, part_text) "
+                                        "VALUES (?, ?, ?, ?, ?, ?)", v).lastrowid for v in values]
+            self.max_id = max([self.max_id, *ids])
+            self._counts[None] += len(values)
+            self._counts["image"] += len(values)
+            self._counts["text"] += sum(bool(t) for t in has_text)
+            self._write_mark()
+        for item, item_id in zip(items, ids, strict=True):
+            item.id = item_id
+        return ids
+
+    def highest_part_row(self) -> int:
+        """The highest parts row an item refers to, -1 for none: where an interrupted ingest resumes."""
+        if not self._part_columns:
+            return -1
+        with self._lock:
+            row = self._db.execute("SELECT MAX(part_row) FROM items").fetchone()
+        return -1 if row[0] is None else int(row[0])
+
     def delete(self, item_id: int, pending: bool = False) -> bool:
         """Delete a row; `pending` also records the id, in the same transaction, as a delete still owed to a
         shared vector store (cleared by `clear_pending` once done there, replayed at open after a crash)."""
         with self._lock:
             self._writable()
-            row = self._db.execute("SELECT image_vec IS NOT NULL, text_vec IS NOT NULL FROM items WHERE id = ?",
+            row = self._db.execute(f"SELECT {self._has('image')}, {self._has('text')} FROM items WHERE id = ?",
                                    (item_id,)).fetchone()
             if row is None:
                 return False
@@ -297,18 +347,23 @@ class ItemStore:
         """Items in the order of `ids`; ids that are not there are left out."""
         if not ids:
             return []
-        cols = "id, path, caption, extra" + (", image_vec, text_vec" if vectors else "")
+        cols = "id, path, caption, extra" + (f", image_vec, text_vec, {self._part_select()}" if vectors else "")
         marks = ",".join("?" * len(ids))
         with self._lock:
             rows = self._db.execute(f"SELECT {cols} FROM items WHERE id IN ({marks})", [int(i) for i in ids])
             by_id = {row[0]: self._item(row, vectors) for row in rows}
         return [by_id[int(i)] for i in ids if int(i) in by_id]
 
-    @staticmethod
-    def _item(row: tuple, vectors: bool) -> Item:
+    def _part_select(self) -> str:
+        return "part_row, part_text" if self._part_columns else "NULL, 0"
+
+    def _item(self, row: tuple, vectors: bool) -> Item:
         item = Item(id=row[0], path=row[1], caption=row[2], extra=json.loads(row[3]))
         if vectors:
             item.image_vec, item.text_vec = _vec(row[4]), _vec(row[5])
+            if row[6] is not None:  # vectors in the folder's parts
+                item.image_vec = self.parts.read("image", np.array([row[6]]))[0]
+                item.text_vec = self.parts.read("text", np.array([row[6]]))[0] if row[7] else None
         return item
 
     def source_keys(self) -> set[str]:
@@ -330,7 +385,7 @@ class ItemStore:
     def ids(self, modality: str) -> np.ndarray:
         """Ids of the items that have a vector of this modality."""
         with self._lock:
-            rows = self._db.execute(f"SELECT id FROM items WHERE {_column(modality)} IS NOT NULL ORDER BY id")
+            rows = self._db.execute(f"SELECT id FROM items WHERE {self._has(modality)} ORDER BY id")
             return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
     def vectors(self, modality: str, ids: np.ndarray | None = None,
@@ -345,17 +400,46 @@ class ItemStore:
             part = [int(i) for i in ids[start : start + chunk]]
             with self._lock:
                 rows = self._db.execute(
-                    f"SELECT id, {column} FROM items WHERE id IN ({','.join('?' * len(part))}) "
-                    f"AND {column} IS NOT NULL ORDER BY id", part).fetchall()
+                    f"SELECT id, {column}, {self._part_select()} FROM items WHERE id IN ({','.join('?' * len(part))})"
+                    f" AND {self._has(modality)} ORDER BY id", part).fetchall()
             if rows:
-                yield (np.array([r[0] for r in rows], dtype=np.int64),
-                       np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]))
+                yield np.array([r[0] for r in rows], dtype=np.int64), self._stack(modality, rows)
+
+    def _stack(self, modality: str, rows: list[tuple]) -> np.ndarray:
+        """Vectors of (id, blob, part_row, part_text) rows: from the blob, else from the parts."""
+        in_parts = [n for n, r in enumerate(rows) if r[1] is None]
+        from_parts = self.parts.read(modality, np.array([rows[n][2] for n in in_parts])) if in_parts else None
+        out = np.empty((len(rows), self._dim(rows, from_parts)), dtype=np.float32)
+        for n, r in enumerate(rows):
+            if r[1] is not None:
+                out[n] = np.frombuffer(r[1], dtype=np.float32)
+        if in_parts:
+            out[in_parts] = from_parts
+        return out
+
+    @staticmethod
+    def _dim(rows: list[tuple], from_parts: np.ndarray | None) -> int:
+        blob = next((r[1] for r in rows if r[1] is not None), None)
+        return len(blob) // 4 if blob is not None else from_parts.shape[1]
 
 
 def _column(modality: str) -> str:
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
     return f"{modality}_vec"
+
+
+def _columns(db: sqlite3.Connection) -> set[str]:
+    return {r[1] for r in db.execute("PRAGMA table_info(items)")}
+
+
+def _add_part_columns(db: sqlite3.Connection) -> None:
+    """A table from before embedding parts gets their columns (NULL, 0: every vector in the table)."""
+    have = _columns(db)
+    if "part_row" not in have:
+        db.execute("ALTER TABLE items ADD COLUMN part_row INTEGER")
+    if "part_text" not in have:
+        db.execute("ALTER TABLE items ADD COLUMN part_text INTEGER NOT NULL DEFAULT 0")
 
 
 def _table_error(path: Path, e: sqlite3.DatabaseError) -> IndexFolderError:

@@ -1,0 +1,47 @@
+"""Fill an index folder's item table from its embedding parts (DIR/parts/), without copying a vector.
+
+Each item row records its row in the parts; its vectors are read from there when the search structures are built
+(vlm/index/part_vectors.py). Batches are one transaction each, and a killed ingest resumes after the highest row
+already in the table, so no row is added twice.
+"""
+
+from __future__ import annotations
+
+import json
+
+from vlm.index.folder import ItemIndex
+from vlm.index.part_vectors import PARTS_DIR, finished_parts
+from vlm.index.store import Item
+
+
+def ingest_parts(index: ItemIndex, batch_rows: int = 10_000) -> int:
+    """Add the parts' rows the table does not hold yet; returns how many. The vectors reach the search
+    structures when the folder is next opened (as `ItemIndex.add(..., index_vectors=False)` leaves them)."""
+    parts_dir = index.directory / PARTS_DIR
+    done = index.store.highest_part_row()
+    added, start = 0, 0
+    for part in finished_parts(parts_dir):
+        end = start + part.rows
+        if end > done + 1:
+            table = part.metadata()
+            if table.num_rows != part.rows:
+                raise ValueError(f"{parts_dir}: part {part.tag} has {table.num_rows} metadata rows for "
+                                 f"{part.rows} vectors")
+            first = max(0, done + 1 - start)
+            for lo in range(first, part.rows, batch_rows):
+                rows = table.slice(lo, batch_rows).to_pylist()
+                items = [_item(r) for r in rows]
+                index.store.add_part_rows(items, list(range(start + lo, start + lo + len(rows))),
+                                          [bool(r["has_text"]) for r in rows])
+                added += len(rows)
+        start = end
+    return added
+
+
+def _item(row: dict) -> Item:
+    extra = json.loads(row.get("extra") or "{}")
+    if row.get("shard"):
+        extra.setdefault("shard", row["shard"])
+    return Item(path=row.get("image_path") or row.get("shard"), caption=row.get("caption"), extra=extra,
+                source_key=row.get("key"))
+
