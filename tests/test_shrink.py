@@ -73,3 +73,16 @@ def test_vlm_shrink_command_writes_an_ordinary_checkpoint(tmp_path, capsys):
     assert "parameters" in capsys.readouterr().out
     small = vlm.load(tmp_path / "small.pt")
     assert (small.config.image.depth, small.config.text.width, small.config.image.heads) == (1, 16, 1)
+
+
+def test_a_shrunk_late_fusion_model_exports_to_openclip(tmp_path):
+    open_clip = pytest.importorskip("open_clip")
+    from vlm.models.openclip_compat import export_openclip
+
+    small = shrink_model(vlm.create_model("clip-tiny").eval(), depth=1, width=16, heads=1)
+    export_openclip(small, tmp_path / "export")
+    theirs = open_clip.create_model(f"local-dir:{tmp_path / 'export'}").eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.encode_image(images, normalize=True), small.encode_image(images),
+                                   atol=1e-5, rtol=0)
