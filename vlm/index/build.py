@@ -79,6 +79,7 @@ def build_index(checkpoint: str | Path, data: str | Path, out: str | Path,
     if not env.is_main:
         return out
     skipped = sum(p.skipped for p in list_parts(staging / PARTS_DIR))
+    move_copied_images(staging / PARTS_DIR, staging)
     index = ItemIndex(staging, milvus_token=options.milvus_token)
     try:
         fill_index(index, staging / PARTS_DIR)
@@ -124,19 +125,27 @@ def fill_index(index: ItemIndex, parts_dir: Path, batch_rows: int = 4096) -> int
         images, texts = part.vectors("image"), part.vectors("text")
         for lo in range(max(0, start - position), part.rows, batch_rows):
             rows = table.slice(lo, batch_rows).to_pylist()
-            items = [_item(row, images[lo + i], texts[lo + i], root, parts_dir) for i, row in enumerate(rows)]
+            items = [_item(row, images[lo + i], texts[lo + i], root) for i, row in enumerate(rows)]
             index.add(items, index_vectors=False)
             added += len(items)
         position += part.rows
     return added
 
 
-def _item(row: dict, image_vec, text_vec, root: Path, parts_dir: Path) -> Item:
+def move_copied_images(parts_dir: Path, folder: Path) -> None:
+    """Images `--copy-images` kept in PARTS/images/ move to the index folder's images/, under the same names
+    (`images/ab/<sha1>.<ext>`, so their rows' paths hold there too); what is moved is gone, so a rerun goes on."""
+    for path in sorted((parts_dir / "images").rglob("*")):
+        if path.is_file():
+            target = folder / path.relative_to(parts_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+
+
+def _item(row: dict, image_vec, text_vec, root: Path) -> Item:
     extra = json.loads(row["extra"])
     path = row["image_path"]
-    if path is not None and extra.get("copied"):
-        path = f"{parts_dir.name}/{path}"  # relative to the index folder, which holds the parts
-    elif path is not None and "://" not in path:
+    if path is not None and not extra.get("copied") and "://" not in path:  # a copy's is the index folder's
         path = str(root / path)
     if row["shard"]:
         extra.setdefault("shard", row["shard"])
