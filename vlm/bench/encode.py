@@ -15,7 +15,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-PRECISIONS = ("fp32", "int8", "onnx")  # onnx: `vlm export onnx`'s float32 graphs on ONNX Runtime
+PRECISIONS = ("fp32", "bf16", "int8", "auto", "onnx")  # onnx: `vlm export onnx`'s float32 graphs on ONNX Runtime
 
 
 def register_bench(sub: argparse._SubParsersAction) -> None:
@@ -25,8 +25,7 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, help="a shapes world: its val captions; with --checkpoint also zero-shot "
                    "acc1 and retrieval R@1 at --precision vs fp32 (default: a small world generated here)")
     p.add_argument("--against", choices=["openclip"], default="openclip")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="vlm's precision, or its ONNX export on ONNX Runtime (OpenCLIP: fp32)")
+    add_precision_arguments(p, "OpenCLIP")
     p.add_argument("--batch-size", type=int, default=16, help="images per round")
     p.add_argument("--texts", type=int, default=64, help="captions per round, per caption mix")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds; each side reports its median")
@@ -35,13 +34,36 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_bench_encode)
 
 
-def at_precision(model, precision: str):
+def add_precision_arguments(p: argparse.ArgumentParser, reference: str) -> None:
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help=f"both sides' precision: bf16 runs {reference} under CPU autocast too (as OpenCLIP's "
+                        f"amp_bf16), int8 and onnx are vlm's only ({reference}: fp32); auto: vlm's choice on this "
+                        "CPU. Each side is also timed at fp32, for its own speed-up")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile vlm's bf16 or int8 copy (inductor, frozen weights); compile time not counted")
+
+
+def at_precision(model, precision: str, compile: bool = False):
     """`model` for inference at `precision` (vlm.models.precision); fp32 is the model itself."""
     if precision == "fp32":
         return model
     from vlm.models.precision import with_precision
 
-    return with_precision(model, precision)
+    return with_precision(model, precision, compile=compile)
+
+
+def reference_context(precision: str):
+    """The reference side's context: CPU autocast at bf16 (OpenCLIP's amp_bf16), else float32."""
+    from vlm.models.precision import autocast
+
+    return autocast("bf16" if precision == "bf16" else "fp32")
+
+
+def own_speedups(rows: list[dict], precision: str) -> str:
+    """A line per workload: each side at `precision` against its own fp32 (rows with `*_vs_own_fp32`)."""
+    lines = [f"{r['workload']}: vlm {r['vlm_vs_own_fp32']:.2f}x, reference {r['reference_vs_own_fp32']:.2f}x"
+             for r in rows if "vlm_vs_own_fp32" in r]
+    return (f"\n\n{precision} against each side's own fp32:\n" + "\n".join(lines)) if lines else ""
 
 
 class OnnxEncoder:
@@ -121,6 +143,8 @@ def workloads(args: argparse.Namespace, model) -> dict[str, tuple[str, object]]:
 
 def bench_encode(args: argparse.Namespace, model, reference, inputs: dict[str, tuple[str, object]]) -> list[dict]:
     """Both sides of every workload (`workloads`), interleaved; one row per workload."""
+    from statistics import median
+
     import open_clip
     import torch
 
@@ -131,23 +155,26 @@ def bench_encode(args: argparse.Namespace, model, reference, inputs: dict[str, t
     if args.precision == "onnx":
         ours = onnx_encoder(model, args.onnx_dir)
     else:
-        ours = Encoder(at_precision(model, args.precision))
+        ours = Encoder(at_precision(model, args.precision, args.compile))
     context = model.config.text.context_length
 
-    def theirs_text(captions):  # as open_clip's users call it: its tokenizer pads to the context
-        with torch.no_grad():
-            return reference.encode_text(open_clip.tokenize(captions, context_length=context), normalize=True)
+    def theirs_text(captions, precision=args.precision):  # as open_clip's users call it: padded to the context
+        with torch.no_grad(), reference_context(precision):
+            return reference.encode_text(open_clip.tokenize(captions, context_length=context), normalize=True).float()
 
-    def theirs_image(pixels):
-        with torch.no_grad():
-            return reference.encode_image(pixels, normalize=True)
+    def theirs_image(pixels, precision=args.precision):
+        with torch.no_grad(), reference_context(precision):
+            return reference.encode_image(pixels, normalize=True).float()
 
-    runs, work = {}, {}
+    runs, work, own = {}, {}, args.precision not in ("fp32", "onnx")  # own: also each side at fp32
     for name, (kind, x) in inputs.items():
         mine = ours.encode_pixels if kind == "image" else ours.encode_texts
         other = theirs_image if kind == "image" else theirs_text
         runs[f"vlm|{name}"], runs[f"ref|{name}"] = (lambda f=mine, x=x: f(x)), (lambda f=other, x=x: f(x))
         fp32_call = fp32.encode_pixels if kind == "image" else fp32.encode_texts
+        if own:
+            runs[f"vlm32|{name}"] = lambda f=fp32_call, x=x: f(x)
+            runs[f"ref32|{name}"] = lambda f=other, x=x: f(x, "fp32")
         work[name] = (len(x), count_flops(lambda f=fp32_call, x=x: f(x)), count_flops(lambda f=other, x=x: f(x)),
                       agreement(mine(x), other(x)))
     seconds = interleaved_seconds(runs, args.rounds)
@@ -157,6 +184,9 @@ def bench_encode(args: argparse.Namespace, model, reference, inputs: dict[str, t
                                                                                    their_flops)
         rows.append({"workload": name, "vlm": vlm_rate, "reference": ref_rate,
                      "ratio": vlm_rate["items_per_s"] / ref_rate["items_per_s"], **check})
+        if own:
+            rows[-1]["vlm_vs_own_fp32"] = median(seconds[f"vlm32|{name}"]) / median(seconds[f"vlm|{name}"])
+            rows[-1]["reference_vs_own_fp32"] = median(seconds[f"ref32|{name}"]) / median(seconds[f"ref|{name}"])
     return rows
 
 
@@ -190,14 +220,20 @@ def load_late_model(args: argparse.Namespace):
 def cmd_bench_encode(args: argparse.Namespace) -> int:
     from vlm.bench.inputs import markdown_rows, write_report
     from vlm.bench.timing import environment, matmul_ceiling_gflops, peak_rss_mb
+    from vlm.models.cpu import cpu_class
 
     if min(args.batch_size, args.texts, args.rounds) < 1:
         raise ValueError("--batch-size, --texts and --rounds must be at least 1")
     model = load_late_model(args)
+    if args.precision == "auto":
+        from vlm.models.precision import resolve_precision
+
+        args.precision = resolve_precision("auto", "encode")
     inputs = workloads(args, model)  # a wrong --data fails here, before any export
     with tempfile.TemporaryDirectory(prefix="vlm-bench-encode-") as tmp:
         reference = openclip_twin(model, Path(tmp) / "openclip")
-        report = {"model": model.config.name, "precision": args.precision, "against": args.against,
+        report = {"model": model.config.name, "precision": args.precision, "compile": args.compile,
+                  "cpu_class": cpu_class(), "against": args.against,
                   "rounds": args.rounds, **environment(), "matmul_ceiling_gflops_per_s": matmul_ceiling_gflops()}
         args.onnx_dir = Path(tmp) / "onnx"
         report["rows"] = bench_encode(args, model, reference, inputs)
@@ -207,6 +243,7 @@ def cmd_bench_encode(args: argparse.Namespace) -> int:
     table = markdown_rows(report["rows"], "items", "OpenCLIP")
     table += (f"\n\n{report['model']} at {args.precision}, median of {args.rounds} rounds, float32 matmul ceiling "
               f"{report['matmul_ceiling_gflops_per_s']:.1f} GFLOP/s, peak RSS {report['peak_rss_mb']:,.0f} MB")
+    table += own_speedups(report["rows"], args.precision)
     for precision, q in report.get("quality", {}).items():
         table += f"\n{precision}: " + ", ".join(f"{k} {v:.2f}" for k, v in q.items())
     write_report(report, table, args.json)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vlm.bench.encode import PRECISIONS
+from vlm.bench.encode import add_precision_arguments
 
 
 def register_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="early-fusion pairs/s of vlm's scorer vs Hugging Face ViLT (same weights)")
     p.add_argument("--model", default="fusion-base32", help="early-fusion model name: the shape (default: %(default)s)")
     p.add_argument("--against", choices=["vilt"], default="vilt")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="vlm's precision (ViLT: fp32)")
+    add_precision_arguments(p, "ViLT")
     p.add_argument("--batch-size", type=int, default=16, help="pairs per round")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds; each side reports its median")
     p.add_argument("--seed", type=int, default=0)
@@ -69,9 +69,11 @@ def vlm_twin(hf_model, vocab: list[str]):
 
 def bench_score(args: argparse.Namespace, hf_model, shared, native) -> dict:
     """Pairs/s of the three scorers on the same pairs, interleaved; the shared-weights scores compared."""
+    from statistics import median
+
     import torch
 
-    from vlm.bench.encode import at_precision
+    from vlm.bench.encode import at_precision, reference_context
     from vlm.bench.inputs import coco_like_captions
     from vlm.bench.timing import count_flops, interleaved_seconds, rate
     from vlm.eval.pair_scoring import FusionPairScorer
@@ -86,15 +88,19 @@ def bench_score(args: argparse.Namespace, hf_model, shared, native) -> dict:
     def scorer(model, token_ids):
         return lambda: FusionPairScorer(model, pixels, token_ids, batch_size=n).score_pairs(pairs, pairs)
 
-    def theirs():
-        with torch.no_grad():
+    def theirs(precision=args.precision):
+        with torch.no_grad(), reference_context(precision):
             return hf_model(input_ids=ids, attention_mask=(ids != 0).long(), pixel_values=pixels,
-                            pixel_mask=torch.ones(n, size, size, dtype=torch.long)).logits[:, 0]
+                            pixel_mask=torch.ones(n, size, size, dtype=torch.long)).logits[:, 0].float()
 
-    runs = {"vlm": scorer(at_precision(shared, args.precision), ids), "reference": theirs,
-            "vlm_native": scorer(at_precision(native, args.precision), native_ids)}
+    runs = {"vlm": scorer(at_precision(shared, args.precision, args.compile), ids), "reference": theirs,
+            "vlm_native": scorer(at_precision(native, args.precision, args.compile), native_ids)}
+    own = args.precision != "fp32"  # each side at fp32 too, for its own speed-up
+    if own:
+        runs.update(vlm32=scorer(shared, ids), ref32=lambda: theirs("fp32"))
     flops = {"vlm": count_flops(scorer(shared, ids)), "reference": count_flops(theirs),
              "vlm_native": count_flops(scorer(native, native_ids))}
+    flops.update(vlm32=flops["vlm"], ref32=flops["reference"])
     ours_scores, their_scores = runs["vlm"](), theirs()
     difference = float((ours_scores - their_scores).abs().max())
     check = {"max_abs_diff": difference, "relative_diff": difference / float(their_scores.abs().max())}
@@ -103,6 +109,9 @@ def bench_score(args: argparse.Namespace, hf_model, shared, native) -> dict:
     row = {"workload": f"pairs {size} px, {ids.shape[1]} tokens, batch {n}", "vlm": rates["vlm"],
            "reference": rates["reference"], "ratio": rates["vlm"]["items_per_s"] / rates["reference"]["items_per_s"],
            **check}
+    if own:
+        row["vlm_vs_own_fp32"] = median(seconds["vlm32"]) / median(seconds["vlm"])
+        row["reference_vs_own_fp32"] = median(seconds["ref32"]) / median(seconds["reference"])
     native_row = {"workload": f"{native.config.name} (vlm layout, own random weights)", "vlm": rates["vlm_native"],
                   "reference": rates["reference"],
                   "ratio": rates["vlm_native"]["items_per_s"] / rates["reference"]["items_per_s"],
@@ -112,6 +121,7 @@ def bench_score(args: argparse.Namespace, hf_model, shared, native) -> dict:
 
 def cmd_bench_score(args: argparse.Namespace) -> int:
     import vlm
+    from vlm.bench.encode import own_speedups
     from vlm.bench.inputs import markdown_rows, write_report
     from vlm.bench.timing import environment, matmul_ceiling_gflops, peak_rss_mb
 
@@ -121,15 +131,23 @@ def cmd_bench_score(args: argparse.Namespace) -> int:
     if native.config.arch != "early_fusion":
         raise vlm.UserError(f"{args.model}: `vlm bench score` needs an early-fusion model, this is "
                             f"{native.config.arch}")
+    if args.precision == "auto":
+        from vlm.models.precision import resolve_precision
+
+        args.precision = resolve_precision("auto", "score")
     vocab = wordpiece_vocab(30522)
     hf_model = vilt_at_shape(native.config, vocab, args.seed)
     shared = vlm_twin(hf_model, vocab)
-    report = {"model": args.model, "precision": args.precision, "against": args.against, "rounds": args.rounds,
+    from vlm.models.cpu import cpu_class
+
+    report = {"model": args.model, "precision": args.precision, "compile": args.compile, "cpu_class": cpu_class(),
+              "against": args.against, "rounds": args.rounds,
               **environment(), "matmul_ceiling_gflops_per_s": matmul_ceiling_gflops()}
     report.update(bench_score(args, hf_model, shared, native))
     report["peak_rss_mb"] = peak_rss_mb()
     table = markdown_rows(report["rows"], "pairs", "HF ViLT", ("max abs diff / max score", "relative_diff", ".2e"))
     table += (f"\n\n{args.model} shape at {args.precision}, median of {args.rounds} rounds, float32 matmul ceiling "
               f"{report['matmul_ceiling_gflops_per_s']:.1f} GFLOP/s, peak RSS {report['peak_rss_mb']:,.0f} MB")
+    table += own_speedups(report["rows"], args.precision)
     write_report(report, table, args.json)
     return 0

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 LOSS_TOLERANCE = 1e-4  # relative; float32 sums in a different order
+BF16_LOSS_TOLERANCE = 2e-2  # relative, at bf16: each side rounds its own matmuls to 8 bits of mantissa
 
 
 def register_bench(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +29,9 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fusion-model", default="fusion-small", help="early-fusion model (random init)")
     p.add_argument("--fusion-batch", type=int, default=32)
     p.add_argument("--mlm-weight", type=float, default=1.0, help="early fusion: loss = ITM + this x MLM")
+    p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                   help="both sides' step: bf16 under CPU autocast (OpenCLIP as its amp_bf16), each side also timed "
+                        "at fp32 for its own speed-up; auto: vlm's choice for training on this CPU")
     p.add_argument("--rounds", type=int, default=25,
                    help="timed steps per side (one step each, and a step is noisy); each side reports its median")
     p.add_argument("--seed", type=int, default=0)
@@ -67,22 +71,44 @@ def late_runs(args: argparse.Namespace, folder: Path) -> dict:
     import torch
 
     import vlm
+    from vlm.bench.encode import reference_context
     from vlm.bench.train_reference import OpenClipStep
     from vlm.train.config import TrainConfig
     from vlm.train.trainer import Trainer
 
     torch.manual_seed(args.seed)
     model = vlm.create_model(args.clip_model)
-    config = TrainConfig(model=args.clip_model, objective="clip", batch_size=args.clip_batch, seed=args.seed)
+    config = TrainConfig(model=args.clip_model, objective="clip", batch_size=args.clip_batch, seed=args.seed,
+                         precision=args.precision)
     batch = shapes_batch(model, "clip", args.clip_batch, args.seed, folder / "shapes")
     reference = OpenClipStep(model, config, folder / "openclip")
     trainer = Trainer(copy.deepcopy(model), config)
     images, texts = reference.inputs(batch)
-    with torch.no_grad():
-        losses = (float(trainer.task(batch, 0)[0]), float(reference.loss(images, texts)))
-    return {"vlm": lambda: trainer.step([batch]), "reference": lambda: reference.step(images, texts),
-            "losses": losses, "pairs": args.clip_batch, "name": f"{args.clip_model} step, batch {args.clip_batch}",
-            "reference_name": "OpenCLIP"}
+    at = reference_context(args.precision)
+    with torch.no_grad(), trainer.autocast():
+        vlm_loss = float(trainer.task(batch, 0)[0])
+    with torch.no_grad(), at:
+        losses = (vlm_loss, float(reference.loss(images, texts)))
+
+    def theirs(precision=args.precision):
+        with reference_context(precision):
+            return reference.step(images, texts)
+
+    runs = {"vlm": lambda: trainer.step([batch]), "reference": theirs, "losses": losses, "pairs": args.clip_batch,
+            "name": f"{args.clip_model} step, batch {args.clip_batch}", "reference_name": "OpenCLIP"}
+    return with_own_fp32(runs, model, config, batch, lambda: theirs("fp32"))
+
+
+def with_own_fp32(runs: dict, model, config, batch: dict, reference_fp32) -> dict:
+    """`runs` plus each side's fp32 step (vlm32, ref32) when the bench runs at another precision."""
+    import dataclasses
+
+    from vlm.train.trainer import Trainer
+
+    if config.precision == "fp32":
+        return runs
+    trainer = Trainer(copy.deepcopy(model), dataclasses.replace(config, precision="fp32"))
+    return {**runs, "vlm32": lambda: trainer.step([batch]), "ref32": reference_fp32}
 
 
 def early_runs(args: argparse.Namespace, folder: Path) -> dict:
@@ -90,6 +116,7 @@ def early_runs(args: argparse.Namespace, folder: Path) -> dict:
     import torch
 
     import vlm
+    from vlm.bench.encode import reference_context
     from vlm.bench.train_reference import TodaysFusionStep
     from vlm.train.config import TrainConfig
     from vlm.train.trainer import Trainer
@@ -97,29 +124,44 @@ def early_runs(args: argparse.Namespace, folder: Path) -> dict:
     torch.manual_seed(args.seed)
     model = vlm.create_model(args.fusion_model)
     config = TrainConfig(model=args.fusion_model, objective="fusion", batch_size=args.fusion_batch,
-                         mlm_weight=args.mlm_weight, seed=args.seed)
+                         mlm_weight=args.mlm_weight, seed=args.seed, precision=args.precision)
     batch = shapes_batch(model, "fusion", args.fusion_batch, args.seed, folder / "shapes")
     reference = TodaysFusionStep(copy.deepcopy(model), config)
-    trainer = Trainer(model, config)
-    with torch.no_grad():
-        losses = (float(trainer.task(batch, 0)[0]), float(reference.loss(batch, 0)))
-    return {"vlm": lambda: trainer.step([batch]), "reference": lambda: reference.step(batch),
-            "losses": losses, "pairs": args.fusion_batch, "reference_name": "today's fusion step",
+    trainer = Trainer(copy.deepcopy(model), config)
+    with torch.no_grad(), trainer.autocast():
+        vlm_loss = float(trainer.task(batch, 0)[0])
+    with torch.no_grad(), reference_context(args.precision):
+        losses = (vlm_loss, float(reference.loss(batch, 0)))
+
+    def theirs(precision=args.precision):
+        with reference_context(precision):
+            return reference.step(batch)
+
+    runs = {"vlm": lambda: trainer.step([batch]), "reference": theirs, "losses": losses, "pairs": args.fusion_batch,
+            "reference_name": "today's fusion step",
             "name": f"{args.fusion_model} step, batch {args.fusion_batch}, MLM weight {args.mlm_weight:g}"}
+    return with_own_fp32(runs, model, config, batch, lambda: theirs("fp32"))
 
 
-def bench_family(runs: dict, rounds: int) -> dict:
-    """Time both sides interleaved; one report row."""
+def bench_family(runs: dict, rounds: int, tolerance: float = LOSS_TOLERANCE) -> dict:
+    """Time both sides interleaved (and each at fp32, when given); one report row."""
+    from statistics import median
+
     from vlm.bench.timing import interleaved_seconds, rate
 
     flops = {side: step_flops(runs[side]) for side in ("vlm", "reference")}  # also the warm-up step
-    seconds = interleaved_seconds({side: runs[side] for side in ("vlm", "reference")}, rounds)
+    sides = [side for side in ("vlm", "reference", "vlm32", "ref32") if side in runs]
+    seconds = interleaved_seconds({side: runs[side] for side in sides}, rounds)
     ours, theirs = (rate(runs["pairs"], seconds[side], flops[side]) for side in ("vlm", "reference"))
     vlm_loss, reference_loss = runs["losses"]
-    return {"workload": runs["name"], "reference_name": runs["reference_name"], "vlm": ours, "reference": theirs,
-            "ratio": ours["items_per_s"] / theirs["items_per_s"], "vlm_loss": vlm_loss,
-            "reference_loss": reference_loss,
-            "losses_equal": abs(vlm_loss - reference_loss) <= LOSS_TOLERANCE * max(1.0, abs(reference_loss))}
+    row = {"workload": runs["name"], "reference_name": runs["reference_name"], "vlm": ours, "reference": theirs,
+           "ratio": ours["items_per_s"] / theirs["items_per_s"], "vlm_loss": vlm_loss,
+           "reference_loss": reference_loss,
+           "losses_equal": abs(vlm_loss - reference_loss) <= tolerance * max(1.0, abs(reference_loss))}
+    if "vlm32" in runs:
+        row["vlm_vs_own_fp32"] = median(seconds["vlm32"]) / median(seconds["vlm"])
+        row["reference_vs_own_fp32"] = median(seconds["ref32"]) / median(seconds["reference"])
+    return row
 
 
 def markdown(rows: list[dict]) -> str:
@@ -136,23 +178,27 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     import json
 
     from vlm.atomic_io import atomic_write
+    from vlm.bench.encode import own_speedups
     from vlm.bench.timing import environment, matmul_ceiling_gflops, peak_rss_mb
+    from vlm.models.precision import resolve_precision, run_record
 
     if min(args.clip_batch, args.fusion_batch, args.rounds) < 1:
         raise ValueError("--clip-batch, --fusion-batch and --rounds must be at least 1")
-    report = {"rounds": args.rounds, **environment(), "matmul_ceiling_gflops_per_s": matmul_ceiling_gflops(),
-              "rows": []}
+    args.precision = resolve_precision(args.precision, "train")
+    tolerance = BF16_LOSS_TOLERANCE if args.precision == "bf16" else LOSS_TOLERANCE
+    report = {"rounds": args.rounds, **run_record(args.precision), **environment(),
+              "matmul_ceiling_gflops_per_s": matmul_ceiling_gflops(), "rows": []}
     for family in args.families:
         with tempfile.TemporaryDirectory(prefix=f"vlm-bench-train-{family}-") as tmp:
             runs = (late_runs if family == "clip" else early_runs)(args, Path(tmp))
-            report["rows"].append(bench_family(runs, args.rounds))
+            report["rows"].append(bench_family(runs, args.rounds, tolerance))
     report["peak_rss_mb"] = peak_rss_mb()
-    print(markdown(report["rows"]))
+    print(markdown(report["rows"]) + own_speedups(report["rows"], args.precision))
     print(f"\nmedian of {args.rounds} rounds, torch {report['torch']}, {report['threads']} threads, float32 matmul "
           f"ceiling {report['matmul_ceiling_gflops_per_s']:.1f} GFLOP/s, peak RSS {report['peak_rss_mb']:,.0f} MB")
     unequal = [r["workload"] for r in report["rows"] if not r["losses_equal"]]
     if unequal:
-        print(f"losses differ beyond {LOSS_TOLERANCE:g} (relative): {', '.join(unequal)}")
+        print(f"losses differ beyond {tolerance:g} (relative): {', '.join(unequal)}")
     if args.json is not None:
         with atomic_write(args.json, "w") as f:
             json.dump(report, f, indent=2)

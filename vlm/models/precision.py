@@ -76,7 +76,7 @@ def autocast(precision: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def with_precision(model: nn.Module, precision: str) -> nn.Module:
+def with_precision(model: nn.Module, precision: str, compile: bool = False) -> nn.Module:
     """`model` for inference at `precision` ("auto": resolved for the model's workload): "fp32" returns it
     unchanged; "bf16" and "int8" an inference copy (the original is left untouched).
 
@@ -90,11 +90,27 @@ def with_precision(model: nn.Module, precision: str) -> nn.Module:
 
     The patch embedding (a convolution) stays float32 at int8: on a flat patch its output is the sum of a filter's
     weights, a small difference of large numbers that int8 weights get wrong. Quantized, it put real images'
-    embeddings up to 0.14 off in cosine, for 2-3% of a ViT-B/32's FLOPs."""
+    embeddings up to 0.14 off in cosine, for 2-3% of a ViT-B/32's FLOPs.
+
+    `compile`: torch.compile (inductor, weights frozen) the copy's heavy part, for long runs. torchao's CPU int8
+    is written for inductor to fuse: eager it ran clip-base32 image encoding at 0.36x float32 here, compiled at
+    1.69x, where torch.ao's oneDNN int8 ran 0.88x (AVX-512 BF16 EPYC, 2 cores under load, docs/BENCHMARKS.md).
+    Compiling costs about two minutes a new shape under that load, so short runs and tests stay eager."""
     precision = resolve_precision(precision, model_workload(model))
     if precision == "fp32":
         return model
-    return bf16_copy(model) if precision == "bf16" else int8_copy(model)
+    copied = bf16_copy(model) if precision == "bf16" else int8_copy(model)
+    return compiled(copied) if compile else copied
+
+
+def compiled(model: nn.Module) -> nn.Module:
+    """`model` (an inference copy) with the late-fusion image tower, or early fusion's fusion stack, compiled."""
+    options = {"freezing": True}  # inductor folds the frozen weights (and int8 scales) into the graph
+    if model_workload(model) == "encode":
+        model.image = torch.compile(model.image, options=options)
+    else:
+        object.__setattr__(model, "fuse", torch.compile(model.fuse, options=options))
+    return model
 
 
 def int8_copy(model: nn.Module) -> nn.Module:
