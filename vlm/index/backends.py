@@ -1,7 +1,9 @@
 """Vector backends behind one interface: add, delete, get by id, search with k, persist.
 
 - `FaissBackend` (default, embedded): exact inner product (`IndexFlatIP`) up to `exact_max` vectors, HNSW or
-  IVF above it; saved as one file written atomically. Opened read-only, the snapshot is memory-mapped: processes
+  IVF above it; or, given a memory budget or a factory string, the structure vlm/index/budget.py chooses
+  (flat, HNSW, IVF-Flat, OPQ+IVF+PQ), built by streaming and tuned (vlm/index/tuning.py); saved as one file
+  written atomically. Opened read-only, the snapshot is memory-mapped: processes
   serving the same folder share its pages through the page cache instead of each holding a copy.
 - `MilvusBackend` (vlm/index/milvus.py): pymilvus' `MilvusClient`, on a milvus-lite file for one machine or a
   server URI for a Milvus cluster, with the same calls.
@@ -11,16 +13,21 @@ Vectors are L2-normalised, so inner product is cosine similarity. Ids are int64 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
+import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from vlm.atomic_io import atomic_write
-from vlm.index.manifest import SnapshotRecord, digest, verify_snapshot, verify_snapshot_file
+from vlm.index.budget import Chunks, build_streaming, choose_factory, in_chunks, parse_size
+from vlm.index.manifest import SnapshotRecord, verify_snapshot_file
+from vlm.index.tuning import QuerySet, TuningRecord, evaluate, hnsw_of, record_tuning
 
 log = logging.getLogger("vlm.index")
 
@@ -33,6 +40,31 @@ class FaissConfig:
     ef_search: int = 128
     ivf_nlist: int = 0  # 0: 4 * sqrt(n), the usual faiss rule of thumb
     nprobe: int = 16
+    max_index_memory: str = ""  # "4G": the structure is chosen to fit (vlm/index/budget.py), then tuned
+    index_factory: str = ""  # a faiss factory string ("OPQ64_512,IVF4096,PQ64x8"); wins over the budget
+    tuning: dict[str, TuningRecord] = field(default_factory=dict)  # per modality, written after a budgeted build
+
+    def __post_init__(self) -> None:
+        if self.max_index_memory:
+            parse_size(self.max_index_memory)  # a bad size is one line before any work
+
+    @property
+    def budgeted(self) -> bool:
+        return bool(self.max_index_memory or self.index_factory)
+
+    def factory_for(self, n: int, dim: int) -> str:
+        """The faiss factory string for n vectors: the explicit one, the budget's choice, or today's rule."""
+        if self.index_factory:
+            return self.index_factory
+        if self.max_index_memory:
+            return choose_factory(n, dim, parse_size(self.max_index_memory), self.exact_max)
+        if n <= self.exact_max:
+            return "Flat"
+        if self.approximate == "hnsw":
+            return f"HNSW{self.hnsw_m}"
+        if self.approximate == "ivf":
+            return f"IVF{self.ivf_nlist or max(1, int(4 * np.sqrt(n)))},Flat"
+        raise ValueError(f"faiss approximate index must be 'hnsw' or 'ivf', got {self.approximate!r}")
 
 
 class VectorBackend(ABC):
@@ -73,14 +105,24 @@ def _as_matrix(vectors: np.ndarray, dim: int) -> np.ndarray:
     return vectors
 
 
+COMPACT_FRACTION = 0.2  # an HNSW index is rebuilt without its deleted vectors once they pass this share
+KINDS = {"IndexFlatIP": "flat", "IndexFlat": "flat", "IndexHNSWFlat": "hnsw", "IndexIVFFlat": "ivf",
+         "IndexIVFPQ": "ivfpq", "IndexIVFScalarQuantizer": "ivfsq", "IndexIVFPQFastScan": "ivfpqfs"}
+
+
 class FaissBackend(VectorBackend):
     """`expected` is the snapshot's manifest record: a file that does not match it is never loaded (set aside
     as `.corrupt` when `writable`), and the owner (`ItemIndex`) rebuilds the index from the item table.
 
-    Not `writable` (a read-only open), the snapshot is memory-mapped (`IO_FLAG_MMAP_IFC`: the vectors of a flat
-    or HNSW index stay in the file's pages, shared by every process that maps it; `IO_FLAG_MMAP` alone still
-    copies a flat index into memory in faiss 1.15). A mapped index is immutable: faiss aborts the process (a
-    failed assertion, or a segfault) on an add or remove there, so the first change a read-only open follows
+    Flat and HNSW indexes sit in an `IndexIDMap2`; IVF indexes (IVF-Flat, IVF-PQ, with or without OPQ) keep the
+    item ids in their own lists. A delete never rebuilds the index: flat and IVF remove the vectors in place
+    (`remove_ids`); HNSW cannot remove, so it keeps tombstones, filtered at search and saved beside the snapshot
+    (`image.faiss.deleted`), and the graph is rebuilt without them only once they pass `COMPACT_FRACTION`.
+
+    Not `writable` (a read-only open), the snapshot is memory-mapped (`IO_FLAG_MMAP_IFC`: the vectors or codes
+    stay in the file's pages, shared by every process that maps it; `IO_FLAG_MMAP` alone still copies a flat
+    index into memory in faiss 1.15). A mapped index is immutable: faiss aborts the process (a failed
+    assertion, or a segfault) on an add or remove there, so the first change a read-only open follows
     (`ItemIndex.follow`) first copies the mapped index into memory (`_own`), and from then on that modality is
     held in memory as a writable open holds it. A writer replaces snapshots by rename, so a mapped file's pages
     stay valid however many snapshots it writes after."""
@@ -92,46 +134,57 @@ class FaissBackend(VectorBackend):
         self._faiss = faiss
         self.path, self.dim, self.config, self.writable = Path(path), dim, config, writable
         self._lock = threading.RLock()
-        self._tombstones: set[int] = set()  # approximate indexes hide deleted ids until the next save
+        self._tombstones: set[int] = set()  # deleted ids an HNSW index still holds, hidden from search
         self.rejected: str | None = None  # why the snapshot on disk was not loaded
         self.mapped = False  # the index reads its vectors from the memory-mapped snapshot
+        self.tuning: TuningRecord | None = None  # what the last budgeted build measured
         self.index = self._load(expected) if self.path.exists() else self._empty()
+        if self.path.exists() and not self.rejected:
+            self._tombstones = self._read_tombstones()
+
+    @property
+    def _deleted_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".deleted")
 
     def _load(self, expected: SnapshotRecord | None):
-        if self.writable:
-            data = self.path.read_bytes()
-            reason = verify_snapshot(self.path, data, expected)
-        else:
-            before = self.path.stat()
-            reason = verify_snapshot_file(self.path, expected)
+        before = self.path.stat()
+        reason = verify_snapshot_file(self.path, expected)  # streamed: a 10M index is never read twice
         if reason is None:
             try:
                 if self.writable:
-                    index = self._faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+                    index = self._faiss.read_index(str(self.path))
                 else:
-                    index, mapped = self._read_mapped()
-                    after = self.path.stat()
-                    if (after.st_ino, after.st_dev, after.st_mtime_ns) != (before.st_ino, before.st_dev,
-                                                                          before.st_mtime_ns):
-                        raise ValueError("replaced by a writer while it was read")  # rebuilt from the table
-                    self.mapped = mapped
+                    index, self.mapped = self._read_mapped()
+                after = self.path.stat()
+                if (after.st_ino, after.st_dev, after.st_mtime_ns) != (before.st_ino, before.st_dev,
+                                                                      before.st_mtime_ns):
+                    raise ValueError("replaced by a writer while it was read")  # rebuilt from the table
                 if index.d != self.dim or index.ntotal != expected.count:
                     raise ValueError(f"holds {index.ntotal} vectors of dimension {index.d}, the manifest says "
                                      f"{expected.count} of {self.dim}")
                 return index
             except (RuntimeError, ValueError) as e:  # faiss reports a bad file as RuntimeError
                 reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        self.rejected = reason
+        self.rejected, self.mapped = reason, False
         self._set_aside(reason)
         return self._empty()
 
     def _read_mapped(self):
-        """Flat and HNSW indexes map (checked in faiss 1.15); an index faiss cannot map is read into memory."""
+        """Flat, HNSW and IVF indexes map (checked in faiss 1.15); one faiss cannot map is read into memory."""
         try:
             return self._faiss.read_index(str(self.path), self._faiss.IO_FLAG_MMAP_IFC), True
         except RuntimeError as e:
             log.info("%s: cannot be memory-mapped (%s); read into memory", self.path, str(e).splitlines()[0])
             return self._faiss.read_index(str(self.path)), False
+
+    def _read_tombstones(self) -> set[int]:
+        """The deleted ids saved with an HNSW snapshot; a lost file is harmless (the owner's reconcile with the
+        table deletes them again)."""
+        try:
+            return {int(i) for i in np.load(self._deleted_path)} if self._deleted_path.exists() else set()
+        except (OSError, ValueError) as e:
+            log.warning("%s: unreadable (%s); deletes are taken from the item table again", self._deleted_path, e)
+            return set()
 
     def _set_aside(self, reason: str) -> None:
         aside = self.path.with_name(self.path.name + ".corrupt")
@@ -147,34 +200,52 @@ class FaissBackend(VectorBackend):
         return self._faiss.IndexIDMap2(self._faiss.IndexFlatIP(self.dim))
 
     @property
+    def _ivf(self):
+        return self._faiss.try_extract_index_ivf(self.index)
+
+    @property
     def kind(self) -> str:
-        inner = self._faiss.downcast_index(self.index.index)
-        return {"IndexFlatIP": "flat", "IndexHNSWFlat": "hnsw", "IndexIVFFlat": "ivf"}.get(
-            type(inner).__name__, type(inner).__name__)
+        """flat, hnsw, ivf (IVF-Flat), ivfpq (opq-ivfpq with an OPQ rotation), ivfsq, ..."""
+        faiss = self._faiss
+        top = faiss.downcast_index(self.index)
+        inner = faiss.downcast_index(top.index) if isinstance(top, faiss.IndexIDMap2) else top
+        prefix = ""
+        if isinstance(inner, faiss.IndexPreTransform):
+            prefix, inner = "opq-", faiss.downcast_index(inner.index)
+        return prefix + KINDS.get(type(inner).__name__, type(inner).__name__)
 
     def rebuild(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """A fresh index of these vectors, exact or approximate by their number."""
-        faiss, config = self._faiss, self.config
+        """A fresh index of these vectors (held by the caller), exact or approximate by their number."""
         vectors = _as_matrix(vectors, self.dim)
-        n = len(vectors)
-        if n <= config.exact_max:
-            inner = faiss.IndexFlatIP(self.dim)
-        elif config.approximate == "hnsw":
-            inner = faiss.IndexHNSWFlat(self.dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            inner.hnsw.efSearch = config.ef_search
-        elif config.approximate == "ivf":
-            nlist = config.ivf_nlist or int(4 * np.sqrt(n))
-            inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            inner.train(vectors)
-            inner.nprobe = config.nprobe
-            inner.make_direct_map()  # reconstruct by id
-        else:
-            raise ValueError(f"faiss approximate index must be 'hnsw' or 'ivf', got {config.approximate!r}")
-        index = faiss.IndexIDMap2(inner)
-        if n:
-            index.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
+        ids = np.asarray(ids, dtype=np.int64)
+        self.rebuild_from(lambda: in_chunks(ids, vectors), len(ids))
+
+    def rebuild_from(self, chunks: Chunks, n: int, queries: Callable[[], dict[str, QuerySet]] | None = None) -> None:
+        """A fresh index of the n vectors `chunks()` yields (each call a new pass), never all in memory. A
+        budgeted config (a memory budget or a factory string) is then tuned on `queries` and recorded in the
+        folder's index.json."""
+        factory = self.config.factory_for(n, self.dim) if n else "Flat"
+        start = time.perf_counter()
+        index = build_streaming(factory, self.dim, chunks, n)
+        build_s = time.perf_counter() - start
+        ivf = self._faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            ivf.nprobe = min(self.config.nprobe, ivf.nlist)
+        if hnsw_of(index) is not None:
+            hnsw_of(index).efSearch = self.config.ef_search
         with self._lock:
             self.index, self._tombstones, self.mapped = index, set(), False
+        if self.config.budgeted and queries is not None and n:
+            self.tuning = evaluate(index, factory, queries(), chunks, self._size(), build_s)
+            config_path = self.path.parent / "index.json"
+            if self.writable and config_path.exists():
+                record_tuning(config_path, self.path.name.split(".")[0], self.tuning)
+            log.info("%s: %s tuned: %s", self.path, factory, self.tuning)
+
+    def _size(self) -> int:
+        counter = []
+        self._faiss.write_index(self.index, self._faiss.PyCallbackIOWriter(lambda b: counter.append(len(b))))
+        return sum(counter)
 
     def _own(self) -> None:
         """Before the first change to a memory-mapped index: copy it into memory (faiss cannot change a mapped
@@ -190,17 +261,32 @@ class FaissBackend(VectorBackend):
             self._own()
             self.index.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
 
+    @property
+    def _tombstoned(self) -> bool:
+        """HNSW (and an IVF inside an id map, from before IVF kept its own ids) cannot remove in place."""
+        return isinstance(self.index, self._faiss.IndexIDMap2) and self.kind != "flat"
+
     def delete(self, ids: np.ndarray) -> None:
-        ids = np.asarray(ids, dtype=np.int64)
+        """In place (flat, IVF), or as tombstones (HNSW): never a rebuild of the whole index."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
         with self._lock:
-            if self.kind != "flat":  # HNSW cannot remove at all, IVF not with its id map
+            if self._tombstoned:
                 self._tombstones.update(int(i) for i in ids)
+                return
+            self._own()
+            ivf = self._ivf
+            if ivf is not None and ivf.direct_map.type == self._faiss.DirectMap.Hashtable:
+                self.index.remove_ids(self._faiss.IDSelectorArray(len(ids), self._faiss.swig_ptr(ids)))
             else:
-                self._own()
                 self.index.remove_ids(ids)
 
     def get(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors (a PQ index gives its decoded approximation)."""
         with self._lock:
+            ivf = self._ivf
+            if ivf is not None and ivf.direct_map.type == self._faiss.DirectMap.NoMap:
+                self._own()  # reconstruct by id needs a direct map; built on first use only (~40 B a vector)
+                self._ivf.set_direct_map_type(self._faiss.DirectMap.Hashtable)
             out = []
             for i in np.asarray(ids, dtype=np.int64):
                 if int(i) in self._tombstones:
@@ -223,31 +309,62 @@ class FaissBackend(VectorBackend):
             return None
         banned = np.fromiter(self._tombstones, dtype=np.int64)
         selector = self._faiss.IDSelectorNot(self._faiss.IDSelectorBatch(banned))
-        if self.kind == "hnsw":
-            return self._faiss.SearchParametersHNSW(sel=selector, efSearch=self.config.ef_search)
-        return self._faiss.SearchParametersIVF(sel=selector, nprobe=self.config.nprobe)
+        hnsw = hnsw_of(self.index)
+        if hnsw is not None:
+            return self._faiss.SearchParametersHNSW(sel=selector, efSearch=hnsw.efSearch)
+        return self._faiss.SearchParametersIVF(sel=selector, nprobe=self._ivf.nprobe)
+
+    def _stored_ids(self) -> np.ndarray:
+        """Every id the index holds, deleted HNSW ones included: the id map, or an IVF's inverted lists."""
+        faiss = self._faiss
+        if isinstance(self.index, faiss.IndexIDMap2):
+            return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        invlists, parts = self._ivf.invlists, []
+        for lst in range(invlists.nlist):
+            size = invlists.list_size(lst)
+            if size:
+                parts.append(faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy())
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
     def ids(self) -> np.ndarray:
         with self._lock:
-            ids = self._faiss.vector_to_array(self.index.id_map).astype(np.int64)
+            ids = self._stored_ids()
         return np.setdiff1d(ids, np.fromiter(self._tombstones, dtype=np.int64)) if self._tombstones else ids
 
     def close(self) -> None:
         if self.writable:  # a read-only open never writes (it wrote a snapshot the manifest did not name)
             self.save()
 
-    def save(self) -> SnapshotRecord:
-        """Write the snapshot atomically; returns the record the manifest keeps for it."""
+    def compact(self) -> None:
+        """Rebuild an HNSW index without its deleted vectors (streamed, in batches of reconstructed vectors)."""
         with self._lock:
-            if self._tombstones:  # compact: a saved HNSW index never holds deleted vectors
-                keep = self.ids()
-                self.rebuild(keep, np.stack([self.index.reconstruct(int(i)) for i in keep])
-                             if len(keep) else np.zeros((0, self.dim), np.float32))
-            data = self._faiss.serialize_index(self.index)
-            ids = self._faiss.vector_to_array(self.index.id_map)
-        record = SnapshotRecord(sha256=digest(data.tobytes()), bytes=int(data.nbytes), count=int(len(ids)),
-                                dim=self.dim, min_id=int(ids.min()) if len(ids) else 0,
-                                max_id=int(ids.max()) if len(ids) else 0)
-        with atomic_write(self.path) as f:
-            f.write(data.tobytes())
-        return record
+            keep = self.ids()
+            hnsw = hnsw_of(self.index)
+            ef = hnsw.efSearch if hnsw is not None else None
+            index = self.index
+            self.rebuild_from(lambda: ((b, np.stack([index.reconstruct(int(i)) for i in b]))
+                                       for b in np.array_split(keep, max(1, len(keep) // 10_000)) if len(b)),
+                              len(keep))
+            if ef is not None and hnsw_of(self.index) is not None:
+                hnsw_of(self.index).efSearch = ef
+
+    def save(self) -> SnapshotRecord:
+        """Write the snapshot (and an HNSW index's tombstones) atomically; returns the manifest's record."""
+        with self._lock:
+            if self._tombstones and len(self._tombstones) > COMPACT_FRACTION * self.index.ntotal:
+                self.compact()
+            if self._tombstones or self._deleted_path.exists():
+                with atomic_write(self._deleted_path) as f:
+                    np.save(f, np.fromiter(sorted(self._tombstones), dtype=np.int64))
+            ids = self._stored_ids()
+            sha, size = hashlib.sha256(), 0
+            with atomic_write(self.path) as f:
+                def write(block: bytes) -> None:
+                    nonlocal size
+                    sha.update(block)
+                    f.write(block)
+                    size += len(block)
+
+                self._faiss.write_index(self.index, self._faiss.PyCallbackIOWriter(write))
+        return SnapshotRecord(sha256=sha.hexdigest(), bytes=size, count=int(self.index.ntotal), dim=self.dim,
+                              min_id=int(ids.min()) if len(ids) else 0, max_id=int(ids.max()) if len(ids) else 0)

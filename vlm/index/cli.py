@@ -53,6 +53,11 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
                    "(default: 1,000,000)")
     b.add_argument("--approximate", choices=["hnsw", "ivf"], help="faiss: the structure above --exact-max "
                    "(default: hnsw)")
+    b.add_argument("--max-index-memory", metavar="SIZE", help="faiss: choose the structure to fit this much "
+                   "memory (4G, 512M): flat, HNSW, IVF-Flat or OPQ+IVF+PQ with the largest code that fits, built by "
+                   "streaming; nprobe/efSearch tuned to recall@10 >= 0.95, recorded in index.json")
+    b.add_argument("--index-factory", metavar="STRING", help="faiss: this factory string instead (e.g. "
+                   "'OPQ64_512,IVF4096,PQ64x8'); wins over --max-index-memory, tuned and recorded alike")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index at --out (refused while a "
                    "server has it open)")
     b.add_argument("--precision", choices=PRECISIONS, default="fp32", help="int8: the image tower in int8 (within "
@@ -96,7 +101,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     from vlm.train.distributed import shutdown_distributed
 
     options = BuildOptions(split=args.split, batch_size=args.batch_size, backend=args.backend,
-                           faiss=FaissConfig(**given(args, "exact_max", "approximate")),
+                           faiss=FaissConfig(**given(args, "exact_max", "approximate", "max_index_memory",
+                                                       "index_factory")),
                            milvus_uri=args.milvus_uri, milvus_index=args.milvus_index,
                            milvus_collection=args.milvus_collection,
                            milvus_token=args.milvus_token, overwrite=args.overwrite, source=source_options(args),

@@ -10,8 +10,10 @@ from pathlib import Path
 
 from vlm.atomic_io import atomic_write
 from vlm.index.backends import FaissConfig
+from vlm.index.budget import parse_size
 from vlm.index.errors import IndexFolderError
 from vlm.index.milvus import INDEX_TYPES, TOKEN_ENV, is_server_uri
+from vlm.index.tuning import read_tuning
 
 CONFIG_NAME = "index.json"
 BACKENDS = ("faiss", "milvus")
@@ -54,6 +56,7 @@ def read_config(directory: Path) -> IndexConfig:
         raise IndexFolderError(f"{path}: field 'faiss' must be an object")
     _check_fields(path, data, IndexConfig, {"dim", "snapshot_every"})
     _check_fields(path, faiss, FaissConfig, {"exact_max", "hnsw_m", "ef_search", "nprobe"}, "faiss.")
+    faiss = {**faiss, "tuning": _read_budget(path, faiss)}
     if data.get("backend", "faiss") not in BACKENDS:
         raise IndexFolderError(f"{path}: field 'backend' must be one of {', '.join(BACKENDS)}, "
                                f"got {data['backend']!r}")
@@ -66,12 +69,23 @@ def read_config(directory: Path) -> IndexConfig:
     return IndexConfig(**{**data, "faiss": FaissConfig(**faiss)})
 
 
+def _read_budget(path: Path, faiss: dict) -> dict:
+    """faiss.max_index_memory must be a size; faiss.tuning holds one record per modality."""
+    try:
+        if faiss.get("max_index_memory"):
+            parse_size(faiss["max_index_memory"])
+        return read_tuning(str(path), faiss.get("tuning", {}))
+    except ValueError as e:
+        raise IndexFolderError(f"{path}: field 'faiss.max_index_memory' {e}" if str(e).startswith("memory size")
+                               else str(e)) from None
+
+
 def _check_fields(path: Path, data: dict, cls: type, positive: set[str], prefix: str = "") -> None:
     known = {f.name: f for f in fields(cls)}
     for key, value in data.items():
         if key not in known:
             raise IndexFolderError(f"{path}: unknown field '{prefix}{key}' (known: {', '.join(known)})")
-        if key == "faiss":
+        if key in ("faiss", "tuning"):  # objects, read on their own
             continue
         want = int if known[key].type == "int" else str
         if not isinstance(value, want) or isinstance(value, bool) or (want is int and value < (key in positive)):

@@ -44,6 +44,7 @@ from vlm.index.milvus import (
 )
 from vlm.index.storage import StorageFailure, storage_failure
 from vlm.index.store import MODALITIES, Item, ItemStore
+from vlm.index.tuning import table_queries
 
 __all__ = ["Hit", "IndexFolderError", "IndexLockedError", "IndexReadOnlyError", "ItemIndex", "open"]
 
@@ -225,9 +226,9 @@ class ItemIndex:
         missing = np.setdiff1d(table_ids, backend_ids)
         extra = np.setdiff1d(backend_ids, table_ids)
         if isinstance(backend, FaissBackend) and len(backend_ids) == 0 and len(missing):
-            # A whole build at once: faiss picks exact or approximate search by its size.
-            chunks = list(self.store.vectors(modality))
-            backend.rebuild(np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]))
+            # A whole build at once, streamed from the table: faiss picks the structure by its size (or budget).
+            backend.rebuild_from(lambda: self.store.vectors(modality), len(missing),
+                                 lambda: table_queries(self.store))
         else:
             for ids, vectors in self.store.vectors(modality, missing):
                 backend.add(ids, vectors)
