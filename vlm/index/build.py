@@ -9,7 +9,6 @@ arguments continues where it stopped.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -17,15 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from vlm.index.backends import FaissConfig
 from vlm.index.config import CONFIG_NAME, IndexConfig
 from vlm.index.embed import EmbedOptions, _barrier, embed_parts, image_root, safe_text, source_text
 from vlm.index.folder import ItemIndex
+from vlm.index.ingest import ingest_parts
 from vlm.index.lock import FolderLock
 from vlm.index.parts import list_parts
-from vlm.index.store import Item
 from vlm.models.cpu import cpu_class
 
 if TYPE_CHECKING:  # the encoder (torch) loads only to build: `vlm index info` reads without it
@@ -82,7 +79,7 @@ def build_index(checkpoint: str | Path, data: str | Path, out: str | Path,
     move_copied_images(staging / PARTS_DIR, staging)
     index = ItemIndex(staging, milvus_token=options.milvus_token)
     try:
-        fill_index(index, staging / PARTS_DIR)
+        ingest_parts(index)  # the table refers to the parts' rows; no vector is copied
         index.store.set_meta({"built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "skipped": str(skipped)})
         count = len(index)
@@ -111,27 +108,6 @@ def _start_staging(staging: Path, checkpoint: str | Path, data: str | Path, enco
         index.close()
 
 
-def fill_index(index: ItemIndex, parts_dir: Path, batch_rows: int = 4096) -> int:
-    """Add the parts' items, in tag order, in committed batches; a resumed fill starts after the rows the table
-    holds (each batch is one transaction). The vectors reach the search structures at the next open."""
-    root = Path(index.store.get_meta("image_root") or parts_dir)
-    start, added = len(index), 0
-    position = 0
-    for part in list_parts(parts_dir):
-        if position + part.rows <= start:
-            position += part.rows
-            continue
-        table = part.metadata()
-        images, texts = part.vectors("image"), part.vectors("text")
-        for lo in range(max(0, start - position), part.rows, batch_rows):
-            rows = table.slice(lo, batch_rows).to_pylist()
-            items = [_item(row, images[lo + i], texts[lo + i], root) for i, row in enumerate(rows)]
-            index.add(items, index_vectors=False)
-            added += len(items)
-        position += part.rows
-    return added
-
-
 def move_copied_images(parts_dir: Path, folder: Path) -> None:
     """Images `--copy-images` kept in PARTS/images/ move to the index folder's images/, under the same names
     (`images/ab/<sha1>.<ext>`, so their rows' paths hold there too); what is moved is gone, so a rerun goes on."""
@@ -140,23 +116,6 @@ def move_copied_images(parts_dir: Path, folder: Path) -> None:
             target = folder / path.relative_to(parts_dir)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
-
-
-def _item(row: dict, image_vec, text_vec, root: Path) -> Item:
-    extra = json.loads(row["extra"])
-    path = row["image_path"]
-    if path is not None and not extra.get("copied") and "://" not in path:  # a copy's is the index folder's
-        path = str(root / path)
-    if row["shard"]:
-        extra.setdefault("shard", row["shard"])
-    return Item(path=path, caption=row["caption"], extra=extra, image_vec=_unit(image_vec),
-                text_vec=_unit(text_vec) if row["has_text"] else None, source_key=row["key"])
-
-
-def _unit(vector: np.ndarray) -> np.ndarray:
-    """A stored float16 vector as float32 of length 1 again (float16 rounding leaves it off by about 1e-4)."""
-    vector = np.asarray(vector, dtype=np.float32)
-    return vector / max(float(np.linalg.norm(vector)), 1e-12)
 
 
 def finish_build(staging: Path, out: Path, milvus_token: str = "") -> None:

@@ -8,6 +8,7 @@ already in the table, so no row is added twice.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from vlm.index.folder import ItemIndex
 from vlm.index.part_vectors import PARTS_DIR, finished_parts
@@ -19,6 +20,7 @@ def ingest_parts(index: ItemIndex, batch_rows: int = 10_000) -> int:
     structures when the folder is next opened (as `ItemIndex.add(..., index_vectors=False)` leaves them)."""
     parts_dir = index.directory / PARTS_DIR
     done = index.store.highest_part_row()
+    root = index.store.get_meta("image_root")  # a file's image_path is relative to the source's image root
     added, start = 0, 0
     for part in finished_parts(parts_dir):
         end = start + part.rows
@@ -30,7 +32,7 @@ def ingest_parts(index: ItemIndex, batch_rows: int = 10_000) -> int:
             first = max(0, done + 1 - start)
             for lo in range(first, part.rows, batch_rows):
                 rows = table.slice(lo, batch_rows).to_pylist()
-                items = [_item(r) for r in rows]
+                items = [_item(r, root) for r in rows]
                 index.store.add_part_rows(items, list(range(start + lo, start + lo + len(rows))),
                                           [bool(r["has_text"]) for r in rows])
                 added += len(rows)
@@ -38,10 +40,12 @@ def ingest_parts(index: ItemIndex, batch_rows: int = 10_000) -> int:
     return added
 
 
-def _item(row: dict) -> Item:
+def _item(row: dict, root: str | None) -> Item:
     extra = json.loads(row.get("extra") or "{}")
     if row.get("shard"):
         extra.setdefault("shard", row["shard"])
-    return Item(path=row.get("image_path") or row.get("shard"), caption=row.get("caption"), extra=extra,
-                source_key=row.get("key"))
+    path = row.get("image_path")
+    if path and root and not extra.get("copied") and "://" not in path:  # a copy's is the index folder's
+        path = str(Path(root) / path)
+    return Item(path=path or row.get("shard"), caption=row.get("caption"), extra=extra, source_key=row.get("key"))
 
