@@ -17,11 +17,12 @@ BENCH_MODULES = [
     "vlm.bench.encode",  # vlm bench encode
     "vlm.bench.score",  # vlm bench score
     "vlm.bench.train",  # vlm bench train
+    "vlm.bench.index",  # vlm bench index
 ]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("bench", help="throughput benchmarks (data, serve, eval, encode, score, train)")
+    p = subparsers.add_parser("bench", help="throughput benchmarks (data, serve, eval, encode, score, train, index)")
     sub = p.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     for name in BENCH_MODULES:
         importlib.import_module(name).register_bench(sub)

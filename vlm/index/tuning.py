@@ -27,6 +27,7 @@ K = 10
 class QuerySet:
     vectors: np.ndarray  # (Q, D) float32
     own_ids: np.ndarray | None = None  # each query's own item id, left out of its results (leave-one-out)
+    truth: np.ndarray | None = None  # the exact top-k ids, when the caller has them already (a benchmark)
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,9 @@ def drop_own(found: np.ndarray, own_ids: np.ndarray | None, k: int) -> np.ndarra
 
 def ground_truth(sets: dict[str, QuerySet], chunks, k: int = K) -> dict[str, np.ndarray]:
     """One streamed pass per query set (`chunks()` gives a fresh pass)."""
-    return {name: drop_own(exact_topk(s.vectors, chunks(), k + 1), s.own_ids, k) for name, s in sets.items()}
+    return {name: s.truth[:, :k] if s.truth is not None else drop_own(exact_topk(s.vectors, chunks(), k + 1),
+                                                                       s.own_ids, k)
+            for name, s in sets.items()}
 
 
 def recalls(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
