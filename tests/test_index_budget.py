@@ -133,3 +133,25 @@ def test_hnsw_tombstones_are_compacted_once_past_a_fifth(tmp_path):
     backend.delete(ids[300:500])
     assert backend.save().count == 1_500 and backend.kind == "hnsw"  # 25%: rebuilt without them
     assert not set(backend.search(x[:500], 10)[1].ravel().tolist()) & set(range(500))
+
+
+def test_bench_index_measures_a_mapped_index_and_reuses_the_build(tmp_path, capsys):
+    import argparse
+
+    from vlm.bench.index import register_bench
+
+    parser = argparse.ArgumentParser()
+    register_bench(parser.add_subparsers())
+    common = ["index", "--items", "3000", "--dim", "32", "--clusters", "30", "--index-factory", "IVF32,Flat",
+              "--queries", "100", "--latency-queries", "20", "--work", str(tmp_path)]
+    args = parser.parse_args(common)
+    assert args.func(args) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    tuning = read_config(tmp_path / "index").faiss.tuning["image"]  # recorded in the index's own index.json
+    assert tuning.factory == "IVF32,Flat" and set(tuning.recall_at_10) == {"image", "text"}
+    assert report["measure"]["mapped"] and report["build"]["peak_rss_bytes"] > 0
+    assert min(report["measure"]["recall_at_10"].values()) >= 0.9 or not tuning.reached
+    built = (tmp_path / "index" / "image.faiss").stat().st_mtime_ns
+    args = parser.parse_args([*common, "--reuse"])
+    assert args.func(args) == 0 and (tmp_path / "index" / "image.faiss").stat().st_mtime_ns == built
+    assert "recall@10 image|text" in capsys.readouterr().out
