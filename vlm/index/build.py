@@ -23,7 +23,6 @@ from vlm.index.folder import ItemIndex
 from vlm.index.ingest import ingest_parts
 from vlm.index.lock import FolderLock
 from vlm.index.parts import list_parts
-from vlm.models.cpu import cpu_class
 
 if TYPE_CHECKING:  # the encoder (torch) loads only to build: `vlm index info` reads without it
     from vlm.index.encoder import Encoder
@@ -94,6 +93,7 @@ def build_index(checkpoint: str | Path, data: str | Path, out: str | Path,
 def _start_staging(staging: Path, checkpoint: str | Path, data: str | Path, encoder: Encoder,
                    options: BuildOptions) -> None:
     """Create (or check, to resume) the staging folder, recording what builds it."""
+    from vlm.models.cpu import cpu_class  # torch: `vlm index info` imports this module without it
     index = ItemIndex(staging, IndexConfig(dim=encoder.dim, backend=options.backend, model=encoder.name,
                                            precision=options.precision, cpu_class=cpu_class(), faiss=options.faiss,
                                            milvus_uri=options.milvus_uri, milvus_index=options.milvus_index,

@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import groupby
+from itertools import groupby, islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,7 +86,7 @@ def embed_parts(encoder: Encoder, data: str | Path, parts_dir: Path, options: Em
                 for _ in entries:  # passed over undecoded
                     pass
                 continue
-            _embed_part(encoder, list(entries), parts_dir, tag, root, options, bar)
+            _embed_part(encoder, entries, parts_dir, tag, root, options, bar)
     finally:
         bar.close()
     stats.check(final=True)
@@ -113,12 +113,12 @@ def my_parts(entries: Iterator[Entry], env: DistributedEnv, options: EmbedOption
         yield number, (e for _, e in group)
 
 
-def _embed_part(encoder: Encoder, entries: list[Entry], parts_dir: Path, tag: str, root: Path,
+def _embed_part(encoder: Encoder, entries: Iterator[Entry], parts_dir: Path, tag: str, root: Path,
                 options: EmbedOptions, bar: tqdm) -> None:
+    """Read a batch at a time (a shard member holds its image's bytes until decoded), keep the part's vectors."""
     images, texts, rows = [], [], []
     skipped = 0
-    for start in range(0, len(entries), options.batch_size):
-        batch = [(e, e.load()) for e in entries[start:start + options.batch_size]]
+    while batch := [(e, e.load()) for e in islice(entries, options.batch_size)]:
         good = [(e, s) for e, s in batch if s.image is not None]
         skipped += len(batch) - len(good)
         if good:
