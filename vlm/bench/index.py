@@ -125,7 +125,9 @@ def build(work: Path, settings: dict) -> dict:
     with atomic_write(folder / "snapshot.json", "w") as f:
         json.dump(asdict(record), f)
     return {"structure": backend.kind, "total_s": round(time.perf_counter() - start, 1),
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_rss_bytes": _status("VmHWM"),  # this process's own peak: ru_maxrss also counts the parent's
+            #                                         pages at fork (Linux keeps the pre-exec peak across exec)
+            "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "index_bytes": record.bytes, "tuning": asdict(backend.tuning)}
 
 

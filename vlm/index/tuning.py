@@ -21,6 +21,7 @@ from vlm.atomic_io import atomic_write
 
 TARGET_RECALL = 0.95
 K = 10
+LATENCY_QUERIES = 100  # timed one at a time, per query set
 
 
 @dataclass(frozen=True)
@@ -156,8 +157,8 @@ def evaluate(index, factory: str, sets: dict[str, QuerySet], chunks, index_bytes
     name, _ = knob(index)
     truth = ground_truth(sets, chunks)
     value, reached, got = tune(index, sets, truth, target)
-    probes = np.concatenate([s.vectors[:200] for s in sets.values()]) if sets else np.zeros((0, index.d), "f4")
-    p50, p99 = latency_ms(index, probes) if len(probes) else (0.0, 0.0)
+    probes = [s.vectors[:LATENCY_QUERIES] for s in sets.values()]
+    p50, p99 = latency_ms(index, np.concatenate(probes)) if probes else (0.0, 0.0)
     return TuningRecord(factory=factory, vectors=int(index.ntotal),
                         bytes_per_vector=round(index_bytes / max(1, index.ntotal), 1),
                         nprobe=value if name == "nprobe" else 0, ef_search=value if name == "ef_search" else 0,
