@@ -155,3 +155,26 @@ def test_bench_index_measures_a_mapped_index_and_reuses_the_build(tmp_path, caps
     args = parser.parse_args([*common, "--reuse"])
     assert args.func(args) == 0 and (tmp_path / "index" / "image.faiss").stat().st_mtime_ns == built
     assert "recall@10 image|text" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # ~40 s under load: a CLI build and a server start
+def test_a_folder_built_with_a_budget_by_the_cli_serves_http_search(tmp_path):
+    import httpx
+    from PIL import Image
+    from test_serve_api import make_collection, png_base64
+
+    from vlm.cli import main
+    from vlm.serve.process import ServerProcess
+
+    collection = make_collection(tmp_path)
+    out = tmp_path / "budgeted"
+    assert main(["index", "build", "--checkpoint", str(collection["checkpoint"]), "--data",
+                 str(tmp_path / "pairs.csv"), "--out", str(out), "--exact-max", "4", "--max-index-memory", "1M"]) == 0
+    config = read_config(out)
+    assert config.faiss.max_index_memory == "1M" and config.faiss.tuning["image"].factory == "HNSW32"
+    with ServerProcess(collection["checkpoint"], out, log_path=tmp_path / "server.log") as server, \
+            httpx.Client(base_url=server.url, timeout=30) as http:
+        image = Image.open(tmp_path / "images" / "5.png")
+        results = http.post("/v1/search", json={"image": png_base64(image), "k": 3}).json()["results"]
+        assert results[0]["caption"] == collection["captions"][5]
+        assert http.get("/v1/stats").json()["index"]["items"] == 12
