@@ -22,11 +22,12 @@ def test_bf16_embeddings_are_float32_and_close(clip_tiny, images, captions):
     before = {k: v.clone() for k, v in clip_tiny.state_dict().items()}
     bf16 = with_precision(clip_tiny, "bf16")
     ids = get_tokenizer(clip_tiny)(captions)
-    for fp32_out, bf16_out in ((clip_tiny.encode_image(images), bf16.encode_image(images)),
-                               (clip_tiny.encode_text(ids), bf16.encode_text(ids))):
-        assert bf16_out.dtype == torch.float32
-        assert F.cosine_similarity(fp32_out, bf16_out).min() > BF16_COSINE
-        assert not torch.equal(fp32_out, bf16_out)  # bf16 really ran
+    fp32_out, bf16_out = clip_tiny.encode_image(images), bf16.encode_image(images)
+    assert bf16_out.dtype == torch.float32
+    assert F.cosine_similarity(fp32_out, bf16_out).min() > BF16_COSINE
+    assert not torch.equal(fp32_out, bf16_out)  # bf16 really ran
+    # the text tower stays float32 and exact: bf16 measured slower at text shapes (vlm.models.precision.bf16_copy)
+    assert torch.equal(bf16.encode_text(ids), clip_tiny.encode_text(ids))
     assert bf16.similarity(images, ids).dtype == torch.float32
     assert all(torch.equal(before[k], v) for k, v in clip_tiny.state_dict().items())
 

@@ -27,7 +27,7 @@ AUTO = {
     "AMX": {"train": "fp32", "encode": "bf16", "score": "bf16"},
     "AVX-512 BF16": {"train": "fp32", "encode": "fp32", "score": "fp32"},
 }
-# The methods a bf16 copy runs under autocast (DualEncoder's and EarlyFusionModel's entry points).
+# The methods an early-fusion bf16 copy runs under autocast (EarlyFusionModel's entry points).
 INFERENCE_METHODS = ("forward", "encode_image", "encode_text", "similarity", "vqa_logits", "itm_logits", "score",
                      "score_embedded", "embed_image", "embed_text", "fuse", "mlm_logits")
 
@@ -126,18 +126,25 @@ def int8_copy(model: nn.Module) -> nn.Module:
 
 
 def bf16_copy(model: nn.Module) -> nn.Module:
-    """An inference copy whose methods run under bf16 autocast and return float32 tensors.
+    """An inference copy that runs under bf16 autocast and returns float32 tensors.
 
-    Linear weights are cast to bfloat16 once here (autocast would cast every weight again on every call);
-    LayerNorm, softmax and the embeddings keep float32 parameters, as autocast's fused CPU kernels take them."""
+    Late fusion runs its image tower in bf16 and keeps its text tower float32 and exact, as int8 does: text
+    batches are small and cut to their length, and at those shapes bf16 measured slower than float32 (clip-small
+    texts 0.39x and 0.76x, images 1.45x; clip-base32 images 1.85x; docs/BENCHMARKS.md). Early fusion runs its
+    entry points (INFERENCE_METHODS) in bf16. Linear weights are cast to bfloat16 once here (autocast would cast
+    every weight again on every call); LayerNorm, softmax and the embeddings keep float32 parameters, as
+    autocast's fused CPU kernels take them."""
     copied = copy.deepcopy(model).eval()
-    for module in copied.modules():
+    late = model_workload(model) == "encode"
+    for module in (copied.image if late else copied).modules():
         if isinstance(module, nn.Linear):
             module.to(torch.bfloat16)
-    for name in INFERENCE_METHODS:
-        method = getattr(copied, name, None)
-        if callable(method):
-            object.__setattr__(copied, name, in_bf16(method))  # an instance attribute shadows the class's method
+    owners = [(copied.image, ("forward",))] if late else [(copied, INFERENCE_METHODS)]
+    for owner, names in owners:
+        for name in names:
+            method = getattr(owner, name, None)
+            if callable(method):
+                object.__setattr__(owner, name, in_bf16(method))  # an instance attribute shadows the method
     return copied
 
 
