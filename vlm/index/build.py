@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from vlm.index.backends import FaissConfig
 from vlm.index.config import CONFIG_NAME, IndexConfig
 from vlm.index.embed import EmbedOptions, _barrier, embed_parts, image_root, safe_text, source_text
 from vlm.index.folder import ItemIndex
-from vlm.index.ingest import ingest_parts
+from vlm.index.ingest import ingest_parts, item_from_row
 from vlm.index.lock import FolderLock
 from vlm.index.parts import list_parts
 
@@ -78,7 +80,7 @@ def build_index(checkpoint: str | Path, data: str | Path, out: str | Path,
     move_copied_images(staging / PARTS_DIR, staging)
     index = ItemIndex(staging, milvus_token=options.milvus_token)
     try:
-        ingest_parts(index)  # the table refers to the parts' rows; no vector is copied
+        fill_from_parts(index, staging / PARTS_DIR)
         index.store.set_meta({"built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "skipped": str(skipped)})
         count = len(index)
@@ -116,6 +118,33 @@ def move_copied_images(parts_dir: Path, folder: Path) -> None:
             target = folder / path.relative_to(parts_dir)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
+
+
+def fill_from_parts(index: ItemIndex, parts_dir: Path, batch_rows: int = 4096) -> None:
+    """The table refers to the parts' rows (`ingest_parts`, no vector copied), except on a shared Milvus server
+    collection, whose ids come from Milvus: there each batch is added with its vectors through the registry, and
+    a resumed fill starts after the items the table holds."""
+    if not index.config.shared:
+        ingest_parts(index)
+        return
+    root, done, position = index.store.get_meta("image_root"), len(index), 0
+    for part in list_parts(parts_dir):
+        table, images, texts = part.metadata(), part.vectors("image"), part.vectors("text")
+        for lo in range(max(0, done - position), part.rows, batch_rows):
+            items = []
+            for i, row in enumerate(table.slice(lo, batch_rows).to_pylist(), lo):
+                item = item_from_row(row, root)
+                item.image_vec = _unit(images[i])
+                item.text_vec = _unit(texts[i]) if row["has_text"] else None
+                items.append(item)
+            index.add(items, index_vectors=False)
+        position += part.rows
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    """A float16 vector as float32 of length 1 again (float16 rounding leaves it off by about 1e-4)."""
+    vector = np.asarray(vector, dtype=np.float32)
+    return vector / max(float(np.linalg.norm(vector)), 1e-12)
 
 
 def finish_build(staging: Path, out: Path, milvus_token: str = "") -> None:

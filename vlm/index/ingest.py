@@ -32,7 +32,7 @@ def ingest_parts(index: ItemIndex, batch_rows: int = 10_000) -> int:
             first = max(0, done + 1 - start)
             for lo in range(first, part.rows, batch_rows):
                 rows = table.slice(lo, batch_rows).to_pylist()
-                items = [_item(r, root) for r in rows]
+                items = [item_from_row(r, root) for r in rows]
                 index.store.add_part_rows(items, list(range(start + lo, start + lo + len(rows))),
                                           [bool(r["has_text"]) for r in rows])
                 added += len(rows)
@@ -40,7 +40,8 @@ def ingest_parts(index: ItemIndex, batch_rows: int = 10_000) -> int:
     return added
 
 
-def _item(row: dict, root: str | None) -> Item:
+def item_from_row(row: dict, root: str | None) -> Item:
+    """The item of one metadata row, without its vectors (they stay in the parts)."""
     extra = json.loads(row.get("extra") or "{}")
     if row.get("shard"):
         extra.setdefault("shard", row["shard"])
