@@ -75,3 +75,10 @@ def test_no_torch_ao_quantization_left_in_vlm():
     hits = [str(p) for p in root.rglob("*.py") if re.search(r"torch\.ao\.quantization|from torch\.ao import",
                                                             p.read_text())]
     assert hits == []
+
+
+def test_the_command_lines_offer_every_precision():
+    from vlm.index.cli import PRECISIONS as INDEX_PRECISIONS  # kept without torch, for `vlm --help`
+    from vlm.models.precision import PRECISIONS
+
+    assert INDEX_PRECISIONS == PRECISIONS
