@@ -124,3 +124,19 @@ def test_milvus_lite_build_serves_the_same_answers_as_faiss(collection, tmp_path
     assert [h.item.id for h in milvus.search(vector, 5)[0]] == [h.item.id for h in faiss.search(vector, 5)[0]]
     milvus.close()
     faiss.close()
+def test_an_image_on_rows_far_apart_in_a_pairs_file_is_indexed_once_per_caption(collection, tmp_path):
+    """Captions of one image that are not on adjacent rows (a CSV sorted by caption) are not grouped by a
+    streamed read; each becomes an item, and the build never stops on the repeated image."""
+    rows = ["image,caption", "images/0.png,a first caption", "images/1.png,another image",
+            "images/0.png,a second caption of image 0"]
+    (collection["root"] / "far.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "far"
+    assert main(["index", "build", "--checkpoint", str(collection["checkpoint"]), "--data",
+                 str(collection["root"] / "far.csv"), "--out", str(out)]) == 0
+    index = ItemIndex(out)
+    try:
+        captions = sorted(item.caption for item in index.get_many([1, 2, 3]))
+        assert captions == ["a first caption", "a second caption of image 0", "another image"]
+        assert len(index) == 3
+    finally:
+        index.close()

@@ -22,7 +22,7 @@ from vlm.index.backends import FaissConfig
 from vlm.index.config import CONFIG_NAME, IndexConfig
 from vlm.index.embed import EmbedOptions, _barrier, embed_parts, image_root, safe_text, source_text
 from vlm.index.folder import ItemIndex
-from vlm.index.ingest import ingest_parts, item_from_row
+from vlm.index.ingest import ingest_parts, item_from_row, unique_keys
 from vlm.index.lock import FolderLock
 from vlm.index.parts import list_parts
 
@@ -137,6 +137,7 @@ def fill_from_parts(index: ItemIndex, parts_dir: Path, batch_rows: int = 4096) -
                 item.image_vec = _unit(images[i])
                 item.text_vec = _unit(texts[i]) if row["has_text"] else None
                 items.append(item)
+            unique_keys(index, items, list(range(position + lo, position + lo + len(items))))
             index.add(items, index_vectors=False)
         position += part.rows
 

@@ -33,11 +33,24 @@ def ingest_parts(index: ItemIndex, batch_rows: int = 10_000) -> int:
             for lo in range(first, part.rows, batch_rows):
                 rows = table.slice(lo, batch_rows).to_pylist()
                 items = [item_from_row(r, root) for r in rows]
-                index.store.add_part_rows(items, list(range(start + lo, start + lo + len(rows))),
-                                          [bool(r["has_text"]) for r in rows])
+                numbers = list(range(start + lo, start + lo + len(rows)))
+                unique_keys(index, items, numbers)
+                index.store.add_part_rows(items, numbers, [bool(r["has_text"]) for r in rows])
                 added += len(rows)
         start = end
     return added
+
+
+def unique_keys(index: ItemIndex, items: list[Item], rows: list[int]) -> None:
+    """A key seen before (one image on rows far apart in a pairs file, which a streamed read does not group)
+    becomes `key#row<N>`: each of its captions stays an item, and no key is held in memory across batches."""
+    taken = index.store.taken_keys([i.source_key for i in items if i.source_key is not None])
+    for item, row in zip(items, rows, strict=True):
+        if item.source_key is None:
+            continue
+        if item.source_key in taken:
+            item.source_key = f"{item.source_key}#row{row}"
+        taken.add(item.source_key)
 
 
 def item_from_row(row: dict, root: str | None) -> Item:

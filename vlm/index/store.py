@@ -274,6 +274,17 @@ class ItemStore:
             item.id = item_id
         return ids
 
+    def taken_keys(self, keys: list[str], chunk: int = 10_000) -> set[str]:
+        """Those of `keys` an item already has (source_key is UNIQUE, so each lookup is indexed)."""
+        taken: set[str] = set()
+        for start in range(0, len(keys), chunk):
+            part = keys[start : start + chunk]
+            with self._lock:
+                rows = self._db.execute(f"SELECT source_key FROM items WHERE source_key IN "
+                                        f"({','.join('?' * len(part))})", part)
+                taken.update(r[0] for r in rows)
+        return taken
+
     def highest_part_row(self) -> int:
         """The highest parts row an item refers to, -1 for none: where an interrupted ingest resumes."""
         if not self._part_columns:
