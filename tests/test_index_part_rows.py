@@ -173,3 +173,74 @@ def test_check_finds_a_damaged_part_and_backup_carries_the_parts(built, tmp_path
     assert not report["ok"] and report["parts"]["damaged"] == 1
     assert "img_emb_000_000001.npy: its sha256 differs" in report["problems"][0]
     assert check_index(tmp_path / "copy")["ok"]
+
+
+def test_from_parts_builds_a_folder_that_searches_like_the_parts(tmp_path, capsys):
+    """`vlm index embed` on other machines, then `vlm index from-parts`: no model, parts linked in."""
+    from vlm.cli import main
+
+    parts = tmp_path / "parts"
+    images, _ = write_parts(parts, [5, 6])
+    (parts / "parts.json").write_text(json.dumps({"dim": DIM, "model": "clip-tiny", "weights": "w", "precision":
+                                                  "fp32", "source": "s", "world_size": 1, "part_size": 6}))
+    (tmp_path / "photos").mkdir()
+    out = tmp_path / "idx"
+    assert main(["index", "from-parts", str(parts), "--out", str(out), "--image-root", str(tmp_path / "photos"),
+                 "--index-factory", "HNSW8"]) == 0
+    index = ItemIndex(out, read_only=True)
+    try:
+        assert index.config.model == "clip-tiny" and index.backends["image"].kind == "hnsw"
+        hits = index.search(images, k=1)
+        assert [h[0].item.extra["n"] for h in hits] == list(range(11))
+        assert index.public_path(hits[2][0].item) == "img/2.jpg"  # relative to --image-root, never absolute
+        assert (out / "parts" / "done" / "000_000001.json").stat().st_ino == \
+            (parts / "done" / "000_000001.json").stat().st_ino  # linked, not copied
+    finally:
+        index.close()
+    assert main(["index", "from-parts", str(parts), "--out", str(out)]) != 0
+    assert "an index is already there" in capsys.readouterr().err
+
+
+def test_an_interrupted_from_parts_resumes_in_its_staging_folder(tmp_path, monkeypatch):
+    from vlm.index import from_parts
+
+    parts = tmp_path / "parts"
+    images, _ = write_parts(parts, [5, 6])
+    (parts / "parts.json").write_text(json.dumps({"dim": DIM, "model": "m", "weights": "", "precision": "fp32",
+                                                  "source": "s", "world_size": 1, "part_size": 6}))
+
+    real = from_parts.ingest_parts
+
+    def killed_after_one_batch(index):
+        add = index.store.add_part_rows
+        calls = []
+
+        def add_once(*args):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return add(*args)
+
+        index.store.add_part_rows = add_once
+        real(index, batch_rows=4)
+
+    monkeypatch.setattr(from_parts, "ingest_parts", killed_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        from_parts.build_from_parts(parts, tmp_path / "idx")
+    assert (tmp_path / "idx.partial" / "parts" / "parts.json").exists() and not (tmp_path / "idx").exists()
+    monkeypatch.setattr(from_parts, "ingest_parts", real)
+    assert from_parts.build_from_parts(parts, tmp_path / "idx") == 11
+    index = ItemIndex(tmp_path / "idx", read_only=True)
+    try:
+        assert len(index) == 11
+        assert [h[0].item.extra["n"] for h in index.search(images, k=1)] == list(range(11))
+    finally:
+        index.close()
+
+
+def test_from_parts_refuses_a_folder_without_header_or_finished_parts(tmp_path, capsys):
+    from vlm.cli import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["index", "from-parts", str(tmp_path / "empty"), "--out", str(tmp_path / "idx")]) != 0
+    assert "no parts.json" in capsys.readouterr().err

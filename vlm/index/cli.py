@@ -1,4 +1,4 @@
-"""`vlm index build|embed|info|check|backup`."""
+"""`vlm index build|embed|from-parts|info|check|backup`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--repair", action="store_true", help="accept the table as it is (ids continue after the highest "
                    "ever issued) and rebuild damaged snapshots; refused while a server holds the folder")
     c.set_defaults(func=cmd_check)
+    add_from_parts_parser(sub)
     k = sub.add_parser("backup", help="a consistent copy of an index folder, also while a server writes it "
                        "(never copy a live folder with cp)")
     k.add_argument("directory")
@@ -82,6 +83,22 @@ def add_embed_parser(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_embed)
 
 
+def add_from_parts_parser(sub: argparse._SubParsersAction) -> None:
+    f = sub.add_parser("from-parts", help="an index folder from embedding parts (vlm index embed on N machines, "
+                       "or any writer of the layout); the parts are linked into it, no model runs")
+    f.add_argument("parts", help="the parts folder (parts.json, img_emb/, text_emb/, metadata/, done/)")
+    f.add_argument("--out", required=True, help="index folder to write")
+    f.add_argument("--image-root", help="the folder the parts' relative image paths are relative to (default: "
+                   "none; paths are kept as the parts hold them)")
+    f.add_argument("--exact-max", type=int, help="faiss: exact search up to this many items (default: 1,000,000)")
+    f.add_argument("--approximate", choices=["hnsw", "ivf"], help="faiss: the structure above --exact-max")
+    f.add_argument("--max-index-memory", metavar="SIZE", help="faiss: choose the structure to fit this much "
+                   "memory (see index build)")
+    f.add_argument("--index-factory", metavar="STRING", help="faiss: this factory string instead")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
+    f.set_defaults(func=cmd_from_parts)
+
+
 def add_part_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--part-size", type=int, default=10_000, help="images per embedding part, the unit a "
                         "killed build resumes from (default: 10000)")
@@ -128,6 +145,16 @@ def cmd_embed(args: argparse.Namespace) -> int:
         embed_to(args.checkpoint, args.data, args.out, options)
     finally:
         shutdown_distributed()
+    return 0
+
+
+def cmd_from_parts(args: argparse.Namespace) -> int:
+    from vlm.index.backends import FaissConfig
+    from vlm.index.from_parts import build_from_parts
+
+    faiss = FaissConfig(**given(args, "exact_max", "approximate", "max_index_memory", "index_factory"))
+    count = build_from_parts(args.parts, args.out, faiss, args.image_root, args.overwrite)
+    print(f"{args.out}: {count} items from {args.parts}")
     return 0
 
 
