@@ -25,6 +25,6 @@ def test_distill_report_writes_every_row_and_column(tmp_path):
     assert all(s["seeds"] == 2 and s["params"] < teacher["params"] for s in students)
     assert students[-1]["steps"] == 2  # shrink-then-distil at half the steps
     text = (tmp_path / "report" / "report.md").read_text()
-    assert "shrunk+distilled" in text and "images/s" in text and "% of the teacher" in text
+    assert "shrunk+distilled" in text and "images/s" in text and "MFLOPs/image" in text and "% of the teacher" in text
     assert (tmp_path / "report" / "distill_tradeoff.png").stat().st_size > 0
     assert json.loads((tmp_path / "report" / "report.json").read_text())["rows"][0]["row"] == "teacher"

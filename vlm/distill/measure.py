@@ -46,4 +46,12 @@ def measure_model(model: nn.Module, sets: EvalSets) -> dict[str, float]:
     return {"zeroshot": run_zeroshot(model, sets)["acc1"],
             "t2i_r1": retrieval["image_retrieval_recall@1"], "i2t_r1": retrieval["text_retrieval_recall@1"],
             "compositional": run_compositional(model, sets)["compositional_accuracy"],
-            "params": sum(p.numel() for p in model.parameters()), **encode_speed(model)}
+            "params": sum(p.numel() for p in model.parameters()), **encode_speed(model), **encode_flops(model)}
+
+
+def encode_flops(model: nn.Module) -> dict[str, float]:
+    """MFLOPs to encode one image and one text: the speed figure that no other process on the machine moves."""
+    from vlm.eval.cost import forward_gflops
+
+    flops = forward_gflops(model)
+    return {"mflops_image": 1000 * flops["gflops_image"], "mflops_text": 1000 * flops["gflops_text"]}

@@ -28,8 +28,11 @@ from vlm.models.checkpoint import load_model, resolve_checkpoint
 from vlm.models.shrink import shrink_checkpoint
 from vlm.train.config import TrainConfig, load_train_config
 
-COLUMNS = ("zeroshot", "t2i_r1", "i2t_r1", "compositional", "params", "images_per_s", "texts_per_s")
-HEADERS = ("zero-shot", "T->I R@1", "I->T R@1", "compositional", "params", "images/s", "texts/s")
+COLUMNS = ("zeroshot", "t2i_r1", "i2t_r1", "compositional", "params", "images_per_s", "texts_per_s",
+           "mflops_image", "mflops_text")
+HEADERS = ("zero-shot", "T->I R@1", "I->T R@1", "compositional", "params", "images/s", "texts/s", "MFLOPs/image",
+           "MFLOPs/text")
+COUNTS = ("params", "images_per_s", "texts_per_s")  # shown as whole numbers, without a spread for params
 ROWS = ("teacher", "scratch", "distilled", "shrunk+distilled", "shrunk+distilled (half steps)")
 RUN_DIRS = {"scratch": "scratch", "distilled": "distilled", "shrunk+distilled": "shrunk-distilled",
             "shrunk+distilled (half steps)": "shrunk-distilled-half"}
@@ -138,8 +141,8 @@ def format_table(report: dict) -> str:
     for s in report["summary"]:
         cells = []
         for column in COLUMNS:
-            value = f"{s[column]:,.0f}" if column in ("params", "images_per_s", "texts_per_s") else f"{s[column]:.1f}"
-            spread = f" ± {s[column + '_std']:.1f}" if s["seeds"] > 1 and column not in ("params",) else ""
+            value = f"{s[column]:,.0f}" if column in COUNTS else f"{s[column]:.1f}"
+            spread = f" ± {s[column + '_std']:.1f}" if s["seeds"] > 1 and column in COLUMNS[:4] + COUNTS[1:] else ""
             cells.append(f"{value}{spread} ({s[column + '_pct']:.0f}%)")
         lines.append(f"| {s['row']} | {s['seeds']} | {s['steps'] or '-'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -153,7 +156,8 @@ def write_report(report: dict, out: Path) -> None:
             f"(split {report['options']['split']}); recipe {report['options']['recipe']}; seeds "
             f"{list(report['options']['seeds'])}; whole report {report['wall_s']:.0f} s. Each cell: mean (± spread "
             "over seeds) (% of the teacher). Encode speeds are measured in this one process, one model after "
-            "another: compare them within this table only.\n\n"
+            "another: compare them within this table only, and on a quiet machine; MFLOPs are counted "
+            "(torch's FLOP counter) and no load moves them.\n\n"
             f"{format_table(report)}\n\n![accuracy vs encode speed](distill_tradeoff.png)\n")
     with atomic_write(out / "report.md", "w") as f:
         f.write(text)
