@@ -15,6 +15,7 @@ from vlm.index.config import IndexConfig, read_config
 from vlm.index.errors import IndexFolderError
 from vlm.index.folder import ItemIndex
 from vlm.index.store import Item
+from vlm.index.tuning import exact_topk, recalls
 
 DIM = 32
 
@@ -178,3 +179,16 @@ def test_a_folder_built_with_a_budget_by_the_cli_serves_http_search(tmp_path):
         results = http.post("/v1/search", json={"image": png_base64(image), "k": 3}).json()["results"]
         assert results[0]["caption"] == collection["captions"][5]
         assert http.get("/v1/stats").json()["index"]["items"] == 12
+
+
+def test_a_pq_index_reranks_its_candidates_with_the_stored_vectors(tmp_path):
+    x, ids = clustered(5_000), np.arange(5_000, dtype=np.int64)
+    backend = FaissBackend(tmp_path / "image.faiss", DIM, FaissConfig(index_factory="IVF64,PQ4x8", nprobe=64))
+    backend.rebuild(ids, x)
+    q = clustered(200, seed=3)
+    truth = exact_topk(q, [(ids, x)], 10)
+    codes_only = recalls(backend.search(q, 10)[1], truth)[1]
+    backend.vectors_of = lambda wanted: x[wanted]  # the table's (or parts') exact vectors
+    scores, found = backend.search(q, 10)
+    assert recalls(found, truth)[1] >= 0.95 > codes_only + 0.2
+    assert np.allclose(scores[:, 0], np.einsum("qd,qd->q", q, x[found[:, 0]]), atol=1e-5)  # exact scores

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from vlm.atomic_io import atomic_write
-from vlm.bench.index_data import Synthetic, chunks, write_parts
+from vlm.bench.index_data import PartRows, Synthetic, chunks, write_parts
 from vlm.errors import UserError
 from vlm.index.backends import FaissBackend, FaissConfig
 from vlm.index.config import IndexConfig, write_config
@@ -119,6 +119,7 @@ def build(work: Path, settings: dict) -> dict:
     sets = {m: QuerySet(saved[f"{m}_queries"], truth=saved[m]) for m in ("image", "text")}
     n = sum(p.rows for p in list_parts(work / "parts"))
     backend = FaissBackend(folder / "image.faiss", settings["dim"], config)
+    backend.vectors_of = PartRows(work / "parts")  # a PQ index re-ranks with the parts' vectors, as a folder does
     start = time.perf_counter()
     backend.rebuild_from(lambda: chunks(work / "parts"), n, lambda: sets)
     record = backend.save()
@@ -138,6 +139,7 @@ def measure(work: Path, settings: dict) -> dict:
     record = SnapshotRecord(**json.loads((folder / "snapshot.json").read_text()))
     config = FaissConfig(max_index_memory=settings["max_index_memory"], index_factory=settings["index_factory"])
     backend = FaissBackend(folder / "image.faiss", settings["dim"], config, record, writable=False)
+    backend.vectors_of = PartRows(work / "parts")
     saved = np.load(work / "truth.npz")
     out: dict = {"mapped": backend.mapped, "recall_at_1": {}, "recall_at_10": {}}
     probes = []
@@ -188,6 +190,7 @@ def print_table(report: dict) -> None:
     b, m, t = report["build"], report["measure"], report["build"]["tuning"]
     gib = 2**30
     knob = f"nprobe={t['nprobe']}" if t["nprobe"] else f"efSearch={t['ef_search']}" if t["ef_search"] else "exact"
+    knob += f", top {t['refine']} rescored exactly" if t.get("refine") else ""
     rows = [
         ("items x dim", f"{report['items']:,} x {report['dim']} ({report['clusters']} clusters)"),
         ("structure", f"{t['factory']} ({b['structure']}), {knob}, target recall@10 {t['target_recall']} "

@@ -88,3 +88,18 @@ def chunks(parts_dir: Path, rows: int = 65_536) -> Iterator[tuple[np.ndarray, np
             block = np.asarray(vectors[lo:lo + rows], dtype=np.float32)
             yield np.arange(start + lo, start + lo + len(block), dtype=np.int64), block
         start += part.rows
+
+
+class PartRows:
+    """Row numbers -> float32 image vectors, read from the memory-mapped parts (what re-ranks a PQ index)."""
+
+    def __init__(self, parts_dir: Path):
+        self.parts = [p.vectors("image") for p in list_parts(parts_dir)]
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        out = np.empty((len(ids), self.parts[0].shape[1]), np.float32)
+        part, row = np.divmod(np.asarray(ids, dtype=np.int64), PART_ROWS)
+        for p in np.unique(part):
+            mask = part == p
+            out[mask] = self.parts[p][row[mask]]
+        return out

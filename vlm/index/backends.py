@@ -27,7 +27,7 @@ import numpy as np
 from vlm.atomic_io import atomic_write
 from vlm.index.budget import Chunks, build_streaming, choose_factory, in_chunks, parse_size
 from vlm.index.manifest import SnapshotRecord, verify_snapshot_file
-from vlm.index.tuning import QuerySet, TuningRecord, evaluate, hnsw_of, record_tuning
+from vlm.index.tuning import QuerySet, TuningRecord, evaluate, hnsw_of, record_tuning, rescore
 
 log = logging.getLogger("vlm.index")
 
@@ -42,6 +42,7 @@ class FaissConfig:
     nprobe: int = 16
     max_index_memory: str = ""  # "4G": the structure is chosen to fit (vlm/index/budget.py), then tuned
     index_factory: str = ""  # a faiss factory string ("OPQ64_512,IVF4096,PQ64x8"); wins over the budget
+    refine: int = 100  # a PQ index's top this many are rescored exactly with the stored vectors (on disk)
     tuning: dict[str, TuningRecord] = field(default_factory=dict)  # per modality, written after a budgeted build
 
     def __post_init__(self) -> None:
@@ -138,6 +139,8 @@ class FaissBackend(VectorBackend):
         self.rejected: str | None = None  # why the snapshot on disk was not loaded
         self.mapped = False  # the index reads its vectors from the memory-mapped snapshot
         self.tuning: TuningRecord | None = None  # what the last budgeted build measured
+        # ids -> their exact vectors (the owner's table or parts, on disk): re-ranks a compressed index's results
+        self.vectors_of: Callable[[np.ndarray], np.ndarray] | None = None
         self.index = self._load(expected) if self.path.exists() else self._empty()
         if self.path.exists() and not self.rejected:
             self._tombstones = self._read_tombstones()
@@ -236,7 +239,8 @@ class FaissBackend(VectorBackend):
         with self._lock:
             self.index, self._tombstones, self.mapped = index, set(), False
         if self.config.budgeted and queries is not None and n:
-            self.tuning = evaluate(index, factory, queries(), chunks, self._size(), build_s)
+            self.tuning = evaluate(index, factory, queries(), chunks, self._size(), build_s, searcher=self,
+                                   refine=self._refine(1))
             config_path = self.path.parent / "index.json"
             if self.writable and config_path.exists():
                 record_tuning(config_path, self.path.name.split(".")[0], self.tuning)
@@ -299,10 +303,20 @@ class FaissBackend(VectorBackend):
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = _as_matrix(queries, self.dim)
+        depth = self._refine(k)
         with self._lock:
-            scores, ids = self.index.search(queries, k, params=self._search_params())
+            scores, ids = self.index.search(queries, max(k, depth), params=self._search_params())
+        if depth:
+            scores, ids = rescore(queries, ids, self.vectors_of, k)
         scores[ids < 0] = -np.inf
         return scores, ids
+
+    def _refine(self, k: int) -> int:
+        """How many candidates to rescore exactly: a PQ index's codes blur the small score gaps between close
+        neighbours (recall@10 about 0.7 with 136 B codes at 512-d), their exact vectors do not."""
+        if self.vectors_of is None or not self.config.refine or "pq" not in self.kind:
+            return 0
+        return max(k, self.config.refine)
 
     def _search_params(self):
         if not self._tombstones:

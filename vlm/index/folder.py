@@ -151,7 +151,9 @@ class ItemIndex:
         c = self.config
         if c.backend == "faiss":
             expected = (manifest.snapshots or {}).get(f"{modality}.faiss") if manifest else None
-            return FaissBackend(self.directory / f"{modality}.faiss", c.dim, c.faiss, expected, not read_only)
+            backend = FaissBackend(self.directory / f"{modality}.faiss", c.dim, c.faiss, expected, not read_only)
+            backend.vectors_of = lambda ids: self._exact_vectors(modality, ids)  # re-ranks a PQ index's hits
+            return backend
         uri = c.milvus_uri or str(self.directory / "milvus.db")
         try:
             return MilvusBackend(uri, f"{c.milvus_collection}_{modality}", c.dim, c.milvus_token, c.milvus_index)
@@ -163,6 +165,13 @@ class ItemIndex:
                                        "milvus-lite file serves one process: stop the other one, or use a Milvus "
                                        "server (--milvus-uri) to serve from several") from None
             raise
+
+    def _exact_vectors(self, modality: str, ids: np.ndarray) -> np.ndarray:
+        """The table's (or its parts') vectors of these sorted ids; zeros for one deleted meanwhile."""
+        out = np.zeros((len(ids), self.config.dim), np.float32)
+        for got, vectors in self.store.vectors(modality, ids):
+            out[np.searchsorted(ids, got)] = vectors
+        return out
 
     def _refuse_emptied_table(self, manifest: Manifest | None) -> None:
         """An empty table beside vectors is a lost table, never an empty index to 'repair' the vectors down to.

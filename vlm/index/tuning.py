@@ -46,6 +46,7 @@ class TuningRecord:
     p50_ms: float = 0.0  # one query at a time, k=10
     p99_ms: float = 0.0
     build_s: float = 0.0
+    refine: int = 0  # candidates rescored exactly with the stored vectors (0: the codes' own ranking)
 
 
 def exact_topk(queries: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndarray]], k: int) -> np.ndarray:
@@ -59,6 +60,18 @@ def exact_topk(queries: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndarra
         heap.add_result(scores, np.where(rows >= 0, np.asarray(ids, dtype=np.int64)[rows], -1))
     heap.finalize()
     return heap.I
+
+
+def rescore(queries: np.ndarray, ids: np.ndarray, vectors_of, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Re-rank candidate ids by their exact inner product with the stored vectors (`vectors_of(sorted ids)`)."""
+    known = np.unique(ids[ids >= 0])
+    if not len(known):
+        return np.full((len(ids), k), -np.inf, np.float32), np.full((len(ids), k), -1, np.int64)
+    vectors = np.asarray(vectors_of(known), dtype=np.float32)[np.searchsorted(known, np.maximum(ids, 0))]
+    scores = np.einsum("qd,qcd->qc", queries, vectors)
+    scores[ids < 0] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
 
 def drop_own(found: np.ndarray, own_ids: np.ndarray | None, k: int) -> np.ndarray:
@@ -112,23 +125,24 @@ def set_knob(index, value: int) -> None:
         hnsw_of(index).efSearch = value
 
 
-def measure(index, sets: dict[str, QuerySet], truth: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+def measure(searcher, sets: dict[str, QuerySet], truth: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """Recall of `searcher` (anything with faiss' `search(queries, k)`: an index, or a backend that re-ranks)."""
     out = {}
     for name, s in sets.items():
-        _, found = index.search(np.ascontiguousarray(s.vectors, dtype=np.float32), K + 1)
+        _, found = searcher.search(np.ascontiguousarray(s.vectors, dtype=np.float32), K + 1)
         out[name] = recalls(drop_own(found, s.own_ids, K), truth[name])
     return out
 
 
-def tune(index, sets: dict[str, QuerySet], truth: dict[str, np.ndarray],
-         target: float = TARGET_RECALL) -> tuple[int, bool, dict[str, tuple[float, float]]]:
+def tune(index, sets: dict[str, QuerySet], truth: dict[str, np.ndarray], target: float = TARGET_RECALL,
+         searcher=None) -> tuple[int, bool, dict[str, tuple[float, float]]]:
     """Set the knob to the smallest value reaching `target` recall@10 on every set, else the best tried;
     returns (value, reached, {set: (recall@1, recall@10)})."""
     _, values = knob(index)
     best = None
     for value in values:
         set_knob(index, value)
-        got = measure(index, sets, truth)
+        got = measure(searcher or index, sets, truth)
         worst = min(r10 for _, r10 in got.values()) if got else 1.0
         if best is None or worst > best[0]:
             best = (worst, value, got)
@@ -152,13 +166,13 @@ def latency_ms(index, queries: np.ndarray, k: int = K, repeat: int = 1) -> tuple
 
 
 def evaluate(index, factory: str, sets: dict[str, QuerySet], chunks, index_bytes: int, build_s: float,
-             target: float = TARGET_RECALL) -> TuningRecord:
+             target: float = TARGET_RECALL, searcher=None, refine: int = 0) -> TuningRecord:
     """Tune the knob on these query sets and measure what a user relies on: recall, latency, size."""
     name, _ = knob(index)
     truth = ground_truth(sets, chunks)
-    value, reached, got = tune(index, sets, truth, target)
+    value, reached, got = tune(index, sets, truth, target, searcher)
     probes = [s.vectors[:LATENCY_QUERIES] for s in sets.values()]
-    p50, p99 = latency_ms(index, np.concatenate(probes)) if probes else (0.0, 0.0)
+    p50, p99 = latency_ms(searcher or index, np.concatenate(probes)) if probes else (0.0, 0.0)
     return TuningRecord(factory=factory, vectors=int(index.ntotal),
                         bytes_per_vector=round(index_bytes / max(1, index.ntotal), 1),
                         nprobe=value if name == "nprobe" else 0, ef_search=value if name == "ef_search" else 0,
@@ -166,7 +180,7 @@ def evaluate(index, factory: str, sets: dict[str, QuerySet], chunks, index_bytes
                         queries=min((len(s.vectors) for s in sets.values()), default=0),
                         recall_at_1={n: round(r[0], 4) for n, r in got.items()},
                         recall_at_10={n: round(r[1], 4) for n, r in got.items()},
-                        p50_ms=round(p50, 3), p99_ms=round(p99, 3), build_s=round(build_s, 1))
+                        p50_ms=round(p50, 3), p99_ms=round(p99, 3), build_s=round(build_s, 1), refine=refine)
 
 
 def record_tuning(config_path: Path, modality: str, record: TuningRecord) -> None:
