@@ -20,15 +20,16 @@ PRECISIONS = ("fp32", "bf16", "int8", "auto")
 WORKLOADS = ("train", "encode", "score")
 # Per CPU class and workload, what measured faster than float32 at equal accuracy (docs/BENCHMARKS.md, "Precision
 # for the CPU you have"); bf16 / fp32 speed, each within one run of interleaved rounds:
-# AVX-512 BF16 (AMD EPYC, 2 cores, under heavy load, 2026-12-06): training steps clip-small b64 1.48x,
-# fusion-small b32 1.39x (first-step loss equal to 2e-5); image encoding clip-small 1.45x, clip-base32 1.85x
-# (texts stay float32 at bf16: they ran 0.39-0.76x at clip-small); fusion-base32 pair scoring 1.30x. So bf16.
+# AVX-512 BF16 (AMD EPYC, 2 cores, under heavy load, 2026-12-06): image encoding clip-small 1.45x, clip-base32
+# 1.85x (texts stay float32 at bf16: they ran 0.39-0.76x at clip-small); fusion-base32 pair scoring 1.30x: bf16.
+# Training steps clip-small b64 1.48x and fusion-small b32 1.39x, but clip-base32 b16 0.78x: float32, so that
+# auto is never slower than float32 on a bench row.
 # AMX (not measured here; issue 27's 2-core Xeon, under load): clip-base32 image encoding 1.66x and fusion-small's
 # step 1.17x, so bf16 encodes and scores; clip-small's quickstart step 0.45x, so training stays float32.
 # AVX2 and AVX-512 VNNI have no bf16 dot product: bf16 is emulated there and never picked.
 AUTO = {
     "AMX": {"train": "fp32", "encode": "bf16", "score": "bf16"},
-    "AVX-512 BF16": {"train": "bf16", "encode": "bf16", "score": "bf16"},
+    "AVX-512 BF16": {"train": "fp32", "encode": "bf16", "score": "bf16"},
 }
 # The methods an early-fusion bf16 copy runs under autocast (EarlyFusionModel's entry points).
 INFERENCE_METHODS = ("forward", "encode_image", "encode_text", "similarity", "vqa_logits", "itm_logits", "score",
