@@ -145,7 +145,7 @@ def measure(work: Path, settings: dict) -> dict:
     probes = []
     for m in ("image", "text"):
         queries = saved[f"{m}_queries"]
-        found = backend.search(queries, K)[1]
+        found = np.concatenate([backend.search(queries[i:i + 50], K)[1] for i in range(0, len(queries), 50)])
         out["recall_at_1"][m], out["recall_at_10"][m] = (round(r, 4) for r in recalls(found, saved[m]))
         probes.append(queries[:settings["latency_queries"]])
     probes = np.concatenate(probes)
