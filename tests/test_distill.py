@@ -11,12 +11,12 @@ import torch
 import vlm
 from data_pipelines import generate_shapes_world
 from vlm.config import ConfigError
+from vlm.distill.precompute import precompute_teacher
 from vlm.models.checkpoint import read_checkpoint
 from vlm.tokenizer import get_tokenizer
 from vlm.train import load_train_config, train
 from vlm.train.data import make_collator, open_split
 from vlm.train.distill import build_distill_task
-from vlm.train.teacher_parts import precompute_teacher
 
 STUDENT = ["embed_dim=16", "image.width=16", "text.width=16", "image.heads=1", "text.heads=1", "image.depth=1",
            "text.depth=1"]

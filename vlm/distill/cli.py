@@ -55,9 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from vlm.config import resolve_config
+    from vlm.distill.precompute import precompute_teacher
     from vlm.train.cli import cmd_train, default_run_dir
     from vlm.train.config import load_train_config
-    from vlm.train.teacher_parts import precompute_teacher
 
     if args.precompute is not None:
         config = load_train_config(resolve_config(args.config, "train"), args.overrides)
