@@ -45,49 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        ("retrieval", "text->image and image->text Recall@1/5/10"),
                        ("vqa", "VQAv2 accuracy overall, per answer type and per question family"),
                        ("compositional", "two-way accuracy, true caption vs hard negative, per negative type")):
-        t = sub.add_parser(task, help=text)
-        t.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
-        t.add_argument("--data", required=True, help="a shapes-world folder, or a dataset file/folder")
-        t.add_argument("--split", default=None, help="split of a shapes-world folder (default: val)")
-        t.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
-        add_precision_argument(t)
-        if task in ("retrieval", "compositional"):  # the evaluations that read pairs files
-            add_source_arguments(t)
-        else:
-            add_max_pixels_argument(t)
-        if task != "compositional":
-            t.add_argument("--predictions", type=Path, default=None, help=PREDICTION_HELP[task])
-            add_stream_options(t)
-        if task == "retrieval":
-            t.add_argument("--rerank-from", default=None, metavar="LATE_CKPT",
-                           help="hybrid: rank with this late-fusion model, re-score its top k with --checkpoint")
-            t.add_argument("--k", type=int, default=16, help="candidates re-scored per query (hybrid)")
-        if task == "zeroshot":
-            t.add_argument("--classnames", default=None, metavar="NAMES",
-                           help='class names in class-folder order instead of the folder\'s: "imagenet" (OpenAI\'s '
-                                'ImageNet-1k names), a file with one per line, or "cat,dog,car"')
-            t.add_argument("--templates", default=None, metavar="TEMPLATES",
-                           help='prompt templates with {}: "imagenet" (OpenAI\'s 80), a file, or one template')
-        if task == "vqa":
-            t.add_argument("--vqa-metric", choices=VQA_METRICS, default=DEFAULT_VQA_METRIC,
-                           help="revision of the official evaluator: 2021 (current) or 2016 (older papers)")
-        t.set_defaults(func=cmd_eval)
-
-    t = sub.add_parser("linear-probe", help="logistic regression on frozen image features, k-shot, C chosen on val")
-    t.add_argument("--checkpoint", required=True, help="late-fusion checkpoint or run folder")
-    t.add_argument("--data", required=True,
-                   help="a shapes-world folder (fit on its classify_train, choose C on val, score --split), "
-                        "DIR/{train,val,test}/<class> folders, or a plain DIR/<class> tree (split per class, "
-                        "seeded, 60/20/20)")
-    t.add_argument("--split", default="test", help="the split scored (default: test); C is never chosen on it")
-    t.add_argument("--shots", default="1,2,4,8,16", help="training images per class, comma-separated (0: all)")
-    t.add_argument("--seed", type=int, default=0, help="which k images of each class")
-    t.add_argument("--split-seed", type=int, default=0,
-                   help="the seeded split of data without split folders (and of a val part carved from train)")
-    t.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
-    add_max_pixels_argument(t)
-    t.set_defaults(func=cmd_linear_probe)
-
+        add_task_parser(sub, task, text)
+    add_linear_probe_parser(sub)
     register_classify(subparsers)
 
     p = subparsers.add_parser("compare", help="late vs early fusion on every evaluation, with blind baselines "
@@ -111,6 +70,53 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--vqa-metric", choices=VQA_METRICS, default=DEFAULT_VQA_METRIC,
                    help="revision of the official VQA evaluator: 2021 (current) or 2016 (older papers)")
     p.set_defaults(func=cmd_compare)
+
+
+def add_task_parser(sub: argparse._SubParsersAction, task: str, text: str) -> None:
+    t = sub.add_parser(task, help=text)
+    t.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    t.add_argument("--data", required=True, help="a shapes-world folder, or a dataset file/folder")
+    t.add_argument("--split", default=None, help="split of a shapes-world folder (default: val)")
+    t.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
+    add_precision_argument(t)
+    if task in ("retrieval", "compositional"):  # the evaluations that read pairs files
+        add_source_arguments(t)
+    else:
+        add_max_pixels_argument(t)
+    if task != "compositional":
+        t.add_argument("--predictions", type=Path, default=None, help=PREDICTION_HELP[task])
+        add_stream_options(t)
+    if task == "retrieval":
+        t.add_argument("--rerank-from", default=None, metavar="LATE_CKPT",
+                       help="hybrid: rank with this late-fusion model, re-score its top k with --checkpoint")
+        t.add_argument("--k", type=int, default=16, help="candidates re-scored per query (hybrid)")
+    if task == "zeroshot":
+        t.add_argument("--classnames", default=None, metavar="NAMES",
+                       help='class names in class-folder order instead of the folder\'s: "imagenet" (OpenAI\'s '
+                            'ImageNet-1k names), a file with one per line, or "cat,dog,car"')
+        t.add_argument("--templates", default=None, metavar="TEMPLATES",
+                       help='prompt templates with {}: "imagenet" (OpenAI\'s 80), a file, or one template')
+    if task == "vqa":
+        t.add_argument("--vqa-metric", choices=VQA_METRICS, default=DEFAULT_VQA_METRIC,
+                       help="revision of the official evaluator: 2021 (current) or 2016 (older papers)")
+    t.set_defaults(func=cmd_eval)
+
+
+def add_linear_probe_parser(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("linear-probe", help="logistic regression on frozen image features, k-shot, C chosen on val")
+    t.add_argument("--checkpoint", required=True, help="late-fusion checkpoint or run folder")
+    t.add_argument("--data", required=True,
+                   help="a shapes-world folder (fit on its classify_train, choose C on val, score --split), "
+                        "DIR/{train,val,test}/<class> folders, or a plain DIR/<class> tree (split per class, "
+                        "seeded, 60/20/20)")
+    t.add_argument("--split", default="test", help="the split scored (default: test); C is never chosen on it")
+    t.add_argument("--shots", default="1,2,4,8,16", help="training images per class, comma-separated (0: all)")
+    t.add_argument("--seed", type=int, default=0, help="which k images of each class")
+    t.add_argument("--split-seed", type=int, default=0,
+                   help="the seeded split of data without split folders (and of a val part carved from train)")
+    t.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
+    add_max_pixels_argument(t)
+    t.set_defaults(func=cmd_linear_probe)
 
 
 def register_classify(subparsers: argparse._SubParsersAction) -> None:
