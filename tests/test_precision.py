@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import vlm
 from vlm.models.precision import with_precision
 from vlm.tokenizer import get_tokenizer
 
@@ -68,3 +69,17 @@ def test_int8_keeps_flat_images_whose_patch_filters_cancel(clip_tiny):
     flat = torch.ones(4, 3, 32, 32) * torch.tensor([1.9, -0.5, 0.7, 2.1])[:, None, None, None]
     fp32, int8 = clip_tiny.encode_image(flat), with_precision(clip_tiny, "int8").encode_image(flat)
     assert F.cosine_similarity(fp32, int8).min() > 0.999
+
+
+def test_int8_compiles_real_models_by_default_and_not_the_tiny_ones(clip_tiny, monkeypatch):
+    """torchao's int8 is slower than float32 unless inductor compiles it, so real models compile; test-sized ones
+    stay eager (a compile costs minutes), and VLM_INT8_COMPILE=0 turns it off for the commands."""
+    from vlm.models.precision import compiles_by_default
+
+    base = vlm.create_model("clip-base32")
+    assert compiles_by_default(base) and not compiles_by_default(clip_tiny)
+    assert not compiles_by_default(vlm.create_model("fusion-small"))  # early fusion: compiled was not faster
+    monkeypatch.setenv("VLM_INT8_COMPILE", "0")
+    assert not compiles_by_default(base)
+    int8 = with_precision(clip_tiny, "int8")
+    assert not isinstance(int8.image, torch._dynamo.eval_frame.OptimizedModule)

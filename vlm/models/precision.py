@@ -11,6 +11,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import os
 from collections.abc import Callable
 
 import torch
@@ -18,6 +19,9 @@ from torch import nn
 
 PRECISIONS = ("fp32", "bf16", "int8", "auto")
 WORKLOADS = ("train", "encode", "score")
+# Image towers at least this large compile int8 by default (with_precision): measured at clip-base32 (88M); clip-small
+# (0.9M) and the test models (33k) stay eager.
+COMPILE_MIN_PARAMETERS = 10_000_000
 # Per CPU class and workload, what measured faster than float32 at equal accuracy (docs/BENCHMARKS.md, "Precision
 # for the CPU you have"); bf16 / fp32 speed, each within one run of interleaved rounds:
 # AVX-512 BF16 (AMD EPYC, 2 cores, under heavy load, 2026-12-06): image encoding clip-small 1.45x, clip-base32
@@ -80,7 +84,7 @@ def autocast(precision: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def with_precision(model: nn.Module, precision: str, compile: bool = False) -> nn.Module:
+def with_precision(model: nn.Module, precision: str, compile: bool | None = None) -> nn.Module:
     """`model` for inference at `precision` ("auto": resolved for the model's workload): "fp32" returns it
     unchanged; "bf16" and "int8" an inference copy (the original is left untouched).
 
@@ -96,24 +100,41 @@ def with_precision(model: nn.Module, precision: str, compile: bool = False) -> n
     weights, a small difference of large numbers that int8 weights get wrong. Quantized, it put real images'
     embeddings up to 0.14 off in cosine, for 2-3% of a ViT-B/32's FLOPs.
 
-    `compile`: torch.compile (inductor, weights frozen) the copy's heavy part, for long runs. torchao's CPU int8
-    is written for inductor to fuse: eager it ran clip-base32 image encoding at 0.36x float32 here, compiled at
-    1.69x, where torch.ao's oneDNN int8 ran 0.88x (AVX-512 BF16 EPYC, 2 cores under load, docs/BENCHMARKS.md).
-    Compiling costs about two minutes a new shape under that load, so short runs and tests stay eager."""
+    `compile`: torch.compile (inductor, weights frozen) the copy's heavy part. torchao's CPU int8 is written for
+    inductor to fuse: eager, clip-base32 image encoding ran 0.75x float32, compiled 2.18x, the removed torch.ao
+    path 1.62x; early fusion's scoring ran 1.17x eager and 0.86-1.18x compiled (docs/BENCHMARKS.md). So None
+    (the default) compiles late fusion's int8 image tower for real models (`compiles_by_default`) and leaves
+    early fusion eager. The compile happens at the first call (a static graph for that shape, then one dynamic
+    graph for every other) and costs minutes on 2 busy cores: repaid by serve, index build and eval over many
+    batches. `compile=False`, or VLM_INT8_COMPILE=0 for the commands, keeps it eager."""
     precision = resolve_precision(precision, model_workload(model))
     if precision == "fp32":
         return model
     copied = bf16_copy(model) if precision == "bf16" else int8_copy(model)
+    if compile is None:
+        compile = precision == "int8" and compiles_by_default(copied)
     return compiled(copied) if compile else copied
+
+
+def compiles_by_default(model: nn.Module) -> bool:
+    """Whether an int8 copy compiles unless told: late fusion only (early fusion's compiled scoring was not faster
+    than eager), not where VLM_INT8_COMPILE=0, nor under COMPILE_MIN_PARAMETERS (the tiny test models, where a
+    compile's minutes buy nothing)."""
+    if os.environ.get("VLM_INT8_COMPILE", "1") == "0" or model_workload(model) != "encode":
+        return False
+    return sum(p.numel() for p in model.image.parameters()) >= COMPILE_MIN_PARAMETERS
 
 
 def compiled(model: nn.Module) -> nn.Module:
     """`model` (an inference copy) with the late-fusion image tower, or early fusion's fusion stack, compiled."""
-    options = {"freezing": True}  # inductor folds the frozen weights (and int8 scales) into the graph
+    # freezing: inductor folds the frozen weights, int8 scales and torchao's weight sums into the graph. The first
+    # shape compiles static (the full batches: fastest), a second one a dynamic graph for all later shapes; compiled
+    # dynamic from the start, fusion-base32's scoring ran 0.86x float32 against 1.17x eager (under load).
+    compiler = functools.partial(torch.compile, options={"freezing": True})
     if model_workload(model) == "encode":
-        model.image = torch.compile(model.image, options=options)
+        model.image = compiler(model.image)
     else:
-        object.__setattr__(model, "fuse", torch.compile(model.fuse, options=options))
+        object.__setattr__(model, "fuse", compiler(model.fuse))
     return model
 
 
