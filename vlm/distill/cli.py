@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_shrink)
 
     p = subparsers.add_parser("distill-report", help="teacher, distilled, shrunk-then-distilled and scratch student: "
-                                                     "accuracy, size and encode speed, as % of the teacher")
+                                                     "accuracy, size and encode speed, as %% of the teacher")
     p.add_argument("--teacher", required=True, help="the teacher checkpoint (late fusion)")
     p.add_argument("--data", required=True, help="shapes world to train on and evaluate (its --split)")
     p.add_argument("--out", required=True, type=Path, help="folder for report.md, report.json, the plot and runs")
