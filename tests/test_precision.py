@@ -83,3 +83,18 @@ def test_int8_compiles_real_models_by_default_and_not_the_tiny_ones(clip_tiny, m
     assert not compiles_by_default(base)
     int8 = with_precision(clip_tiny, "int8")
     assert not isinstance(int8.image, torch._dynamo.eval_frame.OptimizedModule)
+
+
+def test_a_server_compiles_its_int8_image_tower_before_it_is_ready(monkeypatch):
+    """The first request must not wait minutes for a compile: the encoder runs both compiled shapes at load."""
+    from vlm.index import encoder as encoder_module
+
+    model = vlm.create_model("clip-tiny")
+    monkeypatch.setattr(encoder_module, "compiles_by_default", lambda m: True)
+    calls = []
+    encoder = encoder_module.Encoder(model, "fp32")
+    assert not encoder.compiles  # fp32 never compiles
+    encoder = encoder_module.Encoder(model, "int8")
+    monkeypatch.setattr(encoder, "encode_pixels", lambda pixels: calls.append(tuple(pixels.shape)))
+    encoder.warm_up()
+    assert [shape[0] for shape in calls] == [1, 2]

@@ -16,7 +16,7 @@ from PIL import Image
 from vlm.eval.pair_scoring import encode_texts
 from vlm.models import DualEncoder, EarlyFusionModel, load_model
 from vlm.models.dual_encoder import MAX_LOGIT_SCALE
-from vlm.models.precision import with_precision
+from vlm.models.precision import compiles_by_default, with_precision
 from vlm.models.preprocess import model_transform
 from vlm.tokenizer import get_tokenizer, padding_mask
 
@@ -35,6 +35,15 @@ class Encoder:
         self.dim = model.config.embed_dim
         self.name = model.config.name
         self.weights: str | None = None  # weights_fingerprint, when load_encoder was asked for it
+        self.compiles = precision == "int8" and compiles_by_default(model)
+
+    def warm_up(self) -> None:
+        """Compile now, not in the first request: a compiled int8 image tower compiles at its first call (minutes
+        on 2 cores) and once more at its second batch shape, so both shapes are run here on a blank image."""
+        if self.compiles:
+            blank = self.preprocess([Image.new("RGB", (32, 32))])
+            for batch in (1, 2):
+                self.encode_pixels(blank.expand(batch, -1, -1, -1).contiguous())
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> np.ndarray:

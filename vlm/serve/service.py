@@ -146,6 +146,7 @@ class Service:
         c = self.config
         try:
             encoder = load_encoder(c.checkpoint, query_precision(c.precision, c.index))
+            encoder.warm_up()  # /readyz says loading until a compiled int8 tower has compiled
             rerank_precision = resolve_precision(c.rerank_precision, "score")
             self.reranker = load_reranker(c.rerank_checkpoint, rerank_precision) if c.rerank_checkpoint else None
             index = ItemIndex(c.index, read_only=c.read_only)
