@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
+# Before pymilvus imports grpc: the fault tests fork servers with a preexec_fn, and gRPC's fork handlers, with a
+# leftover channel's call in flight in this process, aborted the forked child (SIGABRT, "epoll_wait error: Bad file
+# descriptor") once in a full run. The child only execs `vlm serve`; it never uses gRPC.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
+import pytest  # noqa: E402
 import torch
 
 import vlm
