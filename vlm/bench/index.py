@@ -126,6 +126,7 @@ def build(work: Path, settings: dict) -> dict:
     with atomic_write(folder / "snapshot.json", "w") as f:
         json.dump(asdict(record), f)
     return {"structure": backend.kind, "total_s": round(time.perf_counter() - start, 1),
+            "anon_rss_bytes_at_end": _status("RssAnon"),  # private memory; VmHWM also counts mapped parts' pages
             "peak_rss_bytes": _status("VmHWM"),  # this process's own peak: ru_maxrss also counts the parent's
             #                                         pages at fork (Linux keeps the pre-exec peak across exec)
             "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -151,7 +152,8 @@ def measure(work: Path, settings: dict) -> dict:
     probes = np.concatenate(probes)
     out["index_ms"] = latency(lambda q: backend.search(q, K), probes)
     out["serving_rss_bytes"] = {"before_open": start_rss, "after_queries": _status("VmRSS"),
-                                "peak": _status("VmHWM")}
+                                "peak": _status("VmHWM"),  # VmRSS/VmHWM count mapped file pages too: split them
+                                "anon_after_queries": _status("RssAnon"), "file_after_queries": _status("RssFile")}
     out["exact_ms"], out["exact_kind"] = exact_latency(work, settings["dim"], probes, record.count)
     return out
 
@@ -204,6 +206,9 @@ def print_table(report: dict) -> None:
         ("p50|p99 ms, exact", f"{m['exact_ms']['p50']:.2f} | {m['exact_ms']['p99']:.2f} ({m['exact_kind']})"),
         ("serving RSS", f"{m['serving_rss_bytes']['peak'] / gib:.2f} GiB peak (mapped={m['mapped']}; "
                         f"{m['serving_rss_bytes']['before_open'] / gib:.2f} GiB before opening)"),
+        ("serving RSS split", f"{m['serving_rss_bytes'].get('anon_after_queries', 0) / gib:.2f} GiB private, "
+                              f"{m['serving_rss_bytes'].get('file_after_queries', 0) / gib:.2f} GiB mapped file "
+                              "pages (reclaimable), after the queries"),
         ("cpu", f"{report['cpu']}, {report['cores']} cores"),
     ]
     for name, value in rows:
