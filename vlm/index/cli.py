@@ -8,6 +8,7 @@ import json
 from data_pipelines.options import add_source_arguments, source_options
 
 PRECISIONS = ("fp32", "bf16", "int8", "auto")  # vlm.models.precision.PRECISIONS, without torch for `vlm --help`
+FAISS_FLAGS = ("exact_max", "approximate", "max_index_memory", "index_factory")
 MILVUS_INDEX_TYPES = ("FLAT", "HNSW", "IVF_PQ", "DISKANN")  # vlm.index.milvus.INDEX_TYPES (tested equal)
 
 
@@ -50,15 +51,7 @@ def add_build_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--milvus-index", choices=MILVUS_INDEX_TYPES, default="FLAT", help="Milvus index type of new "
                    "collections: FLAT (exact), HNSW (M=32, ef=max(k,128)), IVF_PQ (nlist 1024, dim/4 codes of 8 "
                    "bits, nprobe 32), DISKANN (a server's SSD index)")
-    b.add_argument("--exact-max", type=int, help="faiss: exact search up to this many items, approximate above "
-                   "(default: 1,000,000)")
-    b.add_argument("--approximate", choices=["hnsw", "ivf"], help="faiss: the structure above --exact-max "
-                   "(default: hnsw)")
-    b.add_argument("--max-index-memory", metavar="SIZE", help="faiss: choose the structure to fit this much "
-                   "memory (4G, 512M): flat, HNSW, IVF-Flat or OPQ+IVF+PQ with the largest code that fits, built by "
-                   "streaming; nprobe/efSearch tuned to recall@10 >= 0.95, recorded in index.json")
-    b.add_argument("--index-factory", metavar="STRING", help="faiss: this factory string instead (e.g. "
-                   "'OPQ64_512,IVF4096,PQ64x8'); wins over --max-index-memory, tuned and recorded alike")
+    add_faiss_arguments(b)
     b.add_argument("--overwrite", action="store_true", help="replace an existing index at --out (refused while a "
                    "server has it open)")
     b.add_argument("--precision", choices=PRECISIONS, default="fp32", help="int8: the image tower in int8 (within "
@@ -90,13 +83,22 @@ def add_from_parts_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--out", required=True, help="index folder to write")
     f.add_argument("--image-root", help="the folder the parts' relative image paths are relative to (default: "
                    "none; paths are kept as the parts hold them)")
-    f.add_argument("--exact-max", type=int, help="faiss: exact search up to this many items (default: 1,000,000)")
-    f.add_argument("--approximate", choices=["hnsw", "ivf"], help="faiss: the structure above --exact-max")
-    f.add_argument("--max-index-memory", metavar="SIZE", help="faiss: choose the structure to fit this much "
-                   "memory (see index build)")
-    f.add_argument("--index-factory", metavar="STRING", help="faiss: this factory string instead")
+    add_faiss_arguments(f)
     f.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
     f.set_defaults(func=cmd_from_parts)
+
+
+def add_faiss_arguments(parser: argparse.ArgumentParser) -> None:
+    """The faiss structure of a new folder: one set of flags for `build` and `from-parts`."""
+    parser.add_argument("--exact-max", type=int, help="faiss: exact search up to this many items, approximate above "
+                        "(default: 1,000,000)")
+    parser.add_argument("--approximate", choices=["hnsw", "ivf"], help="faiss: the structure above --exact-max "
+                        "(default: hnsw)")
+    parser.add_argument("--max-index-memory", metavar="SIZE", help="faiss: choose the structure to fit this much "
+                        "memory (4G, 512M): flat, HNSW, IVF-Flat or OPQ+IVF+PQ with the largest code that fits, "
+                        "built by streaming; nprobe/efSearch tuned to recall@10 >= 0.95, recorded in index.json")
+    parser.add_argument("--index-factory", metavar="STRING", help="faiss: this factory string instead (e.g. "
+                        "'OPQ64_512,IVF4096,PQ64x8'); wins over --max-index-memory, tuned and recorded alike")
 
 
 def add_part_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,8 +120,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from vlm.train.distributed import shutdown_distributed
 
     options = BuildOptions(split=args.split, batch_size=args.batch_size, backend=args.backend,
-                           faiss=FaissConfig(**given(args, "exact_max", "approximate", "max_index_memory",
-                                                       "index_factory")),
+                           faiss=FaissConfig(**given(args, *FAISS_FLAGS)),
                            milvus_uri=args.milvus_uri, milvus_index=args.milvus_index,
                            milvus_collection=args.milvus_collection,
                            milvus_token=args.milvus_token, overwrite=args.overwrite, source=source_options(args),
@@ -152,7 +153,7 @@ def cmd_from_parts(args: argparse.Namespace) -> int:
     from vlm.index.backends import FaissConfig
     from vlm.index.from_parts import build_from_parts
 
-    faiss = FaissConfig(**given(args, "exact_max", "approximate", "max_index_memory", "index_factory"))
+    faiss = FaissConfig(**given(args, *FAISS_FLAGS))
     count = build_from_parts(args.parts, args.out, faiss, args.image_root, args.overwrite)
     print(f"{args.out}: {count} items from {args.parts}")
     return 0
