@@ -244,3 +244,29 @@ def test_from_parts_refuses_a_folder_without_header_or_finished_parts(tmp_path, 
     (tmp_path / "empty").mkdir()
     assert main(["index", "from-parts", str(tmp_path / "empty"), "--out", str(tmp_path / "idx")]) != 0
     assert "no parts.json" in capsys.readouterr().err
+
+
+def test_parts_are_read_by_row_without_mapping_them(built):
+    """A server re-ranking from 10 GB of parts must not grow by the pages it touched: rows are read, not mapped."""
+    from pathlib import Path
+
+    from vlm.index.part_vectors import PartVectors
+
+    folder, images, texts = built
+    parts = PartVectors(folder / "parts")
+    rows = np.array([20, 3, 3, 0, 8, 7, 15, 1])  # unsorted, repeated, across all three parts
+    assert np.allclose(parts.read("image", rows), images[rows], atol=2e-3)
+    assert np.allclose(parts.read("text", rows[:1]), texts[20] / np.linalg.norm(texts[20]), atol=2e-3)
+    mapped = Path("/proc/self/maps").read_text()
+    assert str(folder / "parts") not in mapped
+
+
+def test_a_truncated_part_is_one_line_naming_it(built):
+    from vlm.index.errors import IndexFolderError
+    from vlm.index.part_vectors import PartVectors
+
+    folder, _, _ = built
+    part = folder / "parts" / "img_emb" / "img_emb_000_000002.npy"
+    part.write_bytes(part.read_bytes()[:-DIM * 2 * 3])  # its last three rows lost
+    with pytest.raises(IndexFolderError, match="part 000_000002 cannot be read .*short read"):
+        PartVectors(folder / "parts").read("image", np.array([20]))

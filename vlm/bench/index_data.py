@@ -91,15 +91,16 @@ def chunks(parts_dir: Path, rows: int = 65_536) -> Iterator[tuple[np.ndarray, np
 
 
 class PartRows:
-    """Row numbers -> float32 image vectors, read from the memory-mapped parts (what re-ranks a PQ index)."""
+    """Row numbers -> float32 image vectors, read from the parts with pread (what re-ranks a PQ index; mapped,
+    the rows it touched would count in the RSS measured)."""
 
     def __init__(self, parts_dir: Path):
-        self.parts = [p.vectors("image") for p in list_parts(parts_dir)]
+        self.parts = [p.rows_reader("image") for p in list_parts(parts_dir)]
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
-        out = np.empty((len(ids), self.parts[0].shape[1]), np.float32)
+        out = np.empty((len(ids), self.parts[0].dim), np.float32)
         part, row = np.divmod(np.asarray(ids, dtype=np.int64), PART_ROWS)
         for p in np.unique(part):
             mask = part == p
-            out[mask] = self.parts[p][row[mask]]
+            out[mask] = self.parts[p].read(row[mask])
         return out

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from vlm.index.errors import IndexFolderError
-from vlm.index.parts import Part, list_parts
+from vlm.index.parts import Part, RowReader, list_parts
 
 PARTS_DIR = "parts"
 
@@ -54,29 +54,30 @@ def _sha256(path: Path) -> str:
 
 
 class PartVectors:
-    """Read vectors by global row (parts in tag order, rows in file order), memory-mapped: nothing is loaded
-    until read, and pages are shared with every other process serving the folder."""
+    """Read vectors by global row (parts in tag order, rows in file order) with pread: nothing is loaded until
+    read, the page cache is shared with every other process serving the folder, and none of it counts in this
+    process's RSS (it would, mapped)."""
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         self.parts = finished_parts(self.directory)
         sizes = np.array([p.rows for p in self.parts], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(sizes)])
-        self._maps: dict[tuple[int, str], np.ndarray] = {}
+        self._readers: dict[tuple[int, str], RowReader] = {}
 
     @property
     def rows(self) -> int:
         return int(self.starts[-1])
 
-    def _map(self, part: int, modality: str) -> np.ndarray:
+    def _rows(self, part: int, modality: str, rows: np.ndarray) -> np.ndarray:
         key = (part, modality)
-        if key not in self._maps:
-            try:
-                self._maps[key] = self.parts[part].vectors(modality)
-            except (OSError, ValueError) as e:
-                raise IndexFolderError(f"{self.directory}: part {self.parts[part].tag} cannot be read ({e}); "
-                                       "restore the folder from a backup (vlm index backup)") from None
-        return self._maps[key]
+        try:
+            if key not in self._readers:
+                self._readers[key] = self.parts[part].rows_reader(modality)
+            return self._readers[key].read(rows)
+        except (OSError, ValueError, IndexError) as e:
+            raise IndexFolderError(f"{self.directory}: part {self.parts[part].tag} cannot be read ({e}); "
+                                   "restore the folder from a backup (vlm index backup)") from None
 
     def read(self, modality: str, rows: np.ndarray) -> np.ndarray:
         """float32 (len(rows), dim) in the order of `rows`, L2-normalised (a zero row stays zero)."""
@@ -88,7 +89,7 @@ class PartVectors:
         out = None
         for part in np.unique(part_of):
             where = np.flatnonzero(part_of == part)
-            block = np.asarray(self._map(int(part), modality)[rows[where] - self.starts[part]], dtype=np.float32)
+            block = self._rows(int(part), modality, rows[where] - self.starts[part]).astype(np.float32)
             if out is None:
                 out = np.empty((len(rows), block.shape[1]), dtype=np.float32)
             out[where] = block
