@@ -38,7 +38,10 @@ def png_base64(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def make_collection(root: Path) -> dict:
+PQ_FACTORY = "IVF2,PQ8x2"  # a compressed index that 12 items can train (4 centroids per sub-quantizer)
+
+
+def make_collection(root: Path, *build_args: str) -> dict:
     """12 drawn images + pairs.csv, random clip-tiny and fusion-tiny checkpoints, and an index built by the CLI."""
     torch.manual_seed(0)
     (root / "images").mkdir(parents=True)
@@ -51,20 +54,25 @@ def make_collection(root: Path) -> dict:
     vlm.create_model("clip-tiny").save(root / "clip.pt")
     vlm.create_model("fusion-tiny").save(root / "fusion.pt")
     assert main(["index", "build", "--checkpoint", str(root / "clip.pt"), "--data", str(root / "pairs.csv"),
-                 "--out", str(root / "index")]) == 0
+                 "--out", str(root / "index"), *build_args]) == 0
     return {"root": root, "checkpoint": root / "clip.pt", "fusion": root / "fusion.pt", "index": root / "index",
             "captions": [caption for _, caption in rows]}
 
 
-@pytest.fixture(scope="module")
-def collection(tmp_path_factory) -> dict:
-    return make_collection(tmp_path_factory.mktemp("serve"))
+@pytest.fixture(scope="module", params=["flat", "pq-mapped"])
+def collection(request, tmp_path_factory) -> dict:
+    """Every route twice: on an exact index, and on a compressed (IVF-PQ) one served read-only, memory-mapped."""
+    if request.param == "flat":
+        return {**make_collection(tmp_path_factory.mktemp("serve")), "read_only": False}
+    made = make_collection(tmp_path_factory.mktemp("serve-pq"), "--index-factory", PQ_FACTORY)
+    return {**made, "read_only": True}
 
 
 @pytest.fixture(scope="module")
 def server(collection):
+    read_only = ["--read-only"] if collection["read_only"] else []
     process = ServerProcess(collection["checkpoint"], collection["index"], "--rerank-checkpoint",
-                            str(collection["fusion"]), log_path=collection["root"] / "server.log")
+                            str(collection["fusion"]), *read_only, log_path=collection["root"] / "server.log")
     with process:
         yield process
 
@@ -80,11 +88,14 @@ def encoder(collection) -> Encoder:
     return Encoder(vlm.load(collection["checkpoint"]))
 
 
-def test_health_and_readiness(http):
+def test_health_and_readiness(http, collection):
     assert http.get("/healthz").json() == {"status": "ok"}
     assert http.get("/readyz").json() == {"status": "ready"}  # nothing more without the key
     stats = http.get("/v1/stats").json()
     assert stats["index"]["items"] == 12 and stats["reranker"] is True and "directory" not in stats["index"]
+    want = "ivfpq" if collection["read_only"] else "flat"
+    assert stats["index"]["search_structure"]["image"] == want and stats["index"]["read_only"] is collection["read_only"]
+    assert stats["index"]["mapped"]["image"] is collection["read_only"]  # the snapshot's pages, not a copy
 
 
 def test_search_by_an_indexed_image_finds_it_first(http, collection):
@@ -150,8 +161,13 @@ def test_rerank_orders_the_top_k_by_the_early_fusion_score(http, collection):
     assert all("rerank_score" not in r for r in out["results"][4:])
 
 
-def test_added_item_is_searchable_then_deleted(http):
+def test_added_item_is_searchable_then_deleted(http, collection):
     image = draw("black", "circle")
+    if collection["read_only"]:  # a read-only server says so in one line; its folder's writer adds and deletes
+        refused = http.post("/v1/items", json={"image": png_base64(image), "caption": "a black circle"})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "index_read_only"
+        assert http.delete("/v1/items/1").status_code == 403
+        return
     added = http.post("/v1/items", json={"image": png_base64(image), "caption": "a black circle",
                                          "metadata": {"source": "test"}}).json()
     item = http.get(f"/v1/items/{added['id']}").json()

@@ -7,7 +7,7 @@ import os
 import shutil
 
 import pytest
-from test_serve_api import make_collection
+from test_serve_api import PQ_FACTORY, make_collection
 
 from vlm.serve.process import ServerProcess
 
@@ -31,14 +31,19 @@ def browser():
         browser.close()
 
 
-@pytest.fixture(scope="module")
-def collection(tmp_path_factory):
-    return make_collection(tmp_path_factory.mktemp("web"))
+@pytest.fixture(scope="module", params=["flat", "pq-mapped"])
+def collection(request, tmp_path_factory):
+    """The page on an exact index, and on a compressed (IVF-PQ) one served read-only, memory-mapped."""
+    if request.param == "flat":
+        return {**make_collection(tmp_path_factory.mktemp("web")), "serve_args": []}
+    made = make_collection(tmp_path_factory.mktemp("web-pq"), "--index-factory", PQ_FACTORY)
+    return {**made, "serve_args": ["--read-only"]}
 
 
 @pytest.fixture(scope="module")
 def server(collection):
-    with ServerProcess(collection["checkpoint"], collection["index"], log_path=collection["root"] / "server.log") as s:
+    with ServerProcess(collection["checkpoint"], collection["index"], *collection["serve_args"],
+                       log_path=collection["root"] / "server.log") as s:
         yield s
 
 

@@ -432,7 +432,9 @@ class ItemIndex:
                     size += path.stat().st_size
         return {"directory": str(self.directory), "items": len(self), "dim": c.dim, "backend": c.backend,
                 "model": c.model, "precision": c.precision, "vectors": {m: self.store.count(m) for m in MODALITIES},
-                "search_structure": backends, "bytes_on_disk": size, "read_only": self.read_only,
+                "search_structure": backends,
+                "mapped": {m: bool(getattr(b, "mapped", False)) for m, b in self.backends.items()},
+                "bytes_on_disk": size, "read_only": self.read_only,
                 "read_only_reason": self.read_only_reason,
                 "snapshot_error": self.snapshot_error}
 
