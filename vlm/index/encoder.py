@@ -69,7 +69,7 @@ class Reranker:
     """Scores (text, image) pairs with an early-fusion model's ITM head."""
 
     def __init__(self, model: EarlyFusionModel, batch_size: int = 32, precision: str = "fp32"):
-        self.model = with_precision(model.eval(), precision)
+        self.model = with_precision(model.eval(), precision, compile=False)  # batch shapes follow each request
         self.precision = precision
         self.tokenizer = get_tokenizer(model)
         self.transform = model_transform(model)

@@ -102,11 +102,12 @@ def with_precision(model: nn.Module, precision: str, compile: bool | None = None
 
     `compile`: torch.compile (inductor, weights frozen) the copy's heavy part. torchao's CPU int8 is written for
     inductor to fuse: eager, clip-base32 image encoding ran 0.75x float32, compiled 2.18x, the removed torch.ao
-    path 1.62x; early fusion's scoring ran 1.17x eager and 0.86-1.18x compiled (docs/BENCHMARKS.md). So None
-    (the default) compiles late fusion's int8 image tower for real models (`compiles_by_default`) and leaves
-    early fusion eager. The compile happens at the first call (a static graph for that shape, then one dynamic
-    graph for every other) and costs minutes on 2 busy cores: repaid by serve, index build and eval over many
-    batches. `compile=False`, or VLM_INT8_COMPILE=0 for the commands, keeps it eager."""
+    path 1.62x; fusion-base32's pair scoring ran 1.2-1.35x eager and 2.72x compiled (`vlm bench score`, batches
+    of one shape, 2026-12-07; docs/BENCHMARKS.md). So None (the default) compiles int8 copies of real models
+    (`compiles_by_default`). The compile happens at the first call (a static graph for that shape, then one
+    dynamic graph for every other) and costs half a minute to minutes on 2 cores: repaid by serve, index build
+    and eval over many batches (the pair scorer's batches all have one shape). `compile=False` (the re-ranker,
+    whose batch shapes follow each request), or VLM_INT8_COMPILE=0 for the commands, keeps it eager."""
     precision = resolve_precision(precision, model_workload(model))
     if precision == "fp32":
         return model
@@ -117,19 +118,19 @@ def with_precision(model: nn.Module, precision: str, compile: bool | None = None
 
 
 def compiles_by_default(model: nn.Module) -> bool:
-    """Whether an int8 copy compiles unless told: late fusion only (early fusion's compiled scoring was not faster
-    than eager), not where VLM_INT8_COMPILE=0, nor under COMPILE_MIN_PARAMETERS (the tiny test models, where a
-    compile's minutes buy nothing)."""
-    if os.environ.get("VLM_INT8_COMPILE", "1") == "0" or model_workload(model) != "encode":
+    """Whether an int8 copy compiles unless told: not where VLM_INT8_COMPILE=0, nor under COMPILE_MIN_PARAMETERS
+    in its int8 part (the tiny test models and the quickstart's, where a compile's minutes buy nothing)."""
+    if os.environ.get("VLM_INT8_COMPILE", "1") == "0":
         return False
-    return sum(p.numel() for p in model.image.parameters()) >= COMPILE_MIN_PARAMETERS
+    heavy = model.image if model_workload(model) == "encode" else model
+    return sum(p.numel() for p in heavy.parameters()) >= COMPILE_MIN_PARAMETERS
 
 
 def compiled(model: nn.Module) -> nn.Module:
     """`model` (an inference copy) with the late-fusion image tower, or early fusion's fusion stack, compiled."""
     # freezing: inductor folds the frozen weights, int8 scales and torchao's weight sums into the graph. The first
-    # shape compiles static (the full batches: fastest), a second one a dynamic graph for all later shapes; compiled
-    # dynamic from the start, fusion-base32's scoring ran 0.86x float32 against 1.17x eager (under load).
+    # shape compiles static (the full batches: fastest), a second one a dynamic graph for all later shapes (a
+    # server's micro-batches of 1 to N); compiled dynamic from the start, fusion-base32's scoring ran 0.86x float32.
     compiler = functools.partial(torch.compile, options={"freezing": True})
     if model_workload(model) == "encode":
         model.image = compiler(model.image)
