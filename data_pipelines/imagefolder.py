@@ -38,6 +38,15 @@ def open_imagefolder(
     or `keep_empty` for a caller that names the classes itself, as `--classnames imagenet` does for ImageNet's
     1000 folders): then every folder keeps its place in the label order."""
     root = Path(root)
+    folders, classnames, templates = imagefolder_classes(root, keep_empty)
+    records, rows, stats = validate_records(iter_imagefolder(root, folders, classnames), str(root), max_bad_fraction,
+                                            check_files=False)
+    info = {"classnames": classnames, "templates": templates, "folders": folders}
+    return RecordDataset(records, stats, "imagefolder", transform, max_pixels, info, rows=rows)
+
+
+def imagefolder_classes(root: Path, keep_empty: bool = False) -> tuple[list[str], list[str], list[str]]:
+    """(class folders in label order, their class names, the prompt templates), without listing the images."""
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise ValueError(f"{root}: no class folders (expected root/<class>/<image>)")
@@ -54,17 +63,17 @@ def open_imagefolder(
         bad = [t for t in templates if "{}" not in t]
         if bad:
             raise ValueError(f"{root / 'templates.txt'}: template {bad[0]!r} has no '{{}}' for the class name")
+    return folders, classnames, templates
 
-    def candidates() -> Iterator[tuple[Sample, str]]:
-        for label, folder in enumerate(folders):
-            for image in sorted((root / folder).iterdir()):
-                if image.suffix.lower() in IMAGE_EXTENSIONS:
-                    yield Sample(image, f"{folder}/{image.name}", label=label,
-                                 meta={"classname": classnames[label]}), str(image)
 
-    records, rows, stats = validate_records(candidates(), str(root), max_bad_fraction, check_files=False)
-    info = {"classnames": classnames, "templates": templates, "folders": folders}
-    return RecordDataset(records, stats, "imagefolder", transform, max_pixels, info, rows=rows)
+def iter_imagefolder(root: Path, folders: list[str], classnames: list[str]) -> Iterator[tuple[Sample, str]]:
+    """Each image of each class folder as (record, where it came from), one folder's listing held at a time: an
+    index build streams this (vlm/index/stream.py), a dataset keeps the records."""
+    for label, folder in enumerate(folders):
+        for image in sorted((root / folder).iterdir()):
+            if image.suffix.lower() in IMAGE_EXTENSIONS:
+                yield Sample(image, f"{folder}/{image.name}", label=label,
+                             meta={"classname": classnames[label]}), str(image)
 
 
 def _non_empty(root: Path, folders: list[str]) -> list[str]:

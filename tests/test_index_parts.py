@@ -181,3 +181,32 @@ def test_a_pairs_file_is_streamed_not_held(tmp_path):
     assert count == len(held) == 5_000
     # measured: 75 KB streamed at 5,000 rows and 83 KB at 20,000, against 3.2 MB and 12.7 MB held
     assert streamed < 256 * 2**10 and loaded > 10 * streamed
+
+
+def test_an_imagefolder_tree_is_streamed_with_its_loaders_keys_and_labels(tmp_path):
+    from data_pipelines.imagefolder import open_imagefolder
+
+    root = tmp_path / "tree"
+    for label, (colour, shape) in enumerate((("red", "circle"), ("blue", "square"), ("green", "circle"))):
+        (root / f"{colour}_{shape}").mkdir(parents=True)
+        for i in range(400):
+            (root / f"{colour}_{shape}" / f"{i:04d}.png").write_bytes(b"")  # listed, never decoded here
+    (root / "empty").mkdir()  # not a class: skipped by both readers
+    draw("red", "circle").save(root / "red_circle" / "0000.png")
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in stream_collection(root, None, {}, SkipStats()))
+        streamed = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        held = open_imagefolder(root)
+        loaded = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == len(held) == 1_200 and loaded > 3 * streamed, (streamed, loaded)
+    entries = list(stream_collection(root, None, {}, SkipStats()))
+    assert [e.key for e in entries] == [r.image_id for r in held.records]
+    red = next(e for e in entries if e.key == "red_circle/0000.png").load()
+    assert red.label == 2 and red.meta["classname"] == "red circle" and red.image.size == (32, 32)  # sorted
+    stats = SkipStats()
+    broken = next(iter(stream_collection(root, None, {}, stats))).load()  # an empty file: skipped, counted
+    assert broken.image is None and stats.skipped == {"corrupt image": 1}

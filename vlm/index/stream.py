@@ -2,9 +2,11 @@
 
 Each `Entry` names one image (its stable key, captions, file or shard member) and decodes it only when asked,
 so a resumed build passes over a finished part's images without opening one. CSV/TSV/JSONL files, plain image
-folders and shards are read record by record, in constant memory; captions of one image are grouped when
-their rows are adjacent. COCO, Karpathy and ImageFolder trees are read as their loaders read them (their
-index is loaded whole anyway), then handed out one image at a time.
+folders, ImageFolder trees and shards are read record by record, in constant memory (a folder's listing at a
+time); captions of one image are grouped when their rows are adjacent. COCO and Karpathy files are read as
+their loaders read them, then handed out one image at a time: each is one JSON document whose captions are
+grouped by image id across the file, so some index of it is held whatever the reader (118k images for COCO
+2017 train).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
 
+from data_pipelines.imagefolder import imagefolder_classes, iter_imagefolder
 from data_pipelines.images import IMAGE_EXTENSIONS, BadImage, decode_image
 from data_pipelines.pairs import iter_pairs
 from data_pipelines.records import RecordDataset
@@ -42,6 +45,8 @@ def stream_collection(data: str | Path, split: str | None, options: dict, stats:
         return _pairs_entries(Path(data), options, stats, max_pixels)
     if fmt == "folder":
         return _folder_entries(Path(data), stats, max_pixels)
+    if fmt == "imagefolder":
+        return _imagefolder_entries(Path(data), options, stats, max_pixels)
     dataset = open_source(data, split, **options)
     _count_into(dataset, stats)
     if fmt == "webdataset":
@@ -77,6 +82,14 @@ def _folder_entries(root: Path, stats: SkipStats, max_pixels: int | None) -> Ite
                 stats.ok()
                 record = Sample(str(path), path.relative_to(root).as_posix())
                 yield Entry(record.image_id, [], path, None, _loader(record, stats, max_pixels))
+
+
+def _imagefolder_entries(root: Path, options: dict, stats: SkipStats, max_pixels: int | None) -> Iterator[Entry]:
+    """An ImageFolder tree class by class, as its loader orders it (same keys, labels and class names)."""
+    folders, classnames, _ = imagefolder_classes(root, options.get("keep_empty", False))
+    for record, _ in iter_imagefolder(root, folders, classnames):
+        stats.ok()
+        yield Entry(record.image_id, [], Path(record.image), None, _loader(record, stats, max_pixels))
 
 
 def _loader(record: Sample, stats: SkipStats, max_pixels: int | None) -> Callable[[], Sample]:
