@@ -43,6 +43,8 @@ def register_bench(subparsers: argparse._SubParsersAction) -> None:
                         "p99 and a consistency check (exit 1 if any fails)")
     p.add_argument("--clients", type=int, default=8, help="--soak: clients (half search, a quarter add, an eighth "
                    "poll /v1/stats, the rest delete)")
+    p.add_argument("--folder", type=Path, help="instead: serve this index folder read-only (needs --checkpoint) and "
+                   "time /readyz, /v1/stats and searches, and read the server's memory beside the model's alone")
     p.set_defaults(func=cmd_bench_serve)
 
 
@@ -210,6 +212,20 @@ def run_soak_bench(checkpoint: str | None, n_items: int, minutes: float, clients
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
+    if args.folder is not None:
+        from vlm.bench.serve_folder import bench_folder, format_folder, write_report
+        from vlm.errors import UserError
+
+        if not args.checkpoint:
+            raise UserError("--folder needs --checkpoint: the late-fusion model the folder was built with")
+        out = Path(args.out if args.out != "runs/bench/serve.json" else "runs/bench/serve-folder.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        report = bench_folder(args.checkpoint, args.folder, args.queries,
+                              [int(c) for c in args.concurrency.split(",")], out)
+        write_report(report, out)
+        print(format_folder(report))
+        print(f"wrote {out}")
+        return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.soak is not None:
         from vlm.bench.soak import format_soak
