@@ -16,10 +16,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
-from test_serve_api import COLOURS, SHAPES, draw
+from test_serve_api import draw, write_collection
 
-import vlm
 from data_pipelines.pairs import open_pairs
 from data_pipelines.sample import SkipStats
 from vlm.cli import main
@@ -49,18 +47,10 @@ images.decode_image = counted
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("parts")
-    (root / "images").mkdir()
-    rows = []
-    for i, (colour, shape) in enumerate((c, s) for c in COLOURS for s in SHAPES):
-        draw(colour, shape).save(root / "images" / f"{i}.png")
-        rows.append((f"images/{i}.png", f"a {colour} {shape}"))
-    with open(root / "pairs.csv", "w", newline="") as f:
-        csv.writer(f).writerows([("image", "caption"), *rows])
-    torch.manual_seed(0)
-    vlm.create_model("clip-tiny").save(root / "clip.pt")
+    written = write_collection(root)
     reference = build_index(root / "clip.pt", root / "pairs.csv", root / "reference",
                             BuildOptions(batch_size=2, part_size=2, progress=False))
-    return {"root": root, "checkpoint": root / "clip.pt", "pairs": root / "pairs.csv", "reference": reference}
+    return {**written, "reference": reference}
 
 
 def by_key(index_dir: Path) -> dict[str, np.ndarray]:
@@ -187,7 +177,7 @@ def test_an_imagefolder_tree_is_streamed_with_its_loaders_keys_and_labels(tmp_pa
     from data_pipelines.imagefolder import open_imagefolder
 
     root = tmp_path / "tree"
-    for label, (colour, shape) in enumerate((("red", "circle"), ("blue", "square"), ("green", "circle"))):
+    for colour, shape in (("red", "circle"), ("blue", "square"), ("green", "circle")):
         (root / f"{colour}_{shape}").mkdir(parents=True)
         for i in range(400):
             (root / f"{colour}_{shape}" / f"{i:04d}.png").write_bytes(b"")  # listed, never decoded here

@@ -41,8 +41,8 @@ def png_base64(image: Image.Image) -> str:
 PQ_FACTORY = "IVF2,PQ8x2"  # a compressed index that 12 items can train (4 centroids per sub-quantizer)
 
 
-def make_collection(root: Path, *build_args: str) -> dict:
-    """12 drawn images + pairs.csv, random clip-tiny and fusion-tiny checkpoints, and an index built by the CLI."""
+def write_collection(root: Path) -> dict:
+    """12 drawn images + pairs.csv and random clip-tiny and fusion-tiny checkpoints (no index yet)."""
     torch.manual_seed(0)
     (root / "images").mkdir(parents=True)
     rows = []
@@ -53,10 +53,16 @@ def make_collection(root: Path, *build_args: str) -> dict:
         csv.writer(f).writerows([("image", "caption"), *rows])
     vlm.create_model("clip-tiny").save(root / "clip.pt")
     vlm.create_model("fusion-tiny").save(root / "fusion.pt")
+    return {"root": root, "checkpoint": root / "clip.pt", "fusion": root / "fusion.pt", "pairs": root / "pairs.csv",
+            "captions": [caption for _, caption in rows]}
+
+
+def make_collection(root: Path, *build_args: str) -> dict:
+    """`write_collection` and an index of it built by the CLI."""
+    written = write_collection(root)
     assert main(["index", "build", "--checkpoint", str(root / "clip.pt"), "--data", str(root / "pairs.csv"),
                  "--out", str(root / "index"), *build_args]) == 0
-    return {"root": root, "checkpoint": root / "clip.pt", "fusion": root / "fusion.pt", "index": root / "index",
-            "captions": [caption for _, caption in rows]}
+    return {**written, "index": root / "index"}
 
 
 @pytest.fixture(scope="module", params=["flat", "pq-mapped"])
@@ -94,7 +100,8 @@ def test_health_and_readiness(http, collection):
     stats = http.get("/v1/stats").json()
     assert stats["index"]["items"] == 12 and stats["reranker"] is True and "directory" not in stats["index"]
     want = "ivfpq" if collection["read_only"] else "flat"
-    assert stats["index"]["search_structure"]["image"] == want and stats["index"]["read_only"] is collection["read_only"]
+    assert stats["index"]["search_structure"]["image"] == want
+    assert stats["index"]["read_only"] is collection["read_only"]
     assert stats["index"]["mapped"]["image"] is collection["read_only"]  # the snapshot's pages, not a copy
 
 
