@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vlm.atomic_io import atomic_write
+from vlm.bench.http import bench_http, percentiles
 from vlm.index.backends import FaissBackend
 from vlm.index.config import IndexConfig
 from vlm.index.folder import ItemIndex
@@ -46,11 +46,6 @@ def register_bench(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--folder", type=Path, help="instead: serve this index folder read-only (needs --checkpoint) and "
                    "time /readyz, /v1/stats and searches, and read the server's memory beside the model's alone")
     p.set_defaults(func=cmd_bench_serve)
-
-
-def percentiles(latencies_s: list[float]) -> dict:
-    ms = np.array(latencies_s) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
 
 
 def random_unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:
@@ -106,37 +101,6 @@ def bench_encoder(encoder: Encoder, texts: list[str]) -> dict:
     encoder.encode_texts(texts[:32])
     batch_s = time.perf_counter() - started
     return {"batch_1": percentiles(times), "batch_32_texts_per_s": round(32 / batch_s, 1)}
-
-
-def bench_http(url: str, texts: list[str], concurrency: int) -> dict:
-    import httpx
-
-    latencies: list[float] = []
-    errors = 0
-    lock = threading.Lock()
-    shares = [texts[i::concurrency] for i in range(concurrency)]
-
-    def client(share: list[str]) -> None:
-        nonlocal errors
-        with httpx.Client(base_url=url, timeout=60) as http:
-            for text in share:
-                started = time.perf_counter()
-                ok = http.post("/v1/search", json={"text": text, "k": 10}).status_code == 200
-                with lock:
-                    latencies.append(time.perf_counter() - started)
-                    errors += not ok
-
-    with httpx.Client(base_url=url) as http:  # warm-up
-        http.post("/v1/search", json={"text": texts[0], "k": 10})
-    threads = [threading.Thread(target=client, args=(share,)) for share in shares]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
-    return {"concurrency": concurrency, "queries": len(latencies), "errors": errors,
-            "queries_per_s": round(len(latencies) / wall, 1), **percentiles(latencies)}
 
 
 def run_bench(checkpoint: str | None, sizes: list[int], concurrency: list[int], n_queries: int, out: Path) -> dict:

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from vlm.bench.serve import bench_http, percentiles
+from vlm.bench.http import bench_http, percentiles
 
 FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
 MODEL_RSS = ("import sys; from vlm.index.encoder import load_encoder; e = load_encoder(sys.argv[1]); "
