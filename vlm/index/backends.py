@@ -343,7 +343,8 @@ class FaissBackend(VectorBackend):
     def ids(self) -> np.ndarray:
         with self._lock:
             ids = self._stored_ids()
-        return np.setdiff1d(ids, np.fromiter(self._tombstones, dtype=np.int64)) if self._tombstones else ids
+        banned = np.fromiter(self._tombstones, dtype=np.int64)
+        return np.setdiff1d(ids, banned, assume_unique=True) if self._tombstones else ids
 
     def close(self) -> None:
         if self.writable:  # a read-only open never writes (it wrote a snapshot the manifest did not name)
