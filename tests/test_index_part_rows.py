@@ -298,3 +298,19 @@ def test_an_open_at_the_snapshots_state_never_lists_the_index_ids(built, monkeyp
             reader.close()
     finally:
         writer.close()
+
+
+def test_reading_many_parts_holds_a_bounded_number_of_files_open(built, monkeypatch):
+    """At 1B items the parts are 20,000 files, past a process's default limit of 1,024 open files."""
+    import os
+
+    from vlm.index import part_vectors
+
+    folder, images, _ = built
+    monkeypatch.setattr(part_vectors, "OPEN_READERS", 2)
+    parts = part_vectors.PartVectors(folder / "parts")
+    before = len(os.listdir("/proc/self/fd"))
+    for rows in ([0, 8, 20], [20, 1], [13, 2, 19]):  # three parts, both modalities
+        assert np.allclose(parts.read("image", np.array(rows)), images[rows], atol=2e-3)
+        parts.read("text", np.array(rows))
+        assert len(os.listdir("/proc/self/fd")) - before <= 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from vlm.index.errors import IndexFolderError
 from vlm.index.parts import Part, RowReader, list_parts
 
 PARTS_DIR = "parts"
+OPEN_READERS = 256  # part files held open at once (least recently used closed first): 1B items are 20,000 files
 
 
 def finished_parts(directory: str | Path) -> list[Part]:
@@ -63,7 +65,7 @@ class PartVectors:
         self.parts = finished_parts(self.directory)
         sizes = np.array([p.rows for p in self.parts], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(sizes)])
-        self._readers: dict[tuple[int, str], RowReader] = {}
+        self._readers: OrderedDict[tuple[int, str], RowReader] = OrderedDict()
 
     @property
     def rows(self) -> int:
@@ -74,6 +76,9 @@ class PartVectors:
         try:
             if key not in self._readers:
                 self._readers[key] = self.parts[part].rows_reader(modality)
+                if len(self._readers) > OPEN_READERS:
+                    self._readers.popitem(last=False)[1].close()
+            self._readers.move_to_end(key)
             return self._readers[key].read(rows)
         except (OSError, ValueError, IndexError) as e:
             raise IndexFolderError(f"{self.directory}: part {self.parts[part].tag} cannot be read ({e}); "
