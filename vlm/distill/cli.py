@@ -38,10 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("distill-report", help="teacher, distilled, shrunk-then-distilled and scratch student: "
                                                      "accuracy, size and encode speed, as %% of the teacher")
-    p.add_argument("--teacher", required=True, help="the teacher checkpoint (late fusion)")
+    p.add_argument("--teacher", required=True,
+                   help="the teacher checkpoint: late fusion (distilled and shrunk rows) or early fusion (the "
+                        "late-fusion student with and without the ranking loss)")
     p.add_argument("--data", required=True, help="shapes world to train on and evaluate (its --split)")
     p.add_argument("--out", required=True, type=Path, help="folder for report.md, report.json, the plot and runs")
-    p.add_argument("--recipe", default="configs/train/distill-clip.yaml", help="the distillation recipe")
+    p.add_argument("--recipe", help="the distillation recipe (default: distill-clip.yaml for a late-fusion "
+                                    "teacher, distill-fusion.yaml for an early-fusion one)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field for every trained row")
     p.add_argument("--steps", type=int, help="steps of every trained row (default: the recipe's)")
@@ -50,6 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="the world's split to evaluate on")
     p.add_argument("--no-half", action="store_true", help="skip shrink-then-distil at half the steps")
     p.add_argument("--workers", type=int, default=1, help="data-loading processes of each training run")
+    p.add_argument("--vqa", action="store_true",
+                   help="add a VQA column: fine-tune every model (teacher too) with the quickstart's VQA recipe")
+    p.add_argument("--vqa-steps", type=int, help="steps of each VQA fine-tune (default: the recipe's 1,000)")
     p.set_defaults(func=cmd_distill_report)
 
 
@@ -78,12 +84,14 @@ def cmd_shrink(args: argparse.Namespace) -> int:
 
 
 def cmd_distill_report(args: argparse.Namespace) -> int:
-    from vlm.distill.report import DistillReportOptions, distill_report, format_table
+    from vlm.distill.report import DistillReportOptions, distill_report, format_changes, format_table
 
     options = DistillReportOptions(recipe=args.recipe, steps=args.steps, batch_size=args.batch_size,
                                    seeds=tuple(int(s) for s in args.seeds.split(",")), split=args.split,
-                                   num_workers=args.workers, half=not args.no_half, overrides=tuple(args.overrides))
+                                   num_workers=args.workers, half=not args.no_half, overrides=tuple(args.overrides),
+                                   vqa=args.vqa or args.vqa_steps is not None, vqa_steps=args.vqa_steps)
     report = distill_report(args.teacher, args.data, args.out, options)
     print(format_table(report))
+    print(format_changes(report))
     print(f"wrote {args.out / 'report.md'} and {args.out / 'report.json'}")
     return 0

@@ -1,4 +1,5 @@
-"""The distillation report's figure: each model's accuracy against its image-encoding speed."""
+"""The distillation report's figure: each model's accuracy against its cost to score a new pair (MFLOPs, counted:
+no load moves it, and it compares an early-fusion teacher with late-fusion students)."""
 
 from __future__ import annotations
 
@@ -11,22 +12,23 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from vlm.atomic_io import atomic_write  # noqa: E402
 
-MARKERS = {"zeroshot": "o", "t2i_r1": "s", "i2t_r1": "^", "compositional": "D"}
+MARKERS = {"zeroshot": "o", "t2i_r1": "s", "i2t_r1": "^", "compositional": "D", "vqa": "v"}
 
 
 def plot_tradeoff(report: dict, path: Path) -> Path:
-    """One point per model and metric (mean over seeds), x = images encoded per second."""
+    """One point per model and metric (mean over seeds), x = MFLOPs to encode and score a new image-text pair."""
+    metrics = {m: marker for m, marker in MARKERS.items() if m in report["summary"][0]}
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for i, s in enumerate(report["summary"]):
         color = f"C{i}"
-        for metric, marker in MARKERS.items():
-            ax.scatter(s["images_per_s"], s[metric], color=color, marker=marker, s=50)
-        ax.annotate(s["row"], (s["images_per_s"], s["zeroshot"]), fontsize=7, textcoords="offset points",
+        for metric, marker in metrics.items():
+            ax.scatter(s["mflops_pair"], s[metric], color=color, marker=marker, s=50)
+        ax.annotate(s["row"], (s["mflops_pair"], s["zeroshot"]), fontsize=7, textcoords="offset points",
                     xytext=(4, 4), color=color)
-    for metric, marker in MARKERS.items():
+    for metric, marker in metrics.items():
         ax.scatter([], [], color="gray", marker=marker, label=metric)
     ax.set_xscale("log")
-    ax.set_xlabel("encode images/s (log; this process, one model at a time)")
+    ax.set_xlabel("MFLOPs to encode and score a new pair (log; fewer is faster)")
     ax.set_ylabel("accuracy (%)")
     ax.legend(fontsize=8)
     ax.set_title("what compression keeps: accuracy vs encode speed")
