@@ -32,6 +32,8 @@ def test_distill_report_writes_every_row_and_column(tmp_path):
     assert (tmp_path / "report" / "distill_tradeoff.png").stat().st_size > 0
     assert json.loads((tmp_path / "report" / "report.json").read_text())["rows"][0]["row"] == "teacher"
     assert [c["row"] for c in report["against_scratch"]] == list(ROWS[2:])
+    shrunk = (tmp_path / "report" / "runs" / "shrunk-seed0" / "config.yaml").read_text()
+    assert "objective: clip" in shrunk and "shrunk.pt" in shrunk  # the teacher's weights without its outputs
     assert "## Against scratch" in text and "model - scratch" in text
 
 

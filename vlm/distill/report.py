@@ -1,13 +1,14 @@
 """`vlm distill-report`: what distillation and shrinking keep of a teacher, against the same student from scratch.
 
 Rows, for a late-fusion teacher: the teacher; the student trained from scratch (CLIP loss); the student distilled
-(the recipe's losses); the teacher shrunk to the student's shape (vlm/models/shrink.py) and then distilled, at the
-full and at half the steps. For an early-fusion teacher (cross-family: configs/train/distill-fusion.yaml): the
-teacher, the student without the ranking loss (scratch) and with it (distilled); no shrunk rows, as shrinking keeps
-the family. Every trained row has the same recipe, steps, batch and data, over each seed. Columns: zero-shot top-1,
-T->I and I->T R@1, compositional, VQA after the shared fine-tune (with `vqa`), parameters, encode images/s and
-texts/s (one process, same run), MFLOPs, each as a percentage of the teacher's; then each row's change against
-scratch, paired by seed. Writes report.json, report.md and distill_tradeoff.png (accuracy vs cost).
+(the recipe's losses); the teacher shrunk to the student's shape (vlm/models/shrink.py) and trained with the CLIP
+loss alone; the shrunk teacher distilled, at the full and at half the steps. For an early-fusion teacher
+(cross-family, configs/train/distill-fusion.yaml): the teacher, the student without the ranking loss (scratch) and
+with it (distilled); no shrunk rows, as shrinking keeps the family. Every trained row has the same recipe, steps,
+batch and data, over each seed. Columns: zero-shot top-1, T->I and I->T R@1, compositional, VQA after the shared
+fine-tune (with `vqa`), parameters, encode images/s and texts/s (one process, same run), MFLOPs, each as a
+percentage of the teacher's; then each row's change against scratch, paired by seed. Writes report.json, report.md
+and distill_tradeoff.png (accuracy vs cost).
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ HEADERS = {"zeroshot": "zero-shot", "t2i_r1": "T->I R@1", "i2t_r1": "I->T R@1", 
            "vqa": "VQA", "params": "params", "images_per_s": "images/s", "texts_per_s": "texts/s",
            "mflops_image": "MFLOPs/image", "mflops_text": "MFLOPs/text", "mflops_pair": "MFLOPs/new pair"}
 COUNTS = ("params", "images_per_s", "texts_per_s")  # shown as whole numbers, without a spread for params
-ROWS = ("teacher", "scratch", "distilled", "shrunk+distilled", "shrunk+distilled (half steps)")
+# "shrunk" (the shrunk teacher trained with the CLIP loss alone) tells what the teacher's weights give apart from its
+# outputs: shrunk+distilled minus shrunk is what distillation adds to weight inheritance.
+ROWS = ("teacher", "scratch", "distilled", "shrunk", "shrunk+distilled", "shrunk+distilled (half steps)")
 CROSS_FAMILY_ROWS = ROWS[:3]  # an early-fusion teacher: scratch is the student without the ranking loss
-RUN_DIRS = {"scratch": "scratch", "distilled": "distilled", "shrunk+distilled": "shrunk-distilled",
+RUN_DIRS = {"scratch": "scratch", "distilled": "distilled", "shrunk": "shrunk", "shrunk+distilled": "shrunk-distilled",
             "shrunk+distilled (half steps)": "shrunk-distilled-half"}
 RECIPES = {"dual_encoder": "configs/train/distill-clip.yaml", "early_fusion": "configs/train/distill-fusion.yaml"}
 
@@ -69,7 +72,7 @@ def recipe(options: DistillReportOptions, teacher: Path, data: Path, seed: int, 
             "data.num_workers": options.num_workers, **({"steps": options.steps} if options.steps else {}),
             **({"batch_size": options.batch_size} if options.batch_size else {}), **extra}
     overrides = [*options.overrides, *(f"{k}={json.dumps(v)}" for k, v in sets.items())]
-    if run == "scratch":  # the same recipe, the pairs alone
+    if run in ("scratch", "shrunk"):  # the same recipe, the pairs alone
         overrides += ["objective=clip", "distill=null"]
     config = load_train_config(path, overrides)
     return dataclasses.replace(config, steps=max(1, config.steps // 2)) if run.endswith("(half steps)") else config
@@ -125,7 +128,7 @@ def distill_report(teacher: str | Path, data: str | Path, out: str | Path,
     rows = [{"row": "teacher", "seed": None, "train_s": 0.0,
              **measure_row(teacher, 0, sets, options, data, out / "runs" / "vqa-teacher")}]
     shrunk = None
-    if "shrunk+distilled" in names:
+    if "shrunk" in names:
         shrunk = shrunk_student(teacher, recipe(options, teacher, data, 0, "distilled"), out)
     for seed in options.seeds:
         for name in names[1:]:
