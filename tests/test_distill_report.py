@@ -34,6 +34,13 @@ def test_distill_report_writes_every_row_and_column(tmp_path):
     assert [c["row"] for c in report["against_scratch"]] == list(ROWS[2:])
     shrunk = (tmp_path / "report" / "runs" / "shrunk-seed0" / "config.yaml").read_text()
     assert "objective: clip" in shrunk and "shrunk.pt" in shrunk  # the teacher's weights without its outputs
+
+    # Run again (as after a stop part-way): every trained row is read back, not trained again.
+    checkpoint = tmp_path / "report" / "runs" / "distilled-seed1" / "checkpoint.pt"
+    trained_at = checkpoint.stat().st_mtime_ns
+    again = distill_report(tmp_path / "teacher.pt", world, tmp_path / "report", options)
+    assert checkpoint.stat().st_mtime_ns == trained_at
+    assert [r["zeroshot"] for r in again["rows"][1:]] == [r["zeroshot"] for r in report["rows"][1:]]
     assert "## Against scratch" in text and "model - scratch" in text
 
 

@@ -113,6 +113,26 @@ def measure_row(checkpoint: Path, seed: int, sets: EvalSets, options: DistillRep
     return result
 
 
+def trained_row(name: str, seed: int, config: TrainConfig, run_dir: Path, sets: EvalSets,
+                options: DistillReportOptions, data: Path) -> dict:
+    """Train and measure one row, or read it back from RUN_DIR.json when an earlier report (stopped part-way, or
+    run again) already did so with the same recipe and VQA fine-tune: a long report resumes where it stopped."""
+    done = run_dir.with_name(f"{run_dir.name}.json")
+    key = {"config": json.loads(json.dumps(asdict(config))), "vqa": options.vqa, "vqa_steps": options.vqa_steps,
+           "split": options.split, "max_retrieval_images": options.max_retrieval_images}
+    if done.is_file():
+        saved = json.loads(done.read_text())
+        if saved.get("key") == key:
+            print(f"{name}, seed {seed}: measured before, read from {done}")
+            return saved["row"]
+    checkpoint, seconds = train_row(config, run_dir)
+    measured = measure_row(checkpoint, seed, sets, options, data, run_dir.with_name(f"{run_dir.name}-vqa"))
+    row = {"row": name, "seed": seed, "steps": config.steps, "train_s": seconds, **measured}
+    with atomic_write(done, "w") as f:
+        f.write(json.dumps({"key": key, "row": row}) + "\n")
+    return row
+
+
 def distill_report(teacher: str | Path, data: str | Path, out: str | Path,
                    options: DistillReportOptions = DistillReportOptions()) -> dict:
     """Train every row over every seed, measure, write report.json, report.md and the plot; return the report."""
@@ -134,10 +154,8 @@ def distill_report(teacher: str | Path, data: str | Path, out: str | Path,
         for name in names[1:]:
             extra = {"model": str(shrunk), "model_overrides": []} if name.startswith("shrunk") else {}
             config = recipe(options, teacher, data, seed, name, **extra)
-            run_dir = out / "runs" / f"{RUN_DIRS[name]}-seed{seed}"
-            checkpoint, seconds = train_row(config, run_dir)
-            measured = measure_row(checkpoint, seed, sets, options, data, run_dir.with_name(f"{run_dir.name}-vqa"))
-            rows.append({"row": name, "seed": seed, "steps": config.steps, "train_s": seconds, **measured})
+            rows.append(trained_row(name, seed, config, out / "runs" / f"{RUN_DIRS[name]}-seed{seed}", sets,
+                                    options, data))
     report = {"teacher": str(teacher), "teacher_arch": arch, "data": str(data), "options": asdict(options),
               "wall_s": time.perf_counter() - started, "rows": rows, "summary": summarise(rows),
               "against_scratch": against_scratch(rows)}
