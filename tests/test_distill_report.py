@@ -78,3 +78,6 @@ def test_against_scratch_pairs_by_seed_and_marks_changes_beyond_the_spread():
     assert change["zeroshot_beyond_spread"]  # +5 against spreads of 1.6 over seeds
     assert change["t2i_r1"] == pytest.approx(1 / 3) and not change["t2i_r1_beyond_spread"]  # +0.3 against 4.1
     assert not change["i2t_r1_beyond_spread"]  # no change at all
+    rows += [row("shrunk", 0, 25, 70), row("shrunk", 1, 22, 80), row("shrunk", 2, 25, 75)]
+    noisy = against_scratch(rows)[1]  # +2 on average, but +5, 0, +1 by seed: the change's own spread (2.2) is larger
+    assert noisy["zeroshot"] == pytest.approx(2.0) and not noisy["zeroshot_beyond_spread"]
