@@ -36,8 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the checkpoint to write")
     p.set_defaults(func=cmd_shrink)
 
-    p = subparsers.add_parser("distill-report", help="teacher, distilled, shrunk-then-distilled and scratch student: "
-                                                     "accuracy, size and encode speed, as %% of the teacher")
+    p = subparsers.add_parser("distill-report", help="teacher, scratch, distilled, shrunk and shrunk-then-distilled "
+                                                     "student (early-fusion teacher: ranking loss on/off): accuracy, "
+                                                     "size, speed, as %% of the teacher and against scratch")
     p.add_argument("--teacher", required=True,
                    help="the teacher checkpoint: late fusion (distilled and shrunk rows) or early fusion (the "
                         "late-fusion student with and without the ranking loss)")
