@@ -41,6 +41,11 @@ def test_distill_report_writes_every_row_and_column(tmp_path):
     again = distill_report(tmp_path / "teacher.pt", world, tmp_path / "report", options)
     assert checkpoint.stat().st_mtime_ns == trained_at
     assert [r["zeroshot"] for r in again["rows"][1:]] == [r["zeroshot"] for r in report["rows"][1:]]
+
+    # A damaged saved row is trained again, not a crash.
+    (tmp_path / "report" / "runs" / "distilled-seed1.json").write_text('{"key": {"config"')
+    distill_report(tmp_path / "teacher.pt", world, tmp_path / "report", options)
+    assert checkpoint.stat().st_mtime_ns != trained_at
     assert "## Against scratch" in text and "model - scratch" in text
 
 

@@ -113,6 +113,18 @@ def measure_row(checkpoint: Path, seed: int, sets: EvalSets, options: DistillRep
     return result
 
 
+def read_saved_row(path: Path) -> dict:
+    """A row saved by an earlier report; {} when there is none or it is damaged (the row is then trained again)."""
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        print(f"{path}: unreadable ({e}); training the row again")
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
 def trained_row(name: str, seed: int, config: TrainConfig, run_dir: Path, sets: EvalSets,
                 options: DistillReportOptions, data: Path) -> dict:
     """Train and measure one row, or read it back from RUN_DIR.json when an earlier report (stopped part-way, or
@@ -120,11 +132,10 @@ def trained_row(name: str, seed: int, config: TrainConfig, run_dir: Path, sets: 
     done = run_dir.with_name(f"{run_dir.name}.json")
     key = {"config": json.loads(json.dumps(asdict(config))), "vqa": options.vqa, "vqa_steps": options.vqa_steps,
            "split": options.split, "max_retrieval_images": options.max_retrieval_images}
-    if done.is_file():
-        saved = json.loads(done.read_text())
-        if saved.get("key") == key:
-            print(f"{name}, seed {seed}: measured before, read from {done}")
-            return saved["row"]
+    saved = read_saved_row(done)
+    if saved.get("key") == key and "row" in saved:
+        print(f"{name}, seed {seed}: measured before, read from {done}")
+        return saved["row"]
     checkpoint, seconds = train_row(config, run_dir)
     measured = measure_row(checkpoint, seed, sets, options, data, run_dir.with_name(f"{run_dir.name}-vqa"))
     row = {"row": name, "seed": seed, "steps": config.steps, "train_s": seconds, **measured}
