@@ -67,7 +67,7 @@ def encode_flops(model: nn.Module) -> dict[str, float]:
             "mflops_pair": 1000 * (flops["gflops_image"] + flops["gflops_text"] + flops["gflops_pair"])}
 
 
-def vqa_after_finetune(checkpoint: Path, seed: int, data: Path, sets: EvalSets, run_dir: Path,
+def vqa_after_finetune(checkpoint: Path, early: bool, seed: int, data: Path, sets: EvalSets, run_dir: Path,
                        steps: int | None = None, num_workers: int = 1) -> float:
     """VQA accuracy after the quickstart's fine-tune recipe (its clip-small-vqa or fusion-small-vqa stage, the one
     the late-vs-early comparison uses), so every row of a report adapts to VQA with one budget."""
@@ -80,7 +80,6 @@ def vqa_after_finetune(checkpoint: Path, seed: int, data: Path, sets: EvalSets, 
     from vlm.train import train
     from vlm.train.quickstart import load_quickstart_config
 
-    early = load_model(checkpoint).config.arch == "early_fusion"
     stages = load_quickstart_config(shipped_configs() / "train" / "quickstart.yaml").stages
     stage = stages["fusion-small-vqa" if early else "clip-small-vqa"]
     config = dataclasses.replace(stage, model=str(checkpoint), seed=seed, steps=steps or stage.steps,

@@ -108,8 +108,8 @@ def measure_row(checkpoint: Path, seed: int, sets: EvalSets, options: DistillRep
     model = load_model(checkpoint)
     result = measure_model(model, sets)
     if options.vqa:
-        result["vqa"] = vqa_after_finetune(checkpoint, seed, data, sets, vqa_dir, options.vqa_steps,
-                                           options.num_workers)
+        result["vqa"] = vqa_after_finetune(checkpoint, model.config.arch == "early_fusion", seed, data, sets,
+                                           vqa_dir, options.vqa_steps, options.num_workers)
     return result
 
 
