@@ -170,3 +170,16 @@ def test_vlm_distill_precompute_writes_parts_once_and_trains_without_the_teacher
     saved = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert saved["train_config"]["distill"]["precomputed"] == str(parts)
     assert vlm.load(tmp_path / "run").config.embed_dim == 16
+
+
+@pytest.mark.parametrize("recipe_name", ["distill-clip", "distill-fusion"])
+def test_shipped_recipes_student_has_at_most_a_third_of_clip_small_and_shrink_can_give_its_shape(recipe_name):
+    from vlm.config import resolve_config
+    from vlm.models.registry import count_parameters, get_model_config
+
+    config = load_train_config(resolve_config(recipe_name, "train"))
+    student = get_model_config(config.model, list(config.model_overrides))
+    assert count_parameters(vlm.create_model(student)) * 3 <= count_parameters(vlm.create_model("clip-small"))
+    # `vlm shrink` gives both towers one shape, so the recipe's student must have one too.
+    towers = [(t.depth, t.width, t.heads) for t in (student.image, student.text)]
+    assert towers[0] == towers[1]
